@@ -1,0 +1,1 @@
+"""Chunking, the round loop, run turn-taking and progress display."""

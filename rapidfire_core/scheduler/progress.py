@@ -1,0 +1,57 @@
+"""Terminal progress: chunk, run, step and latest losses.
+
+In a terminal the current run's line updates in place every step; each finished turn leaves
+one line per (chunk, run). Outside a terminal (CI logs, notebooks' captured output) only the
+per-turn lines are printed.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from rapidfire_core.trainers.execution import RunExecution
+
+_SHOWN = ("loss", "eval_loss", "reward", "rewards/accuracies")
+
+
+def _knob_summary(knobs: dict, limit: int = 4) -> str:
+    varying = [f"{k.split('.')[-1]}={v}" for k, v in knobs.items() if k != "model_name"][:limit]
+    return ", ".join(varying)
+
+
+class ProgressDisplay:
+    def __init__(self, num_chunks: int, stream: TextIO | None = None, enabled: bool = True) -> None:
+        self.num_chunks = num_chunks
+        self.stream = stream or sys.stdout
+        self.enabled = enabled
+        self.live = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.label = ""
+
+    def begin_turn(self, chunk_round: int, run: RunExecution) -> None:
+        epoch, chunk = divmod(chunk_round - 1, self.num_chunks)
+        self.label = f"[epoch {epoch + 1} chunk {chunk + 1}/{self.num_chunks}] run {run.run_id}"
+
+    def _line(self, run: RunExecution) -> str:
+        metrics = " ".join(f"{k}={run.latest[k]:.4f}" for k in _SHOWN if k in run.latest)
+        steps = f"step {run.global_step}/{run.max_steps}" if run.max_steps else f"step {run.global_step}"
+        return f"{self.label} ({_knob_summary(run.knobs)}) {steps} {metrics}".rstrip()
+
+    def step(self, run: RunExecution) -> None:
+        if self.live:
+            self.stream.write("\r\033[K" + self._line(run))
+            self.stream.flush()
+
+    def end_turn(self, run: RunExecution, status: str) -> None:
+        if not self.enabled:
+            return
+        prefix = "\r\033[K" if self.live else ""
+        suffix = "" if status == "ONGOING" else f" -> {status}"
+        self.stream.write(prefix + self._line(run) + suffix + "\n")
+        self.stream.flush()
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            self.stream.write(text + "\n")
+            self.stream.flush()

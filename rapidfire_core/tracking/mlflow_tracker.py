@@ -1,0 +1,84 @@
+"""MLflow tracking with explicit run ids.
+
+Many runs train at once in one process, so the global `mlflow.start_run()` state (and the HF
+`MLflowCallback`, which uses it) cannot be used: every call here names its MLflow run id
+through an `MlflowClient`. The default store is `sqlite:///<experiment_path>/mlflow.db`: no
+server needed (MLflow 3 refuses the plain file store), and `mlflow ui --backend-store-uri ...`
+opens it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+_PARAM_VALUE_LIMIT = 6000  # MLflow rejects longer parameter values
+_UNSAFE_KEY_CHARS = re.compile(r"[^\w\-. /:]")
+
+
+def default_tracking_uri(experiment_path: str | Path) -> str:
+    return f"sqlite:///{Path(experiment_path).resolve() / 'mlflow.db'}"
+
+
+def _param_items(params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    items = []
+    for key, value in params.items():
+        text = str(value)
+        if len(text) > _PARAM_VALUE_LIMIT:
+            text = text[: _PARAM_VALUE_LIMIT - 3] + "..."
+        items.append((_UNSAFE_KEY_CHARS.sub("_", key), text))
+    return items
+
+
+class MLflowTracker:
+    """Logs each engine run as one MLflow run of one MLflow experiment."""
+
+    def __init__(self, experiment_name: str, tracking_uri: str) -> None:
+        # MLflow's alembic migrations log at INFO on first use of a store; keep the console clean.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self._client = MlflowClient(tracking_uri=tracking_uri)
+        existing = self._client.get_experiment_by_name(experiment_name)
+        self.experiment_id = (
+            existing.experiment_id if existing else self._client.create_experiment(experiment_name)
+        )
+
+    def start_run(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> str:
+        from mlflow.entities import Param, RunTag
+
+        run = self._client.create_run(self.experiment_id, run_name=run_name)
+        run_id = run.info.run_id
+        self._client.log_batch(
+            run_id,
+            params=[Param(k, v) for k, v in _param_items(params)],
+            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+        )
+        return run_id
+
+    def log_metrics(self, mlflow_run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(key=_UNSAFE_KEY_CHARS.sub("_", k), value=float(v), timestamp=now, step=int(step))
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
+        if batch:
+            self._client.log_batch(mlflow_run_id, metrics=batch)
+
+    def end_run(self, mlflow_run_id: str, status: str) -> None:
+        """status: 'FINISHED', 'FAILED' or 'KILLED' (MLflow's run states)."""
+        self._client.set_terminated(mlflow_run_id, status=status)
+
+    def ui_hint(self) -> str:
+        if self.tracking_uri.startswith("sqlite:"):
+            return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+        return f"open {self.tracking_uri} (experiment id {self.experiment_id})"

@@ -1,0 +1,1 @@
+"""TRL integration: one stock TRL trainer per run, driven chunk by chunk."""

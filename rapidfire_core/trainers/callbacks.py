@@ -1,0 +1,87 @@
+"""Trainer callbacks that connect a stock TRL trainer to the chunk scheduler.
+
+`ChunkGate` watches how many items of the current epoch the trainer has consumed. When an
+optimizer step completes a chunk it forces a log and (with an eval set) an evaluation, so all
+runs have comparable numbers after every chunk, then pauses the run at the start of its next
+step. `MetricsForwarder` hands every `Trainer.log` call (loss, learning_rate, grad_norm,
+eval_loss, rewards/* for DPO, reward for GRPO, ...) to the run's metric sink and fails the
+run on a non-finite loss or gradient norm.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from transformers import TrainerCallback
+
+if TYPE_CHECKING:
+    from rapidfire_core.trainers.execution import RunExecution
+
+_MUST_BE_FINITE = ("loss", "grad_norm", "eval_loss")
+
+
+class NonFiniteMetric(RuntimeError):
+    """A run produced NaN/inf in a loss or gradient norm."""
+
+
+class ChunkGate(TrainerCallback):
+    def __init__(self, run: RunExecution) -> None:
+        self.run = run
+        self.epoch = -1
+        self.micro_batches = 0
+        self.items_per_micro_batch = 0
+        self.chunks_seen_in_epoch = 0
+        self.pause_pending = False
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        loader = train_dataloader
+        # accelerate's DataLoaderShard keeps DataLoader.batch_size; with a batch sampler it is None.
+        batch = getattr(loader, "total_batch_size", None) or getattr(loader, "batch_size", None)
+        self.items_per_micro_batch = int(batch or args.per_device_train_batch_size)
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.epoch += 1
+        self.micro_batches = 0
+        self.chunks_seen_in_epoch = 0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.pause_pending:
+            self.pause_pending = False
+            self.run.yield_turn()
+
+    def on_substep_end(self, args, state, control, **kwargs):
+        self.micro_batches += 1
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.micro_batches += 1
+        ends = self.run.sampler.item_chunk_ends(self.epoch)
+        consumed = self.micro_batches * self.items_per_micro_batch
+        crossed = sum(1 for end in ends if end <= consumed)
+        finishing = state.max_steps > 0 and state.global_step >= state.max_steps
+        if crossed > self.chunks_seen_in_epoch:
+            self.chunks_seen_in_epoch = crossed
+            self.run.rounds_done = self.epoch * len(ends) + crossed
+            self.pause_pending = True
+        if self.pause_pending or finishing:
+            control.should_log = True
+            control.should_evaluate = self.run.has_eval
+        self.run.on_step(state.global_step, state.max_steps)
+        return control
+
+
+class MetricsForwarder(TrainerCallback):
+    def __init__(self, run: RunExecution) -> None:
+        self.run = run
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs:
+            return
+        for key in _MUST_BE_FINITE:
+            value = logs.get(key)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise NonFiniteMetric(f"{key} became {value} at step {state.global_step}")
+        self.run.record_metrics(state.global_step, state.epoch, logs)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.run.evaluate_generations(state.global_step, state.epoch)
