@@ -35,7 +35,7 @@ from rapidfire_core.trainers.datasets import FormattedDatasets, as_dataset
 from rapidfire_core.trainers.execution import RunExecution
 from rapidfire_core.trainers.factory import build_trainer, make_sampler
 from rapidfire_core.trainers.generation_eval import make_generation_eval
-from rapidfire_core.trainers.rng import RngState
+from rapidfire_core.trainers.process_state import ProcessState
 from rapidfire_core.trainers.shared_models import ModelRegistry
 
 DEFAULT_ROOT_ENV = "RF_EXPERIMENT_PATH"
@@ -221,7 +221,7 @@ class Experiment:
         )
         # transformers' Trainer.__init__ re-seeds with args.seed; a stock run starts train() from
         # the RNG state its trainer's __init__ leaves, so that is the state this run starts from.
-        run.rng = RngState.capture()
+        run.process_state = ProcessState.capture()
         run.sampler = make_sampler(trainer_type, trainer, plan)
         trainer.rapidfire_sampler = run.sampler
         run.trainer = trainer

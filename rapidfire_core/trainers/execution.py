@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rapidfire_core.scheduler.worker import RunWorker
-from rapidfire_core.trainers.rng import RngState
+from rapidfire_core.trainers.process_state import ProcessState
 
 
 @dataclass
@@ -30,7 +30,7 @@ class RunExecution:
     sampler: Any = None
     model: Any = None
     adapter_name: str | None = None
-    rng: RngState | None = None
+    process_state: ProcessState | None = None
     has_eval: bool = False
     generation_eval: Callable[[int, float | None], dict[str, float]] | None = None
 
@@ -50,14 +50,14 @@ class RunExecution:
         self.trainer.train()
 
     def _activate(self) -> None:
-        """Make this run's RNG streams and adapter current (it has just got the turn)."""
-        if self.rng is not None:
-            self.rng.restore()
+        """Make this run's process state and adapter current (it has just got the turn)."""
+        if self.process_state is not None:
+            self.process_state.restore()
         if self.adapter_name is not None:
             self.model.set_adapter(self.adapter_name)
 
     def yield_turn(self) -> None:
-        self.rng = RngState.capture()
+        self.process_state = ProcessState.capture()
         self.worker.pause()
         self._activate()
 

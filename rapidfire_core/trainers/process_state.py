@@ -1,0 +1,52 @@
+"""Process-global training state that each run keeps as its own.
+
+Runs take turns in one process, and some state that a training step reads is global to the
+process. A run saves it when it gives up the turn and restores it when it gets the turn back,
+so it trains exactly as it would alone:
+
+- random number generators (Python `random`, NumPy, torch CPU and CUDA): dropout masks,
+  GRPO sampling and DataLoader seeds;
+- accelerate's `GradientState`, a process-wide singleton: the trainer loop sets
+  `sync_gradients` for a micro-batch *before* the step-begin callback where runs pause, and
+  accelerate skips `optimizer.step()` while it is False. Without this, a run with gradient
+  accumulation that paused on its first micro-batch made the next run skip an update.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate.state import GradientState
+
+
+@dataclass
+class ProcessState:
+    python_rng: Any
+    numpy_rng: Any
+    torch_cpu_rng: torch.Tensor
+    torch_cuda_rng: list[torch.Tensor] | None
+    gradient_state: dict[str, Any]
+
+    @classmethod
+    def capture(cls) -> ProcessState:
+        return cls(
+            python_rng=random.getstate(),
+            numpy_rng=np.random.get_state(),
+            torch_cpu_rng=torch.get_rng_state(),
+            torch_cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            gradient_state=dict(GradientState._shared_state),
+        )
+
+    def restore(self) -> None:
+        random.setstate(self.python_rng)
+        np.random.set_state(self.numpy_rng)
+        torch.set_rng_state(self.torch_cpu_rng)
+        if self.torch_cuda_rng is not None:
+            torch.cuda.set_rng_state_all(self.torch_cuda_rng)
+        shared = GradientState._shared_state
+        shared.clear()
+        shared.update(self.gradient_state)

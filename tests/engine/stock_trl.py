@@ -1,0 +1,53 @@
+"""Reference runs with stock TRL on the engine's data order, for fidelity tests.
+
+The engine feeds a run the rows of `ChunkPlan.order(epoch)` in epoch `epoch`. A stock
+`SFTTrainer` sees the same rows in the same epochs when its train sampler yields those
+orders (it is multi-epoch like the engine's run, so per-epoch effects such as the RNG draw of
+each new DataLoader iterator are the same); nothing else about TRL is changed.
+"""
+
+from __future__ import annotations
+
+from torch.utils.data import Sampler
+from trl import SFTTrainer
+
+from rapidfire_core.scheduler.chunks import ChunkPlan
+
+
+class EpochOrderSampler(Sampler[int]):
+    def __init__(self, orders: list[list[int]]) -> None:
+        self.orders = orders
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(self.orders[self.epoch])
+
+    def __len__(self) -> int:
+        return len(self.orders[0])
+
+
+class OrderedSFTTrainer(SFTTrainer):
+    reference_sampler: EpochOrderSampler
+
+    def _get_train_sampler(self, train_dataset=None):
+        return self.reference_sampler
+
+
+def stock_sft_run(
+    create_model, model_config: dict, lora_config, args, train_rows, formatting_func, plan: ChunkPlan, epochs: int
+):
+    """Train one config with stock TRL; returns (per-step losses, adapter state dict)."""
+    from peft import get_peft_model_state_dict
+
+    dataset = train_rows.map(formatting_func, remove_columns=train_rows.column_names)
+    model, tokenizer = create_model(model_config)
+    trainer = OrderedSFTTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora_config
+    )
+    trainer.reference_sampler = EpochOrderSampler([plan.order(epoch) for epoch in range(epochs)])
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return losses, {k: v.detach().clone() for k, v in get_peft_model_state_dict(trainer.model).items()}

@@ -1,0 +1,92 @@
+"""One failing run does not stop the others; MLflow holds one run per config."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from rapidfire_core import Experiment
+from rapidfire_core.automl import List, RFGridSearch, RFLoraConfig, RFModelConfig, RFSFTConfig
+from rapidfire_core.demo.data import formatting_function, support_dataset
+
+
+def _config(model_dir, model_kwargs=None, **train):
+    args = dict(learning_rate=1e-3, max_steps=4, per_device_train_batch_size=2, logging_steps=1, max_length=64)
+    args.update(train)
+    return RFModelConfig(
+        model_name=model_dir,
+        model_kwargs=model_kwargs or {},
+        peft_config=RFLoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+        training_args=RFSFTConfig(**args),
+        formatting_func=formatting_function,
+    )
+
+
+def test_create_model_and_training_errors_fail_only_their_run(tmp_path, tiny_model_dir, create_tiny_model):
+    def create_model(model_config):
+        kwargs = dict(model_config["model_kwargs"])
+        if kwargs.pop("broken_loader", False):
+            raise OSError("cannot load weights for broken model")
+        fail_at = kwargs.pop("fail_at_call", None)
+        model, tokenizer = create_tiny_model({"model_name": model_config["model_name"], "model_kwargs": kwargs})
+        if fail_at is not None:
+            calls = {"n": 0}
+
+            def explode(module, inputs):
+                calls["n"] += 1
+                if calls["n"] >= fail_at:
+                    raise RuntimeError("simulated CUDA error in forward")
+
+            model.register_forward_pre_hook(explode)
+        return model, tokenizer
+
+    configs = List(
+        [
+            _config(tiny_model_dir),
+            _config(tiny_model_dir, {"broken_loader": True}),
+            _config(tiny_model_dir, {"fail_at_call": 3}),
+            _config(tiny_model_dir, learning_rate=1e-4),
+        ]
+    )
+    exp = Experiment("failures", experiment_path=tmp_path, verbose=False)
+    exp.run_fit(RFGridSearch(configs, trainer_type="SFT"), create_model, support_dataset(n=16), num_chunks=4)
+    info = exp.get_runs_info().set_index("run_id")
+    assert info["status"].tolist() == ["COMPLETED", "FAILED", "FAILED", "COMPLETED"]
+    assert "OSError: cannot load weights for broken model" in info["error"].iloc[1]
+    assert "RuntimeError: simulated CUDA error in forward" in info["error"].iloc[2]
+    results = exp.get_results()
+    # the run that failed mid-training logged its first steps; the healthy runs trained fully
+    assert results.groupby("run_id")["step"].max().to_dict() == {1: 4, 3: 2, 4: 4}
+    exp.end()
+
+
+def test_mlflow_holds_one_run_per_config_with_params_and_metrics(tmp_path, tiny_model_dir, create_tiny_model):
+    configs = List([_config(tiny_model_dir, learning_rate=List([1e-3, 1e-4]))])
+    exp = Experiment("tracked", experiment_path=tmp_path, verbose=False)
+    exp.run_fit(
+        RFGridSearch(configs, trainer_type="SFT"), create_tiny_model,
+        support_dataset(n=8), support_dataset(n=4, seed=9), num_chunks=2,
+    )
+    client = MlflowClient(tracking_uri=exp.tracking_uri)
+    experiment = client.get_experiment_by_name("tracked")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 2
+    assert sorted(float(r.data.params["train.learning_rate"]) for r in runs) == [1e-4, 1e-3]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        for key in ("loss", "learning_rate", "grad_norm", "eval_loss", "chunk"):
+            assert key in run.data.metrics, key
+        assert len(client.get_metric_history(run.info.run_id, "loss")) == 4
+    exp.end()
+
+
+def test_bad_dataset_is_rejected_before_training(tmp_path, tiny_model_dir, create_tiny_model):
+    exp = Experiment("bad-input", experiment_path=tmp_path, verbose=False)
+    config = _config(tiny_model_dir)
+    config.formatting_func = None  # raw rows have instruction/response, not SFT columns
+    with pytest.raises(ValueError, match=r"SFT training needs columns"):
+        exp.run_fit(RFGridSearch(config, trainer_type="SFT"), create_tiny_model, support_dataset(n=8))
+    with pytest.raises(ValueError, match="train_dataset is empty"):
+        exp.run_fit(RFGridSearch(_config(tiny_model_dir), trainer_type="SFT"), create_tiny_model, [])
+    assert exp.get_runs_info().empty  # nothing was registered, nothing trained
+    exp.end()

@@ -1,0 +1,57 @@
+"""The run store: run life cycle and the (run, step) results frame."""
+
+import math
+import threading
+
+import pytest
+
+from rapidfire_core.control import RunStatus, RunStore
+
+
+def test_runs_and_metrics_round_trip(tmp_path):
+    store = RunStore(tmp_path / "runs.db")
+    a = store.create_run("a", "SFT", {"peft.r": 8, "train.learning_rate": 1e-3})
+    b = store.create_run("b", "SFT", {"peft.r": 32, "train.learning_rate": 1e-4})
+    store.log_metrics(a, 1, {"loss": 2.0, "learning_rate": 1e-3}, epoch=0.1, chunk=1)
+    store.log_metrics(a, 2, {"loss": 1.5}, epoch=0.2, chunk=1)
+    store.log_metrics(a, 2, {"eval_loss": 1.7}, epoch=0.2, chunk=1)
+    store.log_metrics(b, 1, {"loss": 3.0, "flag": True}, epoch=0.1, chunk=1)  # bools are not metrics
+    store.update_run(a, status=RunStatus.COMPLETED, global_step=2)
+    store.update_run(b, status=RunStatus.FAILED, error="ValueError: bad")
+
+    results = store.results_frame()
+    assert list(results[["run_id", "step"]].itertuples(index=False, name=None)) == [(a, 1), (a, 2), (b, 1)]
+    row = results[(results.run_id == a) & (results.step == 2)].iloc[0]
+    assert row["loss"] == 1.5 and row["eval_loss"] == 1.7 and row["chunk"] == 1
+    assert math.isnan(results[(results.run_id == a) & (results.step == 1)].iloc[0]["eval_loss"])
+    assert "flag" not in results.columns
+
+    runs = store.runs_frame().set_index("run_id")
+    assert runs.loc[a, "status"] == "COMPLETED" and runs.loc[a, "peft.r"] == 8
+    assert runs.loc[b, "status"] == "FAILED" and runs.loc[b, "error"] == "ValueError: bad"
+    assert store.status(b) is RunStatus.FAILED
+
+
+def test_store_survives_reopen_and_concurrent_writers(tmp_path):
+    store = RunStore(tmp_path / "runs.db")
+    run = store.create_run("a", "DPO", {})
+
+    def writer(offset):
+        for step in range(50):
+            store.log_metrics(run, offset + step, {"loss": float(step)}, epoch=None, chunk=None)
+
+    threads = [threading.Thread(target=writer, args=(k * 100,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    store.close()
+    reopened = RunStore(tmp_path / "runs.db")
+    assert len(reopened.results_frame()) == 200
+
+
+def test_unknown_column_is_rejected(tmp_path):
+    store = RunStore(tmp_path / "runs.db")
+    run = store.create_run("a", "SFT", {})
+    with pytest.raises(KeyError, match="bogus"):
+        store.update_run(run, bogus=1)
