@@ -56,7 +56,9 @@ class Experiment:
         if not isinstance(experiment_name, str) or not experiment_name.strip():
             raise ValueError("experiment_name must be a non-empty string")
         if mode != "fit":
-            raise ValueError(f"mode={mode!r} is not supported: rapidfire_core runs training experiments (mode='fit')")
+            raise ValueError(
+                f"mode={mode!r} is not supported: rapidfire_core runs training experiments (mode='fit')"
+            )
         root = Path(experiment_path or os.environ.get(DEFAULT_ROOT_ENV, "rapidfire_experiments"))
         self.experiment_name = experiment_name
         self.path = (root / experiment_name).resolve()
@@ -81,7 +83,9 @@ class Experiment:
         """Train every configuration of `config_group` chunk by chunk; returns when all are done."""
         self._check_open()
         if not callable(create_model):
-            raise TypeError("create_model must be a callable create_model(model_config) -> (model, tokenizer)")
+            raise TypeError(
+                "create_model must be a callable create_model(model_config) -> (model, tokenizer)"
+            )
         specs = config_group.expand()  # raises ConfigError naming the field and config
         if not specs:
             raise ValueError("the config group expanded to no runs")
@@ -200,7 +204,10 @@ class Experiment:
         args = spec.training_args(**overrides)
         share_extra = {"disable_dropout": getattr(args, "disable_dropout", None)}
         attached = registry.attach(
-            model_config, spec.lora_config(), adapter_name=f"run_{run.run_id}", seed=args.seed,
+            model_config,
+            spec.lora_config(),
+            adapter_name=f"run_{run.run_id}",
+            seed=args.seed,
             share_key_extra=share_extra,
         )
         func = model_config.get("formatting_func")

@@ -86,7 +86,9 @@ class GroupedRepeatSampler(Sampler[int]):
                 for row in group: yield row `mini_repeat_count` times
     """
 
-    def __init__(self, plan: ChunkPlan, mini_repeat_count: int, prompts_per_batch: int, repeat_count: int) -> None:
+    def __init__(
+        self, plan: ChunkPlan, mini_repeat_count: int, prompts_per_batch: int, repeat_count: int
+    ) -> None:
         if plan.num_rows < prompts_per_batch:
             raise ValueError(
                 f"GRPO needs at least {prompts_per_batch} prompts per generation batch, "

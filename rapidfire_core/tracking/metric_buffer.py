@@ -21,7 +21,9 @@ class MetricBuffer:
     def register(self, run_id: int, mlflow_run_id: str) -> None:
         self._mlflow_ids[run_id] = mlflow_run_id
 
-    def record(self, run_id: int, step: int, epoch: float | None, chunk: int, metrics: dict[str, float]) -> None:
+    def record(
+        self, run_id: int, step: int, epoch: float | None, chunk: int, metrics: dict[str, float]
+    ) -> None:
         self._pending.append((run_id, step, epoch, chunk, metrics))
 
     def flush(self) -> None:

@@ -50,7 +50,9 @@ class MLflowTracker:
             existing.experiment_id if existing else self._client.create_experiment(experiment_name)
         )
 
-    def start_run(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> str:
+    def start_run(
+        self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str] | None = None
+    ) -> str:
         from mlflow.entities import Param, RunTag
 
         run = self._client.create_run(self.experiment_id, run_name=run_name)

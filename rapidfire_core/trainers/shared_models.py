@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 
-
 @dataclass
 class AttachedModel:
     model: Any  # a peft.PeftModel when adapter_name is set

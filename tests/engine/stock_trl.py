@@ -37,7 +37,14 @@ class OrderedSFTTrainer(SFTTrainer):
 
 
 def stock_sft_run(
-    create_model, model_config: dict, lora_config, args, train_rows, formatting_func, plan: ChunkPlan, epochs: int
+    create_model,
+    model_config: dict,
+    lora_config,
+    args,
+    train_rows,
+    formatting_func,
+    plan: ChunkPlan,
+    epochs: int,
 ):
     """Train one config with stock TRL; returns (per-step losses, adapter state dict)."""
     from peft import get_peft_model_state_dict

@@ -11,7 +11,9 @@ from rapidfire_core.demo.data import formatting_function, support_dataset
 
 
 def _config(model_dir, model_kwargs=None, **train):
-    args = dict(learning_rate=1e-3, max_steps=4, per_device_train_batch_size=2, logging_steps=1, max_length=64)
+    args = dict(
+        learning_rate=1e-3, max_steps=4, per_device_train_batch_size=2, logging_steps=1, max_length=64
+    )
     args.update(train)
     return RFModelConfig(
         model_name=model_dir,
@@ -28,7 +30,9 @@ def test_create_model_and_training_errors_fail_only_their_run(tmp_path, tiny_mod
         if kwargs.pop("broken_loader", False):
             raise OSError("cannot load weights for broken model")
         fail_at = kwargs.pop("fail_at_call", None)
-        model, tokenizer = create_tiny_model({"model_name": model_config["model_name"], "model_kwargs": kwargs})
+        model, tokenizer = create_tiny_model(
+            {"model_name": model_config["model_name"], "model_kwargs": kwargs}
+        )
         if fail_at is not None:
             calls = {"n": 0}
 
@@ -64,8 +68,11 @@ def test_mlflow_holds_one_run_per_config_with_params_and_metrics(tmp_path, tiny_
     configs = List([_config(tiny_model_dir, learning_rate=List([1e-3, 1e-4]))])
     exp = Experiment("tracked", experiment_path=tmp_path, verbose=False)
     exp.run_fit(
-        RFGridSearch(configs, trainer_type="SFT"), create_tiny_model,
-        support_dataset(n=8), support_dataset(n=4, seed=9), num_chunks=2,
+        RFGridSearch(configs, trainer_type="SFT"),
+        create_tiny_model,
+        support_dataset(n=8),
+        support_dataset(n=4, seed=9),
+        num_chunks=2,
     )
     client = MlflowClient(tracking_uri=exp.tracking_uri)
     experiment = client.get_experiment_by_name("tracked")
@@ -89,4 +96,15 @@ def test_bad_dataset_is_rejected_before_training(tmp_path, tiny_model_dir, creat
     with pytest.raises(ValueError, match="train_dataset is empty"):
         exp.run_fit(RFGridSearch(_config(tiny_model_dir), trainer_type="SFT"), create_tiny_model, [])
     assert exp.get_runs_info().empty  # nothing was registered, nothing trained
+    exp.end()
+
+
+def test_progress_and_mlflow_hint_are_printed(tmp_path, tiny_model_dir, create_tiny_model, capsys):
+    exp = Experiment("shown", experiment_path=tmp_path, verbose=True)
+    exp.run_fit(RFGridSearch(_config(tiny_model_dir), trainer_type="SFT"), create_tiny_model, support_dataset(n=8), num_chunks=2)
+    out = capsys.readouterr().out
+    # one line per (chunk, run) turn with the step and the latest loss, then the store's location
+    assert "[epoch 1 chunk 1/2] run 1" in out and "[epoch 1 chunk 2/2] run 1" in out
+    assert "step 2/4 loss=" in out and "-> COMPLETED" in out
+    assert f"mlflow ui --backend-store-uri sqlite:///{exp.path / 'mlflow.db'}" in out
     exp.end()

@@ -39,9 +39,18 @@ def _assert_run_matches_stock(exp, run_id, spec_lora, spec_args, model_dir, crea
     results = exp.get_results()
     engine_losses = results[results.run_id == run_id]["loss"].dropna().tolist()
     plan = ChunkPlan(len(train), NUM_CHUNKS, SEED)
-    args = spec_args.to_trl(output_dir=str(exp.path / f"stock-{run_id}"), report_to="none", save_strategy="no")
+    args = spec_args.to_trl(
+        output_dir=str(exp.path / f"stock-{run_id}"), report_to="none", save_strategy="no"
+    )
     stock_losses, stock_weights = stock_sft_run(
-        create_model, {"model_name": model_dir}, spec_lora.to_peft(), args, train, formatting_function, plan, epochs=3
+        create_model,
+        {"model_name": model_dir},
+        spec_lora.to_peft(),
+        args,
+        train,
+        formatting_function,
+        plan,
+        epochs=3,
     )
     assert len(engine_losses) == len(stock_losses) == args.max_steps
     torch.testing.assert_close(torch.tensor(engine_losses), torch.tensor(stock_losses), rtol=1e-5, atol=1e-6)
@@ -58,18 +67,25 @@ def train_rows():
     return support_dataset(n=NUM_ROWS, seed=3)
 
 
-def test_single_config_in_four_chunks_equals_stock_trl(tmp_path, tiny_model_dir, create_tiny_model, train_rows):
+def test_single_config_in_four_chunks_equals_stock_trl(
+    tmp_path, tiny_model_dir, create_tiny_model, train_rows
+):
     lora = RFLoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["q_proj", "v_proj"])
     args = _sft_args()
     exp = Experiment("fidelity-one", experiment_path=tmp_path, verbose=False)
     exp.run_fit(
         RFGridSearch(_model_config(tiny_model_dir, lora, args), trainer_type="SFT"),
-        create_tiny_model, train_rows, num_chunks=NUM_CHUNKS, seed=SEED,
+        create_tiny_model,
+        train_rows,
+        num_chunks=NUM_CHUNKS,
+        seed=SEED,
     )
     info = exp.get_runs_info()
     assert info["status"].tolist() == ["COMPLETED"]
     assert info["chunks_done"].tolist() == [6]  # 12 steps of 2 rows = 1.5 epochs of 4 chunks
-    _assert_run_matches_stock(exp, int(info.run_id[0]), lora, args, tiny_model_dir, create_tiny_model, train_rows)
+    _assert_run_matches_stock(
+        exp, int(info.run_id[0]), lora, args, tiny_model_dir, create_tiny_model, train_rows
+    )
     exp.end()
 
 
@@ -79,9 +95,14 @@ def test_three_interleaved_configs_each_equal_their_solo_stock_run(
     # Different ranks, targets, learning rates, schedules, dropout and gradient accumulation
     # (an optimizer step of 4 rows = one whole chunk), all sharing one base model.
     variants = [
-        (RFLoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["q_proj", "v_proj"]), _sft_args()),
         (
-            RFLoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
+            RFLoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["q_proj", "v_proj"]),
+            _sft_args(),
+        ),
+        (
+            RFLoraConfig(
+                r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
+            ),
             _sft_args(learning_rate=5e-4, lr_scheduler_type="cosine", warmup_steps=2, seed=11),
         ),
         (
@@ -91,9 +112,11 @@ def test_three_interleaved_configs_each_equal_their_solo_stock_run(
     ]
     configs = List([_model_config(tiny_model_dir, lora, args) for lora, args in variants])
     exp = Experiment("fidelity-three", experiment_path=tmp_path, verbose=False)
-    exp.run_fit(RFGridSearch(configs, trainer_type="SFT"), create_tiny_model, train_rows, num_chunks=4, seed=SEED)
+    exp.run_fit(
+        RFGridSearch(configs, trainer_type="SFT"), create_tiny_model, train_rows, num_chunks=4, seed=SEED
+    )
     info = exp.get_runs_info()
     assert info["status"].tolist() == ["COMPLETED"] * 3
-    for run_id, (lora, args) in zip(info.run_id.tolist(), variants):
+    for run_id, (lora, args) in zip(info.run_id.tolist(), variants, strict=True):
         _assert_run_matches_stock(exp, run_id, lora, args, tiny_model_dir, create_tiny_model, train_rows)
     exp.end()

@@ -26,14 +26,25 @@ def test_dpo_two_betas_complete_and_log_reward_metrics(tmp_path, tiny_model_dir,
     )
     exp = Experiment("dpo", experiment_path=tmp_path, verbose=False)
     exp.run_fit(
-        RFGridSearch(config, trainer_type="DPO"), create_tiny_model,
-        preference_dataset(n=8, seed=1), preference_dataset(n=4, seed=2), num_chunks=2, seed=0,
+        RFGridSearch(config, trainer_type="DPO"),
+        create_tiny_model,
+        preference_dataset(n=8, seed=1),
+        preference_dataset(n=4, seed=2),
+        num_chunks=2,
+        seed=0,
     )
     info = exp.get_runs_info()
     assert info["status"].tolist() == ["COMPLETED", "COMPLETED"], info["error"].tolist()
     assert sorted(info["train.beta"].tolist()) == [0.1, 0.5]
     results = exp.get_results()
-    for metric in ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "eval_loss"):
+    for metric in (
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "eval_loss",
+    ):
         assert metric in results.columns, metric
         assert results[metric].notna().any(), metric
     # step 1: the policy equals the reference (fresh adapter, B = 0), so the DPO loss is log(2)
@@ -60,7 +71,9 @@ def test_grpo_with_user_reward_functions(tmp_path, tiny_model_dir, create_tiny_m
         ),
     )
     exp = Experiment("grpo", experiment_path=tmp_path, verbose=False)
-    exp.run_fit(RFGridSearch(config, trainer_type="GRPO"), create_tiny_model, math_prompt_dataset(n=8), num_chunks=2)
+    exp.run_fit(
+        RFGridSearch(config, trainer_type="GRPO"), create_tiny_model, math_prompt_dataset(n=8), num_chunks=2
+    )
     info = exp.get_runs_info()
     assert info["status"].tolist() == ["COMPLETED", "COMPLETED"], info["error"].tolist()
     results = exp.get_results()

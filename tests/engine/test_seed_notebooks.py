@@ -22,14 +22,20 @@ from rapidfire_core.demo.data import preference_dataset, support_dataset
 def sample_formatting_function(row):
     SYSTEM_PROMPT = "You are a helpful and friendly customer support assistant."
     return {
-        "prompt": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": row["instruction"]}],
+        "prompt": [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": row["instruction"]},
+        ],
         "completion": [{"role": "assistant", "content": row["response"]}],
     }
 
 
 def sample_compute_metrics(eval_preds):
     predictions, labels = eval_preds
-    overlap = [len(set(p.split()) & set(lbl.split())) / max(1, len(set(lbl.split()))) for p, lbl in zip(predictions, labels)]
+    overlap = [
+        len(set(p.split()) & set(lbl.split())) / max(1, len(set(lbl.split())))
+        for p, lbl in zip(predictions, labels, strict=True)
+    ]
     return {"word_recall": round(sum(overlap) / len(overlap), 4), "n_predictions": len(predictions)}
 
 
@@ -45,9 +51,14 @@ def test_sft_cookbook_runs_with_only_the_import_changed(tmp_path, tiny_model_dir
     eval_dataset = support_dataset(n=4, seed=5)
     peft_configs_lite = List(
         [
-            RFLoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["q_proj", "v_proj"], bias="none"),
             RFLoraConfig(
-                r=32, lora_alpha=64, lora_dropout=0.1, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["q_proj", "v_proj"], bias="none"
+            ),
+            RFLoraConfig(
+                r=32,
+                lora_alpha=64,
+                lora_dropout=0.1,
+                target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                 bias="none",
             ),
         ]
@@ -74,15 +85,23 @@ def test_sft_cookbook_runs_with_only_the_import_changed(tmp_path, tiny_model_dir
             formatting_func=sample_formatting_function,
             compute_metrics=sample_compute_metrics,
             generation_config={
-                "max_new_tokens": 8, "temperature": 0.8, "top_p": 0.9, "top_k": 30, "repetition_penalty": 1.05,
+                "max_new_tokens": 8,
+                "temperature": 0.8,
+                "top_p": 0.9,
+                "top_k": 30,
+                "repetition_penalty": 1.05,
             },
         )
 
-    experiment = Experiment(experiment_name="exp1-chatqa-lite", mode="fit", experiment_path=tmp_path, verbose=False)
+    experiment = Experiment(
+        experiment_name="exp1-chatqa-lite", mode="fit", experiment_path=tmp_path, verbose=False
+    )
     config_group = RFGridSearch(configs=List([config(1e-3), config(1e-4)]), trainer_type="SFT")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        experiment.run_fit(config_group, sample_create_model, train_dataset, eval_dataset, num_chunks=4, seed=42)
+        experiment.run_fit(
+            config_group, sample_create_model, train_dataset, eval_dataset, num_chunks=4, seed=42
+        )
     info = experiment.get_runs_info()
     assert info["status"].tolist() == ["COMPLETED"] * 4, info["error"].tolist()
     if not torch.cuda.is_available():
@@ -97,10 +116,16 @@ def test_sft_cookbook_runs_with_only_the_import_changed(tmp_path, tiny_model_dir
 
 def test_dpo_blog_config_runs_with_only_the_import_changed(tmp_path, tiny_model_dir):
     train_dataset = preference_dataset(n=8, seed=0)
-    experiment = Experiment(experiment_name="exp1-dpo-alignment", mode="fit", experiment_path=tmp_path, verbose=False)
+    experiment = Experiment(
+        experiment_name="exp1-dpo-alignment", mode="fit", experiment_path=tmp_path, verbose=False
+    )
     base_lora_config = RFLoraConfig(
-        task_type=TaskType.CAUSAL_LM, r=64, lora_alpha=64, lora_dropout=0.1,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], bias="none",
+        task_type=TaskType.CAUSAL_LM,
+        r=64,
+        lora_alpha=64,
+        lora_dropout=0.1,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        bias="none",
     )
     base_dpo_config = RFDPOConfig(
         gradient_checkpointing=True,
@@ -134,20 +159,30 @@ def test_dpo_blog_config_runs_with_only_the_import_changed(tmp_path, tiny_model_
 
     def model_config(lora, dpo):
         return RFModelConfig(
-            model_name=tiny_model_dir, ref_model_name=None, peft_config=lora, training_args=dpo,
+            model_name=tiny_model_dir,
+            ref_model_name=None,
+            peft_config=lora,
+            training_args=dpo,
             model_kwargs={"device_map": "auto", "torch_dtype": torch.bfloat16},
             tokenizer_kwargs={"model_max_length": 1024, "padding_side": "left", "truncation": True},
         )
 
     config_set = List(
-        [model_config(lora_config_1, dpo_config_1), model_config(lora_config_2, dpo_config_2),
-         model_config(lora_config_3, dpo_config_3)]
+        [
+            model_config(lora_config_1, dpo_config_1),
+            model_config(lora_config_2, dpo_config_2),
+            model_config(lora_config_3, dpo_config_3),
+        ]
     )
 
     def create_model(model_config):
-        model = AutoModelForCausalLM.from_pretrained(model_config["model_name"], **model_config["model_kwargs"])
+        model = AutoModelForCausalLM.from_pretrained(
+            model_config["model_name"], **model_config["model_kwargs"]
+        )
         model.config.use_cache = False
-        tokenizer = AutoTokenizer.from_pretrained(model_config["model_name"], **model_config["tokenizer_kwargs"])
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_config["model_name"], **model_config["tokenizer_kwargs"]
+        )
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         return (model, tokenizer)
@@ -159,7 +194,9 @@ def test_dpo_blog_config_runs_with_only_the_import_changed(tmp_path, tiny_model_
     assert info["peft.r"].tolist() == [64, 32, 64]
     assert info["train.loss_type"].tolist() == ["sigmoid", "robust", "sigmoid"]
     results = experiment.get_results()
-    assert {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins"} <= set(results.columns)
+    assert {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins"} <= set(
+        results.columns
+    )
     # one epoch of 8 rows at 2 rows per step
     assert (results.groupby("run_id")["step"].max() == 4).all()
     experiment.end()
