@@ -29,7 +29,9 @@ def _gpu_usable() -> bool:
 def pytest_collection_modifyitems(config, items):
     if _gpu_usable():
         return
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; none is usable on this machine (torch.cuda.is_available() is False)")
+    skip_gpu = pytest.mark.skip(
+        reason="needs a CUDA GPU; none is usable on this machine (torch.cuda.is_available() is False)"
+    )
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
@@ -51,7 +53,9 @@ def create_tiny_model():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     def create_model(model_config):
-        model = AutoModelForCausalLM.from_pretrained(model_config["model_name"], **(model_config.get("model_kwargs") or {}))
+        model = AutoModelForCausalLM.from_pretrained(
+            model_config["model_name"], **(model_config.get("model_kwargs") or {})
+        )
         tokenizer = AutoTokenizer.from_pretrained(model_config["model_name"])
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
