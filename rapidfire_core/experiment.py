@@ -131,8 +131,13 @@ class Experiment:
                 self._complete(run)
             progress.end_turn(run, self._store.status(run.run_id).value)
 
-        run_chunk_rounds(runs, progress, on_turn_end, on_finished)
-        buffer.flush()
+        try:
+            run_chunk_rounds(runs, progress, on_turn_end, on_finished)
+        except BaseException:  # KeyboardInterrupt included: leave no run thread behind
+            self._stop_unfinished(runs)
+            raise
+        finally:
+            buffer.flush()
         self._summarize(runs)
 
     def get_results(self) -> pd.DataFrame:
@@ -258,6 +263,18 @@ class Experiment:
         self._say(f"run {run.run_id} FAILED: {reason}")
         if tb and os.environ.get("RAPIDFIRE_DEBUG"):
             self._say(tb)
+
+    def _stop_unfinished(self, runs: list[RunExecution]) -> None:
+        for run in runs:
+            if run.worker is None or run.worker.finished:
+                continue
+            run.worker.abort()
+            self._store.update_run(
+                run.run_id, status=RunStatus.STOPPED, error="run_fit was interrupted", global_step=run.global_step
+            )
+            self._get_tracker().end_run(run.mlflow_run_id, "KILLED")
+            run.release()
+            self._say(f"run {run.run_id} STOPPED (run_fit was interrupted)")
 
     def _complete(self, run: RunExecution) -> None:
         if run.adapter_name is not None:

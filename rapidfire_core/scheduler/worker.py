@@ -62,12 +62,21 @@ class RunWorker:
         self._back.acquire()
 
     def abort(self) -> None:
-        """End a paused (or never started) worker; returns when its thread is done."""
+        """End the worker; returns when its thread is done.
+
+        A paused or never-started worker ends at once. A running one (the scheduler was
+        interrupted while waiting for it) ends at its next step: the chunk gate checks
+        `abort_requested` at every step start.
+        """
         if self.finished:
             return
         self._aborting = True
         self.run_turn()
         self._thread.join()
+
+    @property
+    def abort_requested(self) -> bool:
+        return self._aborting
 
     # ---- worker side ---------------------------------------------------------------------------
     def pause(self) -> None:

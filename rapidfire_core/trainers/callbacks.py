@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 from transformers import TrainerCallback
 
+from rapidfire_core.scheduler.worker import RunAborted
+
 if TYPE_CHECKING:
     from rapidfire_core.trainers.execution import RunExecution
 
@@ -46,6 +48,8 @@ class ChunkGate(TrainerCallback):
         self.chunks_seen_in_epoch = 0
 
     def on_step_begin(self, args, state, control, **kwargs):
+        if self.run.worker.abort_requested:
+            raise RunAborted(self.run.name)
         if self.pause_pending:
             self.pause_pending = False
             self.run.yield_turn()

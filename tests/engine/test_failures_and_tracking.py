@@ -108,3 +108,33 @@ def test_progress_and_mlflow_hint_are_printed(tmp_path, tiny_model_dir, create_t
     assert "step 2/4 loss=" in out and "-> COMPLETED" in out
     assert f"mlflow ui --backend-store-uri sqlite:///{exp.path / 'mlflow.db'}" in out
     exp.end()
+
+
+def test_interrupted_run_fit_stops_unfinished_runs_and_ends_their_threads(
+    tmp_path, tiny_model_dir, create_tiny_model, monkeypatch
+):
+    import threading
+
+    from rapidfire_core.scheduler.progress import ProgressDisplay
+
+    turns = {"n": 0}
+    real_end_turn = ProgressDisplay.end_turn
+
+    def interrupt_after_first_turn(self, run, status):
+        real_end_turn(self, run, status)
+        turns["n"] += 1
+        if turns["n"] == 1:
+            raise KeyboardInterrupt  # as if the user pressed stop in the notebook
+
+    monkeypatch.setattr(ProgressDisplay, "end_turn", interrupt_after_first_turn)
+    configs = List([_config(tiny_model_dir, learning_rate=List([1e-3, 1e-4]))])
+    exp = Experiment("interrupted", experiment_path=tmp_path, verbose=False)
+    with pytest.raises(KeyboardInterrupt):
+        exp.run_fit(RFGridSearch(configs, trainer_type="SFT"), create_tiny_model, support_dataset(n=8), num_chunks=2)
+    info = exp.get_runs_info()
+    assert info["status"].tolist() == ["STOPPED", "STOPPED"]
+    assert info["global_step"].tolist() == [2, 0]  # run 1 trained its first chunk, run 2 never started
+    assert not [t for t in threading.enumerate() if t.name.startswith("rapidfire-run-")]
+    statuses = {r.info.status for r in MlflowClient(exp.tracking_uri).search_runs([exp._get_tracker().experiment_id])}
+    assert statuses == {"KILLED"}
+    exp.end()
