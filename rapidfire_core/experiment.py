@@ -270,7 +270,10 @@ class Experiment:
                 continue
             run.worker.abort()
             self._store.update_run(
-                run.run_id, status=RunStatus.STOPPED, error="run_fit was interrupted", global_step=run.global_step
+                run.run_id,
+                status=RunStatus.STOPPED,
+                error="run_fit was interrupted",
+                global_step=run.global_step,
             )
             self._get_tracker().end_run(run.mlflow_run_id, "KILLED")
             run.release()

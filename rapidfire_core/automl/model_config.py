@@ -147,8 +147,11 @@ class RFModelConfig:
 
     def user_kwargs(self) -> dict[str, Any]:
         """Fields whose value differs from the default, in declaration order."""
-        return {n: getattr(self, n) for n in _FIELDS if getattr(self, n) is not _DEFAULTS[n]
-                and not _eq(getattr(self, n), _DEFAULTS[n])}
+        return {
+            n: getattr(self, n)
+            for n in _FIELDS
+            if getattr(self, n) is not _DEFAULTS[n] and not _eq(getattr(self, n), _DEFAULTS[n])
+        }
 
     def __repr__(self) -> str:
         return "RFModelConfig(" + ", ".join(f"{k}={v!r}" for k, v in self.user_kwargs().items()) + ")"

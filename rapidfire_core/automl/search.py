@@ -207,8 +207,10 @@ class RFRandomSearch(_ConfigGroup):
         return runs
 
     def __repr__(self) -> str:
-        return (f"RFRandomSearch({len(self.configs)} configs, trainer_type={self.trainer_type!r}, "
-                f"num_runs={self.num_runs}, seed={self.seed})")
+        return (
+            f"RFRandomSearch({len(self.configs)} configs, trainer_type={self.trainer_type!r}, "
+            f"num_runs={self.num_runs}, seed={self.seed})"
+        )
 
 
 __all__ = ["TRAINER_TYPES", "RFGridSearch", "RFRandomSearch", "RunSpec"]

@@ -179,14 +179,18 @@ def _translate_legacy(ctx: _Ctx, library_fields: set[str]) -> None:
     _rename(ctx, "max_seq_length", "max_length")
     for name in ("overwrite_output_dir", "logging_dir"):
         if name in legacy:
-            ctx.note(f"{name}={legacy.pop(name)!r} dropped (not a field of the installed transformers; "
-                     "the engine manages output and logging directories)")
+            ctx.note(
+                f"{name}={legacy.pop(name)!r} dropped (not a field of the installed transformers; "
+                "the engine manages output and logging directories)"
+            )
     if ctx.kind == "DPO" and ("max_prompt_length" in legacy or "max_completion_length" in legacy):
         _dpo_lengths(ctx)
     if ctx.kind == "GRPO" and "max_prompt_length" in legacy:
         value = legacy.pop("max_prompt_length")
-        ctx.note(f"max_prompt_length={value!r} dropped: the installed TRL's GRPOConfig does not truncate "
-                 "prompts (truncate them in the dataset if needed)")
+        ctx.note(
+            f"max_prompt_length={value!r} dropped: the installed TRL's GRPOConfig does not truncate "
+            "prompts (truncate them in the dataset if needed)"
+        )
     for name in ("model_adapter_name", "ref_adapter_name", "force_use_ref_model"):
         if name in legacy:
             ctx.note(f"{name}={legacy.pop(name)!r} dropped: {_REFERENCE_NOTE}")
@@ -202,8 +206,10 @@ def _resolve_deprecated_aliases(ctx: _Ctx, library_cls: type) -> None:
     Only when the installed class has the new field and the user did not set it.
     """
     fields = {f.name: f for f in dataclasses.fields(library_cls) if f.init}
-    for old, new in (("gradient_checkpointing", "activation_checkpointing"),
-                     ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+    for old, new in (
+        ("gradient_checkpointing", "activation_checkpointing"),
+        ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"),
+    ):
         if old not in fields or new not in fields or new in ctx.kwargs:
             continue
         value = ctx.kwargs.get(old, fields[old].default)
@@ -228,12 +234,16 @@ def _dpo_lengths(ctx: _Ctx) -> None:
     pairs = (("max_prompt_length", prompt), ("max_completion_length", completion))
     given = ", ".join(f"{n}={v!r}" for n, v in pairs if v is not None)
     if "max_length" in ctx.kwargs:
-        ctx.note(f"{given} dropped: the installed TRL's DPOConfig has no separate prompt/completion limits; "
-                 f"prompt+completion is truncated to max_length={ctx.kwargs['max_length']!r}")
+        ctx.note(
+            f"{given} dropped: the installed TRL's DPOConfig has no separate prompt/completion limits; "
+            f"prompt+completion is truncated to max_length={ctx.kwargs['max_length']!r}"
+        )
     elif prompt is not None and completion is not None:
         ctx.kwargs["max_length"] = prompt + completion
-        ctx.note(f"{given} -> max_length={prompt + completion!r} (the installed TRL's DPOConfig truncates "
-                 "prompt+completion to max_length)")
+        ctx.note(
+            f"{given} -> max_length={prompt + completion!r} (the installed TRL's DPOConfig truncates "
+            "prompt+completion to max_length)"
+        )
     elif given:
         ctx.note(f"{given} dropped: the installed TRL's DPOConfig only has max_length (kept at its default)")
 

@@ -36,7 +36,10 @@ def test_every_field_stored_with_library_defaults_and_user_values():
     cfg = RFSFTConfig(learning_rate=List([1e-3, 1e-4]), max_steps=128)
     assert cfg.learning_rate == List([1e-3, 1e-4])
     assert cfg.max_steps == 128
-    assert cfg.per_device_train_batch_size == trl.SFTConfig.__dataclass_fields__["per_device_train_batch_size"].default
+    assert (
+        cfg.per_device_train_batch_size
+        == trl.SFTConfig.__dataclass_fields__["per_device_train_batch_size"].default
+    )
     assert cfg.user_kwargs() == {"learning_rate": List([1e-3, 1e-4]), "max_steps": 128}
     lora = RFLoraConfig(r=8)
     assert lora.rank_pattern == {} and lora.rank_pattern is not RFLoraConfig().rank_pattern  # default_factory
@@ -47,7 +50,9 @@ def test_unknown_field_names_field_class_and_suggestion():
         RFSFTConfig(learning_rat=1e-3)
     msg = str(err.value)
     assert "learning_rat" in msg and "RFSFTConfig" in msg and "did you mean 'learning_rate'" in msg
-    with pytest.raises(ConfigError, match=r"RFLoraConfig: unknown field 'lora_alpah'; did you mean 'lora_alpha'"):
+    with pytest.raises(
+        ConfigError, match=r"RFLoraConfig: unknown field 'lora_alpah'; did you mean 'lora_alpha'"
+    ):
         RFLoraConfig(lora_alpah=16)
 
 
@@ -69,10 +74,14 @@ def test_wrong_type_names_field_expected_and_got():
 
 
 def test_type_check_accepts_what_the_libraries_accept():
-    RFSFTConfig(learning_rate=1, logging_steps=0.5, warmup_steps=0.1)  # int for float; float logging/warmup steps
+    RFSFTConfig(
+        learning_rate=1, logging_steps=0.5, warmup_steps=0.1
+    )  # int for float; float logging/warmup steps
     RFSFTConfig(learning_rate=Range(1e-5, 1e-3, log=True), optim="adamw_torch", lr_scheduler_type="cosine")
     RFDPOConfig(loss_type="sigmoid")  # list[str] field given one str, as TRL wraps it
-    RFLoraConfig(init_lora_weights="pissa_niter_4", target_modules="all-linear", task_type=peft.TaskType.CAUSAL_LM)
+    RFLoraConfig(
+        init_lora_weights="pissa_niter_4", target_modules="all-linear", task_type=peft.TaskType.CAUSAL_LM
+    )
     RFLoraConfig(target_modules=List([["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"]]))
     with pytest.raises(ConfigError):
         RFLoraConfig(target_modules=List([["q_proj"], [3]]))
@@ -97,7 +106,9 @@ def test_copy_is_independent_and_assignment_is_validated():
         c.beta = "high"
     assert c.beta == 0.1
 
-    mc = RFModelConfig(model_name="m", reward_funcs=[reward], peft_config=RFLoraConfig(target_modules=["q_proj"]))
+    mc = RFModelConfig(
+        model_name="m", reward_funcs=[reward], peft_config=RFLoraConfig(target_modules=["q_proj"])
+    )
     mc2 = mc.copy()
     mc2.peft_config.target_modules.append("v_proj")
     assert mc.peft_config.target_modules == ["q_proj"]
@@ -105,7 +116,9 @@ def test_copy_is_independent_and_assignment_is_validated():
 
 
 def test_repr_shows_only_user_set_fields():
-    assert repr(RFSFTConfig(learning_rate=1e-3, max_steps=8)) == "RFSFTConfig(learning_rate=0.001, max_steps=8)"
+    assert (
+        repr(RFSFTConfig(learning_rate=1e-3, max_steps=8)) == "RFSFTConfig(learning_rate=0.001, max_steps=8)"
+    )
     assert repr(RFLoraConfig(r=List([8, 32]))) == "RFLoraConfig(r=List([8, 32]))"
     assert str(RFSFTConfig()) == "RFSFTConfig()"
 
@@ -133,10 +146,18 @@ def test_library_post_init_errors_become_config_errors_naming_the_config():
         RFLoraConfig(target_modules="all-linear", layers_to_transform=[0]).to_peft()
 
 
-@pytest.mark.filterwarnings("ignore::FutureWarning")  # the plain GRPOConfig's own gradient_checkpointing notice
+@pytest.mark.filterwarnings(
+    "ignore::FutureWarning"
+)  # the plain GRPOConfig's own gradient_checkpointing notice
 def test_from_library_round_trips_plain_configs():
-    plain = trl.GRPOConfig(output_dir="/tmp/x", use_cpu=True, bf16=False, learning_rate=2e-6, num_generations=4,
-                           per_device_train_batch_size=4)
+    plain = trl.GRPOConfig(
+        output_dir="/tmp/x",
+        use_cpu=True,
+        bf16=False,
+        learning_rate=2e-6,
+        num_generations=4,
+        per_device_train_batch_size=4,
+    )
     rf = RFGRPOConfig.from_library(plain)
     assert rf.is_user_set("learning_rate") and rf.learning_rate == 2e-6
     again = rf.to_trl(output_dir="/tmp/y")  # post_init-derived values do not clash when re-passed

@@ -50,19 +50,37 @@ def reward_one(completions, **kwargs):
 
 def cookbook_configs() -> List:
     """Seed 002's config_set_lite: 2 learning rates x 2 LoRA configs."""
-    peft_configs_lite = List([
-        RFLoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["q_proj", "v_proj"], bias="none"),
-        RFLoraConfig(r=32, lora_alpha=64, lora_dropout=0.1, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                     bias="none"),
-    ])
+    peft_configs_lite = List(
+        [
+            RFLoraConfig(
+                r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["q_proj", "v_proj"], bias="none"
+            ),
+            RFLoraConfig(
+                r=32,
+                lora_alpha=64,
+                lora_dropout=0.1,
+                target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                bias="none",
+            ),
+        ]
+    )
 
     def config(lr):
         return RFModelConfig(
             model_name=MODEL,
             peft_config=peft_configs_lite,
-            training_args=RFSFTConfig(learning_rate=lr, lr_scheduler_type="linear", per_device_train_batch_size=4,
-                                      per_device_eval_batch_size=4, max_steps=128, gradient_accumulation_steps=1,
-                                      logging_steps=2, eval_strategy="steps", eval_steps=4, fp16=True),
+            training_args=RFSFTConfig(
+                learning_rate=lr,
+                lr_scheduler_type="linear",
+                per_device_train_batch_size=4,
+                per_device_eval_batch_size=4,
+                max_steps=128,
+                gradient_accumulation_steps=1,
+                logging_steps=2,
+                eval_strategy="steps",
+                eval_steps=4,
+                fp16=True,
+            ),
             model_type="causal_lm",
             model_kwargs={"device_map": "auto", "torch_dtype": "auto", "use_cache": False},
             formatting_func=formatting_function,
@@ -77,7 +95,11 @@ def test_cookbook_grid_gives_four_runs_in_documented_order():
     runs = group.expand()
     assert group.trainer_type == "SFT"
     assert [(r.knobs["train.learning_rate"], r.knobs["peft.r"]) for r in runs] == [
-        (1e-3, 8), (1e-3, 32), (1e-4, 8), (1e-4, 32)]
+        (1e-3, 8),
+        (1e-3, 32),
+        (1e-4, 8),
+        (1e-4, 32),
+    ]
     for run in runs:
         assert isinstance(run, RunSpec) and run.trainer_type == "SFT"
         assert isinstance(run.model_config.peft_config, RFLoraConfig)
@@ -113,7 +135,10 @@ def test_list_inside_list_and_inside_model_kwargs_and_training_args():
     runs = RFGridSearch(mc).expand()
     assert len(runs) == 4 * 2 * 2
     # declaration order: peft_config (outer) -> training_args -> model_kwargs (inner)
-    first = [(r.knobs["peft.r"], r.knobs["train.learning_rate"], r.knobs["model_kwargs.torch_dtype"]) for r in runs[:4]]
+    first = [
+        (r.knobs["peft.r"], r.knobs["train.learning_rate"], r.knobs["model_kwargs.torch_dtype"])
+        for r in runs[:4]
+    ]
     assert first == [(4, 1e-3, "float32"), (4, 1e-3, "bfloat16"), (4, 1e-4, "float32"), (4, 1e-4, "bfloat16")]
     assert [r.knobs["peft.r"] for r in runs[::4]] == [4, 8, 16, 32]
     assert runs[0].create_model_dict()["model_kwargs"] == {"torch_dtype": "float32", "use_cache": False}
@@ -139,11 +164,18 @@ def test_range_in_grid_needs_num_points():
 
 
 def _random_space() -> List:
-    return List([
-        RFModelConfig(model_name=MODEL, peft_config=RFLoraConfig(r=List([4, 8, 16, 32]), lora_alpha=Range(8, 64)),
-                      training_args=RFSFTConfig(learning_rate=Range(1e-6, 1e-2, log=True), max_steps=2)),
-        RFModelConfig(model_name="other/model", training_args=RFSFTConfig(learning_rate=Range(1e-5, 1e-4))),
-    ])
+    return List(
+        [
+            RFModelConfig(
+                model_name=MODEL,
+                peft_config=RFLoraConfig(r=List([4, 8, 16, 32]), lora_alpha=Range(8, 64)),
+                training_args=RFSFTConfig(learning_rate=Range(1e-6, 1e-2, log=True), max_steps=2),
+            ),
+            RFModelConfig(
+                model_name="other/model", training_args=RFSFTConfig(learning_rate=Range(1e-5, 1e-4))
+            ),
+        ]
+    )
 
 
 def test_random_search_is_reproducible_and_seed_dependent():
@@ -152,8 +184,11 @@ def test_random_search_is_reproducible_and_seed_dependent():
     draws_c = [r.knobs for r in RFRandomSearch(_random_space(), num_runs=6, seed=8).expand()]
     assert draws_a == draws_b and draws_a != draws_c
     assert len(draws_a) == 6
-    assert {d["model_name"] for d in RFRandomSearch(_random_space(), num_runs=20, seed=0).expand()
-            for d in [d.knobs]} == {MODEL, "other/model"}  # the top-level List is sampled too
+    assert {
+        d["model_name"]
+        for d in RFRandomSearch(_random_space(), num_runs=20, seed=0).expand()
+        for d in [d.knobs]
+    } == {MODEL, "other/model"}  # the top-level List is sampled too
     for d in draws_a:
         lr = d["train.learning_rate"]
         assert (1e-6 <= lr <= 1e-2) if d["model_name"] == MODEL else (1e-5 <= lr <= 1e-4)
@@ -171,14 +206,30 @@ def test_random_search_rejects_impossible_num_runs():
 @pytest.mark.parametrize("trainer_type", ["SFT", "DPO", "GRPO"])
 def test_random_search_for_each_trainer_materializes(trainer_type):
     training = {
-        "SFT": RFSFTConfig(learning_rate=Range(1e-5, 1e-3, log=True), max_length=List([128, 256]), warmup_ratio=0.1),
-        "DPO": RFDPOConfig(beta=Range(0.01, 0.5, log=True), loss_type=List(["sigmoid", "robust"]),
-                           max_prompt_length=64, max_completion_length=64, warmup_ratio=0.05),
-        "GRPO": RFGRPOConfig(learning_rate=Range(1e-6, 1e-5), num_generations=List([2, 4]),
-                             per_device_train_batch_size=4, max_completion_length=List([32, 64]), beta=0.0),
+        "SFT": RFSFTConfig(
+            learning_rate=Range(1e-5, 1e-3, log=True), max_length=List([128, 256]), warmup_ratio=0.1
+        ),
+        "DPO": RFDPOConfig(
+            beta=Range(0.01, 0.5, log=True),
+            loss_type=List(["sigmoid", "robust"]),
+            max_prompt_length=64,
+            max_completion_length=64,
+            warmup_ratio=0.05,
+        ),
+        "GRPO": RFGRPOConfig(
+            learning_rate=Range(1e-6, 1e-5),
+            num_generations=List([2, 4]),
+            per_device_train_batch_size=4,
+            max_completion_length=List([32, 64]),
+            beta=0.0,
+        ),
     }[trainer_type]
-    mc = RFModelConfig(model_name=MODEL, peft_config=RFLoraConfig(r=List([4, 8]), target_modules=["q_proj"]),
-                       training_args=training, reward_funcs=[reward_len, reward_one])
+    mc = RFModelConfig(
+        model_name=MODEL,
+        peft_config=RFLoraConfig(r=List([4, 8]), target_modules=["q_proj"]),
+        training_args=training,
+        reward_funcs=[reward_len, reward_one],
+    )
     runs = RFRandomSearch(List([mc]), trainer_type=trainer_type.lower(), num_runs=3, seed=3).expand()
     assert len(runs) == 3
     library = {"SFT": trl.SFTConfig, "DPO": trl.DPOConfig, "GRPO": trl.GRPOConfig}[trainer_type]
@@ -194,8 +245,11 @@ def test_random_search_for_each_trainer_materializes(trainer_type):
 
 
 def test_trainer_type_mismatch_is_reported_per_run():
-    mc = RFModelConfig(model_name=MODEL, peft_config=List([RFLoraConfig(r=8), RFLoraConfig(r=16)]),
-                       training_args=RFSFTConfig(max_steps=1))
+    mc = RFModelConfig(
+        model_name=MODEL,
+        peft_config=List([RFLoraConfig(r=8), RFLoraConfig(r=16)]),
+        training_args=RFSFTConfig(max_steps=1),
+    )
     with pytest.raises(ConfigError) as err:
         RFGridSearch(mc, trainer_type="DPO").expand()
     msg = str(err.value)
@@ -209,21 +263,29 @@ def test_trainer_type_mismatch_is_reported_per_run():
 
 
 def test_grpo_generation_batch_must_divide_by_num_generations():
-    mc = RFModelConfig(model_name=MODEL, reward_funcs=reward_one,
-                       training_args=RFGRPOConfig(per_device_train_batch_size=3, gradient_accumulation_steps=2,
-                                                  num_generations=List([2, 4])))
+    mc = RFModelConfig(
+        model_name=MODEL,
+        reward_funcs=reward_one,
+        training_args=RFGRPOConfig(
+            per_device_train_batch_size=3, gradient_accumulation_steps=2, num_generations=List([2, 4])
+        ),
+    )
     with pytest.raises(ConfigError) as err:
         RFGridSearch(mc, trainer_type="GRPO").expand()
     msg = str(err.value)
     assert "1 of 2 runs invalid" in msg and "run 1 {train.num_generations=4}" in msg
-    assert ("per_device_train_batch_size (3) * gradient_accumulation_steps (2) = 6 is not divisible by "
-            "num_generations (4)") in msg
+    assert (
+        "per_device_train_batch_size (3) * gradient_accumulation_steps (2) = 6 is not divisible by "
+        "num_generations (4)"
+    ) in msg
     mc.training_args.num_generations = 3
     assert len(RFGridSearch(mc, trainer_type="GRPO").expand()) == 1
 
 
 def test_grpo_needs_reward_funcs_and_model_name_is_required():
-    mc = RFModelConfig(model_name=MODEL, training_args=RFGRPOConfig(num_generations=2, per_device_train_batch_size=2))
+    mc = RFModelConfig(
+        model_name=MODEL, training_args=RFGRPOConfig(num_generations=2, per_device_train_batch_size=2)
+    )
     with pytest.raises(ConfigError, match="needs RFModelConfig.reward_funcs"):
         RFGridSearch(mc, trainer_type="GRPO").expand()
     with pytest.raises(ConfigError, match="model_name is required"):
@@ -231,8 +293,10 @@ def test_grpo_needs_reward_funcs_and_model_name_is_required():
 
 
 def test_trl_validation_errors_surface_at_expand():
-    mc = RFModelConfig(model_name=MODEL, training_args=RFDPOConfig(loss_type=["sigmoid", "sft"],
-                                                                  loss_weights=List([[1.0], [0.5, 0.5]])))
+    mc = RFModelConfig(
+        model_name=MODEL,
+        training_args=RFDPOConfig(loss_type=["sigmoid", "sft"], loss_weights=List([[1.0], [0.5, 0.5]])),
+    )
     with pytest.raises(ConfigError) as err:
         RFGridSearch(mc, trainer_type="DPO").expand()
     assert "1 of 2 runs invalid" in str(err.value) and "run 0" in str(err.value)

@@ -66,9 +66,14 @@ def test_seed_dpo_config_materializes_on_cpu_with_translations():
     assert args.max_length == 1024 and args.output_dir == "/tmp/rf-dpo"
     assert all(len(m.splitlines()) == 1 and m.startswith("RFDPOConfig: ") for m in messages)
     joined = "\n".join(messages)
-    for needle in ("warmup_ratio=0.1 -> warmup_steps=0.1", "max_prompt_length=512, max_completion_length=512 dropped",
-                   "model_adapter_name='default' dropped", "ref_adapter_name='reference' dropped",
-                   "force_use_ref_model=False dropped", "optim='paged_adamw_8bit' -> 'adamw_torch'"):
+    for needle in (
+        "warmup_ratio=0.1 -> warmup_steps=0.1",
+        "max_prompt_length=512, max_completion_length=512 dropped",
+        "model_adapter_name='default' dropped",
+        "ref_adapter_name='reference' dropped",
+        "force_use_ref_model=False dropped",
+        "optim='paged_adamw_8bit' -> 'adamw_torch'",
+    ):
         assert needle in joined, needle
     assert "adapter disabled" in joined
     assert len(messages) == 6
@@ -76,7 +81,9 @@ def test_seed_dpo_config_materializes_on_cpu_with_translations():
 
 
 def test_dpo_prompt_and_completion_lengths_become_max_length_when_unset():
-    args, messages = _materialize(RFDPOConfig(max_prompt_length=128, max_completion_length=64), output_dir="/tmp/x")
+    args, messages = _materialize(
+        RFDPOConfig(max_prompt_length=128, max_completion_length=64), output_dir="/tmp/x"
+    )
     assert args.max_length == 192
     assert any("-> max_length=192" in m for m in messages)
 
@@ -84,12 +91,16 @@ def test_dpo_prompt_and_completion_lengths_become_max_length_when_unset():
 def test_legacy_fields_follow_the_installed_trl_not_a_version_number():
     dpo_fields = {f.name for f in dataclasses.fields(trl.DPOConfig)}
     grpo_fields = {f.name for f in dataclasses.fields(trl.GRPOConfig)}
-    assert ("max_prompt_length" in legacy_fields_for("DPO", dpo_fields)) == ("max_prompt_length" not in dpo_fields)
+    assert ("max_prompt_length" in legacy_fields_for("DPO", dpo_fields)) == (
+        "max_prompt_length" not in dpo_fields
+    )
     # GRPO still has max_completion_length: an ordinary field, passed through without a warning
     assert "max_completion_length" in grpo_fields
     assert "max_completion_length" not in legacy_fields_for("GRPO", grpo_fields)
-    args, messages = _materialize(RFGRPOConfig(max_completion_length=64, num_generations=2,
-                                               per_device_train_batch_size=2), output_dir="/tmp/x")
+    args, messages = _materialize(
+        RFGRPOConfig(max_completion_length=64, num_generations=2, per_device_train_batch_size=2),
+        output_dir="/tmp/x",
+    )
     assert args.max_completion_length == 64 and not any("max_completion_length" in m for m in messages)
     # if a future TRL brings a field back, it stops being legacy
     assert "max_prompt_length" not in legacy_fields_for("DPO", dpo_fields | {"max_prompt_length"})
@@ -99,8 +110,10 @@ def test_legacy_fields_follow_the_installed_trl_not_a_version_number():
 
 
 def test_grpo_max_prompt_length_dropped_and_sft_max_seq_length_renamed():
-    args, messages = _materialize(RFGRPOConfig(max_prompt_length=256, num_generations=2,
-                                               per_device_train_batch_size=2), output_dir="/tmp/x")
+    args, messages = _materialize(
+        RFGRPOConfig(max_prompt_length=256, num_generations=2, per_device_train_batch_size=2),
+        output_dir="/tmp/x",
+    )
     assert any("max_prompt_length=256 dropped" in m for m in messages)
     args, messages = _materialize(RFSFTConfig(max_seq_length=333), output_dir="/tmp/x")
     assert args.max_length == 333 and any("max_seq_length=333 -> max_length=333" in m for m in messages)
@@ -117,8 +130,10 @@ def test_fp16_on_cpu_becomes_false_with_one_warning():
     assert gpu_available() is False
     args, messages = _materialize(RFSFTConfig(fp16=True), output_dir="/tmp/x")
     assert args.fp16 is False and args.use_cpu is True
-    assert messages == ["RFSFTConfig: fp16=True -> False: no usable GPU (torch.cuda.is_available() is False); "
-                        "training runs in float32 on CPU"]
+    assert messages == [
+        "RFSFTConfig: fp16=True -> False: no usable GPU (torch.cuda.is_available() is False); "
+        "training runs in float32 on CPU"
+    ]
     args, messages = _materialize(RFSFTConfig(bf16=True, optim="adamw_bnb_8bit"), output_dir="/tmp/x")
     assert args.bf16 is False and args.optim.value == "adamw_torch" and len(messages) == 2
 
@@ -141,8 +156,15 @@ def test_seed_dpo_group_warns_at_expand_once_and_engine_calls_stay_quiet():
         c = base.copy()
         c.loss_type = loss
         c.beta = beta
-        variants.append(RFModelConfig(model_name="m", ref_model_name=None, peft_config=RFLoraConfig(r=64),
-                                      training_args=c, tokenizer_kwargs={"padding_side": "left"}))
+        variants.append(
+            RFModelConfig(
+                model_name="m",
+                ref_model_name=None,
+                peft_config=RFLoraConfig(r=64),
+                training_args=c,
+                tokenizer_kwargs={"padding_side": "left"},
+            )
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         runs = RFGridSearch(configs=List(variants), trainer_type="DPO").expand()

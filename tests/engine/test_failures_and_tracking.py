@@ -101,7 +101,12 @@ def test_bad_dataset_is_rejected_before_training(tmp_path, tiny_model_dir, creat
 
 def test_progress_and_mlflow_hint_are_printed(tmp_path, tiny_model_dir, create_tiny_model, capsys):
     exp = Experiment("shown", experiment_path=tmp_path, verbose=True)
-    exp.run_fit(RFGridSearch(_config(tiny_model_dir), trainer_type="SFT"), create_tiny_model, support_dataset(n=8), num_chunks=2)
+    exp.run_fit(
+        RFGridSearch(_config(tiny_model_dir), trainer_type="SFT"),
+        create_tiny_model,
+        support_dataset(n=8),
+        num_chunks=2,
+    )
     out = capsys.readouterr().out
     # one line per (chunk, run) turn with the step and the latest loss, then the store's location
     assert "[epoch 1 chunk 1/2] run 1" in out and "[epoch 1 chunk 2/2] run 1" in out
@@ -130,11 +135,15 @@ def test_interrupted_run_fit_stops_unfinished_runs_and_ends_their_threads(
     configs = List([_config(tiny_model_dir, learning_rate=List([1e-3, 1e-4]))])
     exp = Experiment("interrupted", experiment_path=tmp_path, verbose=False)
     with pytest.raises(KeyboardInterrupt):
-        exp.run_fit(RFGridSearch(configs, trainer_type="SFT"), create_tiny_model, support_dataset(n=8), num_chunks=2)
+        exp.run_fit(
+            RFGridSearch(configs, trainer_type="SFT"), create_tiny_model, support_dataset(n=8), num_chunks=2
+        )
     info = exp.get_runs_info()
     assert info["status"].tolist() == ["STOPPED", "STOPPED"]
     assert info["global_step"].tolist() == [2, 0]  # run 1 trained its first chunk, run 2 never started
     assert not [t for t in threading.enumerate() if t.name.startswith("rapidfire-run-")]
-    statuses = {r.info.status for r in MlflowClient(exp.tracking_uri).search_runs([exp._get_tracker().experiment_id])}
+    statuses = {
+        r.info.status for r in MlflowClient(exp.tracking_uri).search_runs([exp._get_tracker().experiment_id])
+    }
     assert statuses == {"KILLED"}
     exp.end()
