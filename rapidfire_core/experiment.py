@@ -27,7 +27,7 @@ import pandas as pd
 from rapidfire_core.control import RunStatus, RunStore
 from rapidfire_core.scheduler.chunks import ChunkPlan
 from rapidfire_core.scheduler.loop import run_chunk_rounds
-from rapidfire_core.scheduler.progress import ProgressDisplay
+from rapidfire_core.scheduler.progress import ProgressDisplay, varying_knobs
 from rapidfire_core.tracking.metric_buffer import MetricBuffer
 from rapidfire_core.tracking.mlflow_tracker import MLflowTracker, default_tracking_uri
 from rapidfire_core.trainers.callbacks import ChunkGate, MetricsForwarder
@@ -102,7 +102,7 @@ class Experiment:
 
         tracker = self._get_tracker()
         buffer = MetricBuffer(self._store, tracker)
-        progress = ProgressDisplay(num_chunks, enabled=self.verbose)
+        progress = ProgressDisplay(num_chunks, varying_knobs([s.knobs for s in specs]), enabled=self.verbose)
         registry = ModelRegistry(create_model)
         self._say(
             f"{len(specs)} {trainer_type} configuration(s), {len(train)} training rows in {num_chunks} chunks"

@@ -16,14 +16,19 @@ if TYPE_CHECKING:
 _SHOWN = ("loss", "eval_loss", "reward", "rewards/accuracies")
 
 
-def _knob_summary(knobs: dict, limit: int = 4) -> str:
-    varying = [f"{k.split('.')[-1]}={v}" for k, v in knobs.items() if k != "model_name"][:limit]
-    return ", ".join(varying)
+def varying_knobs(knob_sets: list[dict]) -> list[str]:
+    """Knob names whose values differ between runs (what tells runs apart on a progress line)."""
+    keys = dict.fromkeys(k for knobs in knob_sets for k in knobs)
+    return [k for k in keys if len({repr(knobs.get(k)) for knobs in knob_sets}) > 1]
 
 
 class ProgressDisplay:
-    def __init__(self, num_chunks: int, stream: TextIO | None = None, enabled: bool = True) -> None:
+    def __init__(
+        self, num_chunks: int, shown_knobs: list[str], stream: TextIO | None = None, enabled: bool = True
+    ) -> None:
+        """shown_knobs: the knob names printed for each run (e.g. `varying_knobs(...)`)."""
         self.num_chunks = num_chunks
+        self.shown_knobs = shown_knobs
         self.stream = stream or sys.stdout
         self.enabled = enabled
         self.live = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
@@ -36,7 +41,8 @@ class ProgressDisplay:
     def _line(self, run: RunExecution) -> str:
         metrics = " ".join(f"{k}={run.latest[k]:.4f}" for k in _SHOWN if k in run.latest)
         steps = f"step {run.global_step}/{run.max_steps}" if run.max_steps else f"step {run.global_step}"
-        return f"{self.label} ({_knob_summary(run.knobs)}) {steps} {metrics}".rstrip()
+        knobs = ", ".join(f"{k.split('.')[-1]}={run.knobs.get(k)}" for k in self.shown_knobs)
+        return " ".join(part for part in (self.label, f"({knobs})" if knobs else "", steps, metrics) if part)
 
     def step(self, run: RunExecution) -> None:
         if self.live:
