@@ -66,6 +66,9 @@ class Experiment:
         self.tracking_uri = tracking_uri or default_tracking_uri(self.path)
         self.verbose = verbose
         self._store = RunStore(self.path / "runs.db")
+        orphans = self._store.stop_orphaned_runs("the process ended while the run was in flight")
+        if orphans:
+            self._say(f"Runs {orphans} were left in flight by an earlier process; marked STOPPED")
         self._tracker: MLflowTracker | None = None
         self._open = True
         self._say(f"Experiment '{experiment_name}' at {self.path}")

@@ -98,6 +98,21 @@ class RunStore:
                 (*fields.values(), time.time(), run_id),
             )
 
+    def stop_orphaned_runs(self, reason: str) -> list[int]:
+        """Mark runs left NEW or ONGOING by a process that ended mid-run_fit as STOPPED.
+
+        Called when an experiment is (re)opened: no run of this store is in flight then.
+        Returns the run ids it changed.
+        """
+        in_flight = (RunStatus.NEW.value, RunStatus.ONGOING.value)
+        with self._lock, self._db:
+            rows = self._db.execute("SELECT run_id FROM runs WHERE status IN (?, ?)", in_flight).fetchall()
+            self._db.execute(
+                "UPDATE runs SET status = ?, error = ?, updated_at = ? WHERE status IN (?, ?)",
+                (RunStatus.STOPPED.value, reason, time.time(), *in_flight),
+            )
+        return [row[0] for row in rows]
+
     def status(self, run_id: int) -> RunStatus:
         with self._lock:
             row = self._db.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()

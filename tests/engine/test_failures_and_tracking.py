@@ -147,3 +147,30 @@ def test_interrupted_run_fit_stops_unfinished_runs_and_ends_their_threads(
     }
     assert statuses == {"KILLED"}
     exp.end()
+
+
+def test_runs_left_in_flight_by_a_crashed_process_are_stopped_on_reopen(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    # A separate process registers a run, starts it, and dies without cleaning up.
+    script = textwrap.dedent(
+        f"""
+        import os
+        from rapidfire_core.control import RunStatus, RunStore
+        store = RunStore({str(tmp_path / "crashed" / "runs.db")!r})
+        done = store.create_run("a", "SFT", {{}})
+        store.update_run(done, status=RunStatus.COMPLETED)
+        live = store.create_run("b", "SFT", {{}})
+        store.update_run(live, status=RunStatus.ONGOING)
+        os._exit(9)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path))
+    assert proc.returncode == 9
+    exp = Experiment("crashed", experiment_path=tmp_path, verbose=False)
+    info = exp.get_runs_info()
+    assert info["status"].tolist() == ["COMPLETED", "STOPPED"]
+    assert info["error"].tolist()[1] == "the process ended while the run was in flight"
+    exp.end()
