@@ -24,6 +24,7 @@ from rapidfire_core.automl import (
 )
 from rapidfire_core.automl.translate import assume_gpu
 from rapidfire_core.errors import ConfigError, ConfigTranslationWarning
+from tests.seed_configs import cookbook_sft_configs
 
 MODEL = "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
 
@@ -50,44 +51,7 @@ def reward_one(completions, **kwargs):
 
 def cookbook_configs() -> List:
     """Seed 002's config_set_lite: 2 learning rates x 2 LoRA configs."""
-    peft_configs_lite = List(
-        [
-            RFLoraConfig(
-                r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["q_proj", "v_proj"], bias="none"
-            ),
-            RFLoraConfig(
-                r=32,
-                lora_alpha=64,
-                lora_dropout=0.1,
-                target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                bias="none",
-            ),
-        ]
-    )
-
-    def config(lr):
-        return RFModelConfig(
-            model_name=MODEL,
-            peft_config=peft_configs_lite,
-            training_args=RFSFTConfig(
-                learning_rate=lr,
-                lr_scheduler_type="linear",
-                per_device_train_batch_size=4,
-                per_device_eval_batch_size=4,
-                max_steps=128,
-                gradient_accumulation_steps=1,
-                logging_steps=2,
-                eval_strategy="steps",
-                eval_steps=4,
-                fp16=True,
-            ),
-            model_type="causal_lm",
-            model_kwargs={"device_map": "auto", "torch_dtype": "auto", "use_cache": False},
-            formatting_func=formatting_function,
-            generation_config={"max_new_tokens": 256, "temperature": 0.8},
-        )
-
-    return List([config(1e-3), config(1e-4)])
+    return cookbook_sft_configs(MODEL, formatting_function)
 
 
 def test_cookbook_grid_gives_four_runs_in_documented_order():

@@ -11,6 +11,7 @@ import trl
 from rapidfire_core.automl import RFDPOConfig, RFGRPOConfig, RFSFTConfig
 from rapidfire_core.automl.translate import assume_gpu, gpu_available, legacy_fields_for
 from rapidfire_core.errors import ConfigError, ConfigTranslationWarning
+from tests.seed_configs import blog_dpo_config
 
 
 @pytest.fixture(autouse=True)
@@ -21,28 +22,7 @@ def _no_gpu():
 
 def seed_dpo_config() -> RFDPOConfig:
     """base_dpo_config of seed 000 (the DPO blog), verbatim."""
-    return RFDPOConfig(
-        gradient_checkpointing=True,
-        gradient_checkpointing_kwargs={"use_reentrant": True},
-        model_adapter_name="default",
-        ref_adapter_name="reference",
-        force_use_ref_model=False,
-        loss_type="sigmoid",
-        beta=0.1,
-        max_prompt_length=512,
-        max_completion_length=512,
-        max_length=1024,
-        per_device_train_batch_size=1,
-        gradient_accumulation_steps=8,
-        learning_rate=5e-5,
-        optim="paged_adamw_8bit",
-        num_train_epochs=1,
-        logging_steps=1,
-        warmup_ratio=0.1,
-        lr_scheduler_type="cosine",
-        save_strategy="no",
-        output_dir="./output",
-    )
+    return blog_dpo_config()
 
 
 def _materialize(cfg, **overrides):

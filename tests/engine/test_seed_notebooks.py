@@ -11,12 +11,12 @@ from __future__ import annotations
 import warnings
 
 import torch
-from peft import TaskType
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rapidfire_core import Experiment
-from rapidfire_core.automl import List, RFDPOConfig, RFGridSearch, RFLoraConfig, RFModelConfig, RFSFTConfig
+from rapidfire_core.automl import List, RFGridSearch, RFModelConfig
 from rapidfire_core.demo.data import preference_dataset, support_dataset
+from tests.seed_configs import blog_dpo_config, blog_lora_config, cookbook_sft_configs
 
 
 def sample_formatting_function(row):
@@ -49,54 +49,17 @@ def sample_create_model(model_config):
 def test_sft_cookbook_runs_with_only_the_import_changed(tmp_path, tiny_model_dir):
     train_dataset = support_dataset(n=16, seed=0).shuffle(seed=42)
     eval_dataset = support_dataset(n=4, seed=5)
-    peft_configs_lite = List(
-        [
-            RFLoraConfig(
-                r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["q_proj", "v_proj"], bias="none"
-            ),
-            RFLoraConfig(
-                r=32,
-                lora_alpha=64,
-                lora_dropout=0.1,
-                target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                bias="none",
-            ),
-        ]
+    config_set_lite = cookbook_sft_configs(
+        tiny_model_dir,
+        sample_formatting_function,
+        max_steps=4,
+        compute_metrics=sample_compute_metrics,
+        max_new_tokens=8,
     )
-
-    def config(lr):
-        return RFModelConfig(
-            model_name=tiny_model_dir,
-            peft_config=peft_configs_lite,
-            training_args=RFSFTConfig(
-                learning_rate=lr,
-                lr_scheduler_type="linear",
-                per_device_train_batch_size=4,
-                per_device_eval_batch_size=4,
-                max_steps=4,
-                gradient_accumulation_steps=1,
-                logging_steps=2,
-                eval_strategy="steps",
-                eval_steps=4,
-                fp16=True,
-            ),
-            model_type="causal_lm",
-            model_kwargs={"device_map": "auto", "torch_dtype": "auto", "use_cache": False},
-            formatting_func=sample_formatting_function,
-            compute_metrics=sample_compute_metrics,
-            generation_config={
-                "max_new_tokens": 8,
-                "temperature": 0.8,
-                "top_p": 0.9,
-                "top_k": 30,
-                "repetition_penalty": 1.05,
-            },
-        )
-
     experiment = Experiment(
         experiment_name="exp1-chatqa-lite", mode="fit", experiment_path=tmp_path, verbose=False
     )
-    config_group = RFGridSearch(configs=List([config(1e-3), config(1e-4)]), trainer_type="SFT")
+    config_group = RFGridSearch(configs=config_set_lite, trainer_type="SFT")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         experiment.run_fit(
@@ -119,36 +82,8 @@ def test_dpo_blog_config_runs_with_only_the_import_changed(tmp_path, tiny_model_
     experiment = Experiment(
         experiment_name="exp1-dpo-alignment", mode="fit", experiment_path=tmp_path, verbose=False
     )
-    base_lora_config = RFLoraConfig(
-        task_type=TaskType.CAUSAL_LM,
-        r=64,
-        lora_alpha=64,
-        lora_dropout=0.1,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        bias="none",
-    )
-    base_dpo_config = RFDPOConfig(
-        gradient_checkpointing=True,
-        gradient_checkpointing_kwargs={"use_reentrant": True},
-        model_adapter_name="default",
-        ref_adapter_name="reference",
-        force_use_ref_model=False,
-        loss_type="sigmoid",
-        beta=0.1,
-        max_prompt_length=512,
-        max_completion_length=512,
-        max_length=1024,
-        per_device_train_batch_size=1,
-        gradient_accumulation_steps=2,
-        learning_rate=5e-5,
-        optim="paged_adamw_8bit",
-        num_train_epochs=1,
-        logging_steps=1,
-        warmup_ratio=0.1,
-        lr_scheduler_type="cosine",
-        save_strategy="no",
-        output_dir="./output",
-    )
+    base_lora_config = blog_lora_config()
+    base_dpo_config = blog_dpo_config(gradient_accumulation_steps=2)
     lora_config_1, dpo_config_1 = base_lora_config.copy(), base_dpo_config.copy()
     dpo_config_1.loss_type, dpo_config_1.beta = "sigmoid", 0.1
     lora_config_2, dpo_config_2 = base_lora_config.copy(), base_dpo_config.copy()
