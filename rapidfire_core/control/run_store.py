@@ -17,9 +17,9 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -52,6 +52,14 @@ CREATE TABLE IF NOT EXISTS metrics (
 );
 CREATE INDEX IF NOT EXISTS metrics_by_run ON metrics(run_id, step);
 """
+
+
+class MetricRecord(NamedTuple):
+    run_id: int
+    step: int
+    epoch: float | None
+    chunk: int | None
+    metrics: Mapping[str, float]
 
 
 class RunStore:
@@ -144,13 +152,13 @@ class RunStore:
         return pd.DataFrame.from_records(records)
 
     # ---- metrics ------------------------------------------------------------------------------
-    def log_metrics(
-        self, run_id: int, step: int, metrics: Mapping[str, float], *, epoch: float | None, chunk: int | None
-    ) -> None:
+    def log_metric_records(self, records: Sequence[MetricRecord]) -> None:
+        """Write many (run, step) metric dicts in one transaction; non-numeric values are skipped."""
         now = time.time()
         rows = [
-            (run_id, int(step), epoch, chunk, name, float(value), now)
-            for name, value in metrics.items()
+            (rec.run_id, int(rec.step), rec.epoch, rec.chunk, name, float(value), now)
+            for rec in records
+            for name, value in rec.metrics.items()
             if isinstance(value, (int, float)) and not isinstance(value, bool)
         ]
         if rows:

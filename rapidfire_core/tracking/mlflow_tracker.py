@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 _PARAM_VALUE_LIMIT = 6000  # MLflow rejects longer parameter values
+_METRICS_PER_BATCH = 1000  # MLflow's limit of metrics in one log_batch
 _UNSAFE_KEY_CHARS = re.compile(r"[^\w\-. /:]")
 
 
@@ -64,17 +65,19 @@ class MLflowTracker:
         )
         return run_id
 
-    def log_metrics(self, mlflow_run_id: str, metrics: Mapping[str, float], step: int) -> None:
+    def log_metric_steps(self, mlflow_run_id: str, steps: Sequence[tuple[int, Mapping[str, float]]]) -> None:
+        """Log many (step, metrics) pairs of one run in as few `log_batch` calls as MLflow allows."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         batch = [
             Metric(key=_UNSAFE_KEY_CHARS.sub("_", k), value=float(v), timestamp=now, step=int(step))
+            for step, metrics in steps
             for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)
         ]
-        if batch:
-            self._client.log_batch(mlflow_run_id, metrics=batch)
+        for start in range(0, len(batch), _METRICS_PER_BATCH):
+            self._client.log_batch(mlflow_run_id, metrics=batch[start : start + _METRICS_PER_BATCH])
 
     def end_run(self, mlflow_run_id: str, status: str) -> None:
         """status: 'FINISHED', 'FAILED' or 'KILLED' (MLflow's run states)."""

@@ -6,16 +6,19 @@ import threading
 import pytest
 
 from rapidfire_core.control import RunStatus, RunStore
+from rapidfire_core.control.run_store import MetricRecord
 
 
 def test_runs_and_metrics_round_trip(tmp_path):
     store = RunStore(tmp_path / "runs.db")
     a = store.create_run("a", "SFT", {"peft.r": 8, "train.learning_rate": 1e-3})
     b = store.create_run("b", "SFT", {"peft.r": 32, "train.learning_rate": 1e-4})
-    store.log_metrics(a, 1, {"loss": 2.0, "learning_rate": 1e-3}, epoch=0.1, chunk=1)
-    store.log_metrics(a, 2, {"loss": 1.5}, epoch=0.2, chunk=1)
-    store.log_metrics(a, 2, {"eval_loss": 1.7}, epoch=0.2, chunk=1)
-    store.log_metrics(b, 1, {"loss": 3.0, "flag": True}, epoch=0.1, chunk=1)  # bools are not metrics
+    store.log_metric_records([MetricRecord(a, 1, 0.1, 1, {"loss": 2.0, "learning_rate": 1e-3})])
+    store.log_metric_records([MetricRecord(a, 2, 0.2, 1, {"loss": 1.5})])
+    store.log_metric_records([MetricRecord(a, 2, 0.2, 1, {"eval_loss": 1.7})])
+    store.log_metric_records(
+        [MetricRecord(b, 1, 0.1, 1, {"loss": 3.0, "flag": True})]
+    )  # bools are not metrics
     store.update_run(a, status=RunStatus.COMPLETED, global_step=2)
     store.update_run(b, status=RunStatus.FAILED, error="ValueError: bad")
 
@@ -38,7 +41,7 @@ def test_store_survives_reopen_and_concurrent_writers(tmp_path):
 
     def writer(offset):
         for step in range(50):
-            store.log_metrics(run, offset + step, {"loss": float(step)}, epoch=None, chunk=None)
+            store.log_metric_records([MetricRecord(run, offset + step, None, None, {"loss": float(step)})])
 
     threads = [threading.Thread(target=writer, args=(k * 100,)) for k in range(4)]
     for t in threads:
