@@ -1,0 +1,108 @@
+"""The multi-LoRA linear as one function, its per-adapter-loop reference, and dropout masks.
+
+Semantics of one linear layer with frozen W (and bias) shared by n adapters::
+
+    Y = X @ W.T + b                                                  # (M, N)
+    for (start, end, i) in segments:                                 # i == -1: no adapter
+        if i >= 0:
+            Y[start:end] += scale_i * (drop_i(X[start:end]) @ A_i.T) @ B_i.T
+    # drop_i(x) = x * keep / (1 - p_i), keep drawn once per forward, reused by the backward
+
+Gradients flow to X (through W and every adapter), A_i and B_i; never to W.
+
+``multi_lora_add`` does the adapter part with the registered ops (Triton on CUDA,
+reference on CPU); ``multi_lora_linear_reference`` is the same math as a plain autograd
+loop over adapters: the oracle the tests compare against PEFT, and the "per-adapter torch
+loop" of the benchmarks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .lora_expand import lora_expand
+from .lora_shrink import lora_shrink
+
+
+def multi_lora_add(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    scales: torch.Tensor,
+    seg_starts: torch.Tensor,
+    seg_adapter: torch.Tensor,
+    keep: torch.Tensor | None = None,
+    drop_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``y + per-segment scale_a * drop(x) A_a^T B_a^T`` with autograd to x, y, lora_a, lora_b.
+
+    y (M, N) base output; x (M, K); lora_a (n, R, K), lora_b (n, N, R) zero-padded stacks;
+    scales, drop_scale (n,) fp32; keep (M, K) bool. All float tensors in one dtype.
+    """
+    s = lora_shrink(x, lora_a, seg_starts, seg_adapter, keep, drop_scale)  # (M, R)
+    return lora_expand(y, s, lora_b, scales, seg_starts, seg_adapter)  # (M, N)
+
+
+def draw_keep_mask(
+    row_p: torch.Tensor, num_cols: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Bernoulli keep mask (M, num_cols) bool: entry kept with probability 1 - row_p[m].
+
+    One draw per forward for the whole batch; rows with p = 0 are all True. fp32 uniforms,
+    so p is honoured to ~1e-7 whatever the activation dtype.
+    """
+    u = torch.rand((row_p.shape[0], num_cols), device=row_p.device, generator=generator)  # (M, K)
+    return u >= row_p[:, None]
+
+
+@dataclass
+class AdapterWeights:
+    """One adapter of the reference: A (r, K), B (N, r), scale, dropout p (mask given separately)."""
+
+    lora_a: torch.Tensor
+    lora_b: torch.Tensor
+    scale: float
+    dropout: float = 0.0
+
+
+def multi_lora_add_reference(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    adapters: Sequence[AdapterWeights],
+    segments: Sequence[tuple[int, int, int]],
+    keep: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``y`` plus each segment's adapter, as a plain autograd loop in PEFT's order of operations.
+
+    y (M, N); x (M, K); segments [(start, end, adapter index or -1)] covering all rows in
+    order, as host ints (no sync); keep (M, K) bool mask or None. Returns (M, N). Each
+    adapter uses its own (unpadded) A and B, so autograd gives exactly its gradients.
+    """
+    pieces = []
+    for start, end, i in segments:
+        rows = y[start:end]
+        if i >= 0 and end > start:
+            ad = adapters[i]
+            xs = x[start:end]
+            if keep is not None and ad.dropout > 0:
+                xs = xs * keep[start:end] / (1.0 - ad.dropout)  # torch's dropout: mask / (1 - p)
+            rows = rows + (xs @ ad.lora_a.T) @ ad.lora_b.T * ad.scale
+        pieces.append(rows)
+    return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+
+
+def multi_lora_linear_reference(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    adapters: Sequence[AdapterWeights],
+    segments: Sequence[tuple[int, int, int]],
+    keep: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The whole semantics loop (base linear included) in plain autograd; x (M, K) -> (M, N)."""
+    return multi_lora_add_reference(F.linear(x, weight, bias), x, adapters, segments, keep)

@@ -1,0 +1,1 @@
+from tests.ops.helpers import kernel_device  # noqa: F401  (fixture)
