@@ -36,7 +36,7 @@ from rapidfire_core.trainers.execution import RunExecution
 from rapidfire_core.trainers.factory import build_trainer, make_sampler
 from rapidfire_core.trainers.generation_eval import make_generation_eval
 from rapidfire_core.trainers.process_state import ProcessState
-from rapidfire_core.trainers.shared_models import ModelRegistry
+from rapidfire_core.trainers.shared_models import ModelRegistry, sharing_constraints
 
 DEFAULT_ROOT_ENV = "RF_EXPERIMENT_PATH"
 
@@ -210,7 +210,7 @@ class Experiment:
         if evals is None:
             overrides["eval_strategy"] = "no"
         args = spec.training_args(**overrides)
-        share_extra = {"disable_dropout": getattr(args, "disable_dropout", None)}
+        share_extra = sharing_constraints(args)
         attached = registry.attach(
             model_config,
             spec.lora_config(),

@@ -9,7 +9,10 @@ so it trains exactly as it would alone:
 - accelerate's `GradientState`, a process-wide singleton: the trainer loop sets
   `sync_gradients` for a micro-batch *before* the step-begin callback where runs pause, and
   accelerate skips `optimizer.step()` while it is False. Without this, a run with gradient
-  accumulation that paused on its first micro-batch made the next run skip an update.
+  accumulation that paused on its first micro-batch made the next run skip an update;
+- accelerate's `AcceleratorState` / `PartialState` singletons, which every new trainer
+  resets (TrainingArguments' device setup) and which hold the mixed-precision mode that
+  autocast reads: without this, every run trained under the last-built trainer's precision.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate.state import GradientState
+from accelerate.state import AcceleratorState, GradientState, PartialState
+
+# accelerate's process-wide state objects (each keeps its attributes in a class-level dict).
+_SINGLETONS = (PartialState, AcceleratorState, GradientState)
 
 
 @dataclass
@@ -29,7 +35,7 @@ class ProcessState:
     numpy_rng: Any
     torch_cpu_rng: torch.Tensor
     torch_cuda_rng: list[torch.Tensor] | None
-    gradient_state: dict[str, Any]
+    accelerate_states: tuple[dict[str, Any], ...]  # shared dicts of _SINGLETONS, in order
 
     @classmethod
     def capture(cls) -> ProcessState:
@@ -38,7 +44,7 @@ class ProcessState:
             numpy_rng=np.random.get_state(),
             torch_cpu_rng=torch.get_rng_state(),
             torch_cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            gradient_state=dict(GradientState._shared_state),
+            accelerate_states=tuple(dict(cls._shared_state) for cls in _SINGLETONS),
         )
 
     def restore(self) -> None:
@@ -47,6 +53,7 @@ class ProcessState:
         torch.set_rng_state(self.torch_cpu_rng)
         if self.torch_cuda_rng is not None:
             torch.cuda.set_rng_state_all(self.torch_cuda_rng)
-        shared = GradientState._shared_state
-        shared.clear()
-        shared.update(self.gradient_state)
+        for cls, saved in zip(_SINGLETONS, self.accelerate_states, strict=True):
+            shared = cls._shared_state
+            shared.clear()
+            shared.update(saved)

@@ -30,6 +30,17 @@ def _stable_key(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=repr)
 
 
+def sharing_constraints(training_args) -> dict[str, Any]:
+    """Training settings that change the model object itself, so runs must agree to share it.
+
+    - mixed precision: accelerate applies autocast by wrapping `model.forward` when a trainer
+      prepares the model, so a bf16 run would impose bf16 on an fp32 run sharing its model;
+    - DPO/GRPO `disable_dropout`: TRL sets every dropout module of the model to p=0.
+    """
+    precision = "fp16" if training_args.fp16 else "bf16" if training_args.bf16 else "no"
+    return {"mixed_precision": precision, "disable_dropout": getattr(training_args, "disable_dropout", None)}
+
+
 def base_model_key(model_config: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
     """Runs with equal keys share one base model."""
     return _stable_key(

@@ -120,3 +120,33 @@ def test_three_interleaved_configs_each_equal_their_solo_stock_run(
     for run_id, (lora, args) in zip(info.run_id.tolist(), variants, strict=True):
         _assert_run_matches_stock(exp, run_id, lora, args, tiny_model_dir, create_tiny_model, train_rows)
     exp.end()
+
+
+def test_runs_with_different_mixed_precision_each_keep_their_own(
+    tmp_path, tiny_model_dir, create_tiny_model, train_rows
+):
+    # accelerate keeps the mixed-precision setting in a process-wide singleton that every new
+    # trainer resets. A bf16 run built before an fp32 run must still train under bf16 autocast.
+    # (bf16 autocast runs on CPU; the GPU probe is faked so the bf16 setting is kept.)
+    from rapidfire_core.automl.translate import assume_gpu
+
+    lora = RFLoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+    bf16_args = _sft_args(bf16=True, use_cpu=True, max_steps=6)
+    fp32_args = _sft_args(bf16=False, use_cpu=True, max_steps=6)
+    configs = List(
+        [_model_config(tiny_model_dir, lora, bf16_args), _model_config(tiny_model_dir, lora, fp32_args)]
+    )
+    with assume_gpu(True):
+        exp = Experiment("precision", experiment_path=tmp_path, verbose=False)
+        exp.run_fit(
+            RFGridSearch(configs, trainer_type="SFT"), create_tiny_model, train_rows, num_chunks=4, seed=SEED
+        )
+        info = exp.get_runs_info()
+        assert info["status"].tolist() == ["COMPLETED", "COMPLETED"], info["error"].tolist()
+        results = exp.get_results()
+        bf16_losses = results[results.run_id == 1]["loss"].tolist()
+        fp32_losses = results[results.run_id == 2]["loss"].tolist()
+        assert bf16_losses != fp32_losses  # the two precisions really differ on this model
+        for run_id, args in ((1, bf16_args), (2, fp32_args)):
+            _assert_run_matches_stock(exp, run_id, lora, args, tiny_model_dir, create_tiny_model, train_rows)
+        exp.end()
