@@ -96,4 +96,6 @@ def test_sequential_stock_trl(benchmark, model_dir, tmp_path):
 @pytest.mark.benchmark(group="time-sliced-4-configs")
 @pytest.mark.parametrize("num_chunks", [1, 4, 8])
 def test_engine(benchmark, model_dir, tmp_path, num_chunks):
-    benchmark.pedantic(_engine, args=(model_dir, tmp_path, num_chunks), rounds=3, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(
+        _engine, args=(model_dir, tmp_path, num_chunks), rounds=3, iterations=1, warmup_rounds=0
+    )

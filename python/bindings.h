@@ -9,5 +9,6 @@
 namespace rapidfire::python {
 
 void bind_build_info(pybind11::module_& m);
+void bind_memory(pybind11::module_& m);  // HostArena, CopyEngine, CopyEvent
 
 }  // namespace rapidfire::python

@@ -4,4 +4,5 @@
 PYBIND11_MODULE(_C, m) {
   m.doc() = "rapidfire_core native library (C++/CUDA, no torch headers)";
   rapidfire::python::bind_build_info(m);
+  rapidfire::python::bind_memory(m);
 }

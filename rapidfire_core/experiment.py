@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from rapidfire_core.control import RunStatus, RunStore
+from rapidfire_core.memory.residency import RunResidency, budget_bytes
 from rapidfire_core.scheduler.chunks import ChunkPlan
 from rapidfire_core.scheduler.loop import run_chunk_rounds
 from rapidfire_core.scheduler.progress import ProgressDisplay, varying_knobs
@@ -82,9 +83,18 @@ class Experiment:
         eval_dataset=None,
         num_chunks: int = 4,
         seed: int = 42,
+        gpu_state_budget: int | str | None = None,
     ) -> None:
-        """Train every configuration of `config_group` chunk by chunk; returns when all are done."""
+        """Train every configuration of `config_group` chunk by chunk; returns when all are done.
+
+        gpu_state_budget: device memory (bytes, or a string such as "2GiB") for the runs' trainable
+        state (adapter weights, optimizer moments, step counters). The run taking its turn is
+        always on the device; the others wait in a pinned host pool whenever they do not fit, and
+        the next run is prefetched during the current turn. 0 keeps only the running run's state
+        on the device. None (default): every run's state stays on the device.
+        See `rapidfire_core.memory.residency`."""
         self._check_open()
+        state_budget = budget_bytes(gpu_state_budget)  # ValueError naming gpu_state_budget
         if not callable(create_model):
             raise TypeError(
                 "create_model must be a callable create_model(model_config) -> (model, tokenizer)"
@@ -134,8 +144,9 @@ class Experiment:
                 self._complete(run)
             progress.end_turn(run, self._store.status(run.run_id).value)
 
+        residency = RunResidency(state_budget) if state_budget is not None else None
         try:
-            run_chunk_rounds(runs, progress, on_turn_end, on_finished)
+            run_chunk_rounds(runs, progress, on_turn_end, on_finished, residency)
         except BaseException:  # KeyboardInterrupt included: leave no run thread behind
             self._stop_unfinished(runs)
             raise

@@ -11,14 +11,26 @@
 `rounds_done` counts chunk rounds across epochs (epoch * num_chunks + chunk). A run whose
 effective batch is larger than a chunk may complete several rounds in one turn; it then
 sits out until the others catch up, so all runs stay aligned on the same data.
+
+With a `residency` (`run_fit(..., gpu_state_budget=...)`, see `rapidfire_core.memory.residency`)
+each turn is bracketed by pool calls; the scheduler passes the turns that follow, in order, so
+the pool prefetches the next run during this turn and evicts the run needed furthest ahead:
+
+            residency.before_turn(run, upcoming)   # resident now; the next run is prefetched
+            give run the turn
+            residency.after_turn(run, upcoming)    # or forget(run) once it has finished
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from rapidfire_core.scheduler.progress import ProgressDisplay
 from rapidfire_core.trainers.execution import RunExecution
+
+if TYPE_CHECKING:
+    from rapidfire_core.memory.residency import RunResidency
 
 
 def run_chunk_rounds(
@@ -26,18 +38,33 @@ def run_chunk_rounds(
     progress: ProgressDisplay,
     on_turn_end: Callable[[RunExecution], None],
     on_finished: Callable[[RunExecution], None],
+    residency: RunResidency | None = None,
 ) -> None:
     pending = [run for run in runs if run.worker is not None and not run.worker.finished]
+    if residency is not None:
+        residency.start(pending)
     chunk_round = 1
-    while pending:
-        for run in pending:
-            if run.rounds_done >= chunk_round:
-                continue
-            progress.begin_turn(chunk_round, run)
-            run.worker.run_turn()
-            if run.worker.finished:
-                on_finished(run)
-            else:
-                on_turn_end(run)
-        pending = [run for run in pending if not run.worker.finished]
-        chunk_round += 1
+    try:
+        while pending:
+            # A run's rounds_done changes only in its own turn, so the round's turns are known now.
+            due = [run for run in pending if run.rounds_done < chunk_round]
+            for index, run in enumerate(due):
+                # The turns after this one: the rest of this round, then (about) the next round.
+                upcoming = due[index + 1 :] + pending
+                if residency is not None:
+                    residency.before_turn(run, upcoming)
+                progress.begin_turn(chunk_round, run)
+                run.worker.run_turn()
+                if run.worker.finished:
+                    on_finished(run)
+                    if residency is not None:
+                        residency.forget(run)
+                else:
+                    on_turn_end(run)
+                    if residency is not None:
+                        residency.after_turn(run, upcoming)
+            pending = [run for run in pending if not run.worker.finished]
+            chunk_round += 1
+    finally:
+        if residency is not None:
+            residency.close()

@@ -1,0 +1,94 @@
+// CUDA runtime calls for the host arena and the copy engine (see rapidfire/cuda_memory.h).
+// Host-only code: compiled by nvcc so that this directory is the one place that
+// needs the toolkit. Streams and events are the driver's objects, so handles
+// created by torch's runtime work here and the other way round (both runtimes use
+// the device's primary context).
+#include "rapidfire/cuda_memory.h"
+
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+namespace rapidfire::cuda {
+
+namespace {
+
+std::string describe(cudaError_t err) {
+  return std::string(cudaGetErrorString(err)) + " (" + cudaGetErrorName(err) + ")";
+}
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // clear the non-sticky error so later calls are not blamed for it
+    throw std::runtime_error(std::string(what) + " failed: " + describe(err));
+  }
+}
+
+cudaStream_t as_stream(std::uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
+cudaEvent_t as_event(std::uintptr_t e) { return reinterpret_cast<cudaEvent_t>(e); }
+
+}  // namespace
+
+void* host_alloc_pinned(std::size_t nbytes, int device, std::string& error) noexcept {
+  cudaError_t err = cudaSetDevice(device);
+  if (err != cudaSuccess) {
+    error = "cudaSetDevice(" + std::to_string(device) + "): " + describe(err);
+    cudaGetLastError();
+    return nullptr;
+  }
+  void* p = nullptr;
+  // Portable: every context (every device) sees it as pinned, not only `device`'s.
+  err = cudaHostAlloc(&p, nbytes, cudaHostAllocPortable);
+  if (err != cudaSuccess) {
+    error = describe(err);
+    cudaGetLastError();
+    return nullptr;
+  }
+  return p;
+}
+
+void host_free_pinned(void* ptr) noexcept {
+  if (cudaFreeHost(ptr) != cudaSuccess) cudaGetLastError();
+}
+
+std::uintptr_t copy_async(const RawCopy* copies, std::size_t n, bool host_to_device, int device,
+                          std::uintptr_t stream) {
+  check(cudaSetDevice(device), "cudaSetDevice");
+  const cudaMemcpyKind kind = host_to_device ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost;
+  for (std::size_t i = 0; i < n; ++i) {
+    check(cudaMemcpyAsync(copies[i].dst, copies[i].src, copies[i].count, kind, as_stream(stream)),
+          host_to_device ? "cudaMemcpyAsync(host to device)" : "cudaMemcpyAsync(device to host)");
+  }
+  cudaEvent_t event = nullptr;
+  check(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "cudaEventCreateWithFlags");
+  cudaError_t err = cudaEventRecord(event, as_stream(stream));
+  if (err != cudaSuccess) {
+    cudaEventDestroy(event);
+    check(err, "cudaEventRecord");
+  }
+  return reinterpret_cast<std::uintptr_t>(event);
+}
+
+bool event_query(std::uintptr_t event) {
+  cudaError_t err = cudaEventQuery(as_event(event));
+  if (err == cudaErrorNotReady) {
+    cudaGetLastError();
+    return false;
+  }
+  check(err, "cudaEventQuery");
+  return true;
+}
+
+void event_synchronize(std::uintptr_t event) { check(cudaEventSynchronize(as_event(event)), "cudaEventSynchronize"); }
+
+void stream_wait_event(std::uintptr_t stream, std::uintptr_t event, int device) {
+  check(cudaSetDevice(device), "cudaSetDevice");
+  check(cudaStreamWaitEvent(as_stream(stream), as_event(event), 0), "cudaStreamWaitEvent");
+}
+
+void event_destroy(std::uintptr_t event) noexcept {
+  if (cudaEventDestroy(as_event(event)) != cudaSuccess) cudaGetLastError();
+}
+
+}  // namespace rapidfire::cuda
