@@ -152,6 +152,7 @@ class Experiment:
             raise
         finally:
             buffer.flush()
+            tracker.flush()  # the MLflow store is complete when run_fit returns
         self._summarize(runs)
 
     def get_results(self) -> pd.DataFrame:
@@ -167,6 +168,8 @@ class Experiment:
         if not self._open:
             return
         self._open = False
+        if self._tracker is not None:
+            self._tracker.close()
         self._store.close()
         self._say(f"Experiment '{self.experiment_name}' ended; results in {self.path}")
 

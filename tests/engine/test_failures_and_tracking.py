@@ -174,3 +174,25 @@ def test_runs_left_in_flight_by_a_crashed_process_are_stopped_on_reopen(tmp_path
     assert info["status"].tolist() == ["COMPLETED", "STOPPED"]
     assert info["error"].tolist()[1] == "the process ended while the run was in flight"
     exp.end()
+
+
+def test_mlflow_write_failures_do_not_stop_training(
+    tmp_path, tiny_model_dir, create_tiny_model, monkeypatch, caplog
+):
+    real_log_batch = MlflowClient.log_batch
+
+    def flaky_log_batch(self, run_id, metrics=(), params=(), tags=(), **kwargs):
+        if metrics:  # params/tags at run start still work; every metric write fails
+            raise ConnectionError("tracking server went away")
+        return real_log_batch(self, run_id, metrics=metrics, params=params, tags=tags, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", flaky_log_batch)
+    exp = Experiment("flaky-tracking", experiment_path=tmp_path, verbose=False)
+    with caplog.at_level("WARNING", logger="rapidfire_core.tracking.mlflow_tracker"):
+        exp.run_fit(
+            RFGridSearch(_config(tiny_model_dir), trainer_type="SFT"), create_tiny_model, support_dataset(n=8)
+        )
+    assert exp.get_runs_info()["status"].tolist() == ["COMPLETED"]
+    assert exp.get_results()["loss"].notna().sum() == 4  # the run store still has every step
+    assert "tracking server went away" in caplog.text
+    exp.end()
