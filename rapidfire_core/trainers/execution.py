@@ -36,6 +36,7 @@ class RunExecution:
 
     worker: RunWorker | None = None
     rounds_done: int = 0
+    chunk_round: int = 1  # the chunk round being trained (labels logged metrics)
     global_step: int = 0
     max_steps: int = 0
     latest: dict[str, float] = field(default_factory=dict)
@@ -74,7 +75,7 @@ class RunExecution:
             if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)
         }
         self.latest.update(scalars)
-        self.record(self.run_id, step, epoch, self.rounds_done, scalars)
+        self.record(self.run_id, step, epoch, self.chunk_round, scalars)
 
     def evaluate_generations(self, step: int, epoch: float | None) -> None:
         if self.generation_eval is not None:

@@ -150,3 +150,25 @@ def test_runs_with_different_mixed_precision_each_keep_their_own(
         for run_id, args in ((1, bf16_args), (2, fp32_args)):
             _assert_run_matches_stock(exp, run_id, lora, args, tiny_model_dir, create_tiny_model, train_rows)
         exp.end()
+
+
+def test_chunk_end_evaluations_do_not_change_training(
+    tmp_path, tiny_model_dir, create_tiny_model, train_rows
+):
+    # The engine evaluates after every chunk; stock TRL (no eval set) does not. Evaluation draws
+    # from the global RNG (each eval DataLoader iterator takes a seed), so without care the
+    # dropout masks after the first evaluation would differ from the solo stock run.
+    lora = RFLoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["q_proj", "v_proj"])
+    args = _sft_args()
+    exp = Experiment("fidelity-eval", experiment_path=tmp_path, verbose=False)
+    exp.run_fit(
+        RFGridSearch(_model_config(tiny_model_dir, lora, args), trainer_type="SFT"),
+        create_tiny_model,
+        train_rows,
+        support_dataset(n=4, seed=11),
+        num_chunks=NUM_CHUNKS,
+        seed=SEED,
+    )
+    assert exp.get_results()["eval_loss"].count() == 6  # one per chunk: 6 chunks in 12 steps
+    _assert_run_matches_stock(exp, 1, lora, args, tiny_model_dir, create_tiny_model, train_rows)
+    exp.end()
