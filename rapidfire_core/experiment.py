@@ -144,9 +144,13 @@ class Experiment:
                 self._complete(run)
             progress.end_turn(run, self._store.status(run.run_id).value)
 
+        def on_error(run: RunExecution, exc: Exception) -> None:
+            self._fail(run, exc, traceback.format_exc(), registry)
+            progress.end_turn(run, RunStatus.FAILED.value)
+
         residency = RunResidency(state_budget) if state_budget is not None else None
         try:
-            run_chunk_rounds(runs, progress, on_turn_end, on_finished, residency)
+            run_chunk_rounds(runs, progress, on_turn_end, on_finished, on_error, residency)
         except BaseException:  # KeyboardInterrupt included: leave no run thread behind
             self._stop_unfinished(runs)
             raise
@@ -282,7 +286,9 @@ class Experiment:
             self._say(tb)
 
     def _stop_unfinished(self, runs: list[RunExecution]) -> None:
-        for run in runs:
+        # The run holding the turn (still training when the interrupt came) stops first, at its
+        # next step: paused runs are only woken, to unwind, once no other run is executing.
+        for run in sorted(runs, key=lambda r: not (r.worker is not None and r.worker.has_turn)):
             if run.worker is None or run.worker.finished:
                 continue
             run.worker.abort()
@@ -326,7 +332,10 @@ def save_adapter(model, adapter_name: str, out_dir: Path) -> None:
 
 
 def _free_accelerator_memory() -> None:
+    import gc
+
     import torch
 
+    gc.collect()  # a failed step's tensors may sit in reference cycles (frames, autograd graph)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

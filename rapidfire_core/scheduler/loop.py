@@ -38,8 +38,11 @@ def run_chunk_rounds(
     progress: ProgressDisplay,
     on_turn_end: Callable[[RunExecution], None],
     on_finished: Callable[[RunExecution], None],
+    on_error: Callable[[RunExecution, Exception], None],
     residency: RunResidency | None = None,
 ) -> None:
+    """on_error(run, exc): an exception in the scheduler-side work of one run's turn (pool calls,
+    on_turn_end, on_finished) ends that run only; its worker may still be paused."""
     pending = [run for run in runs if run.worker is not None and not run.worker.finished]
     if residency is not None:
         residency.start(pending)
@@ -51,20 +54,29 @@ def run_chunk_rounds(
             for index, run in enumerate(due):
                 # The turns after this one: the rest of this round, then (about) the next round.
                 upcoming = due[index + 1 :] + pending
-                if residency is not None:
-                    residency.before_turn(run, upcoming)
-                progress.begin_turn(chunk_round, run)
-                run.worker.run_turn()
-                if run.worker.finished:
-                    on_finished(run)
+                try:
+                    _take_turn(run, chunk_round, upcoming, progress, on_turn_end, on_finished, residency)
+                except Exception as exc:  # noqa: BLE001 - one run's trouble must not end the others
+                    on_error(run, exc)
                     if residency is not None:
                         residency.forget(run)
-                else:
-                    on_turn_end(run)
-                    if residency is not None:
-                        residency.after_turn(run, upcoming)
             pending = [run for run in pending if not run.worker.finished]
             chunk_round += 1
     finally:
         if residency is not None:
             residency.close()
+
+
+def _take_turn(run, chunk_round, upcoming, progress, on_turn_end, on_finished, residency) -> None:
+    if residency is not None:
+        residency.before_turn(run, upcoming)
+    progress.begin_turn(chunk_round, run)
+    run.worker.run_turn()
+    if run.worker.finished:
+        on_finished(run)
+        if residency is not None:
+            residency.forget(run)
+    else:
+        on_turn_end(run)
+        if residency is not None:
+            residency.after_turn(run, upcoming)

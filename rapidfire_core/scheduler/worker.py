@@ -29,6 +29,7 @@ class RunWorker:
         self._back = threading.Semaphore(0)  # worker -> scheduler: "paused or finished"
         self._thread = threading.Thread(target=self._main, name=f"rapidfire-{name}", daemon=True)
         self._aborting = False
+        self.has_turn = False  # True while the worker runs (set and read by the scheduler thread)
         self.finished = False
         self.error: BaseException | None = None
         self.error_traceback: str | None = None
@@ -45,8 +46,11 @@ class RunWorker:
         except RunAborted:
             pass
         except BaseException as exc:  # noqa: BLE001 - a run's failure must not take the scheduler down
-            self.error = exc
             self.error_traceback = traceback.format_exc()
+            # The traceback's frames hold the trainer, the batch and the autograd graph: keep the
+            # text, drop the frames, so a failed (e.g. out-of-memory) run frees its memory.
+            exc.__traceback__ = None
+            self.error = exc
         finally:
             self.finished = True
             self._back.release()
@@ -58,8 +62,10 @@ class RunWorker:
             return
         if not self.started:
             self._thread.start()
+        self.has_turn = True
         self._turn.release()
         self._back.acquire()
+        self.has_turn = False
 
     def abort(self) -> None:
         """End the worker; returns when its thread is done.

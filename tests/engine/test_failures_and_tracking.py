@@ -196,3 +196,31 @@ def test_mlflow_write_failures_do_not_stop_training(
     assert exp.get_results()["loss"].notna().sum() == 4  # the run store still has every step
     assert "tracking server went away" in caplog.text
     exp.end()
+
+
+def test_an_error_saving_one_runs_adapter_fails_only_that_run(
+    tmp_path, tiny_model_dir, create_tiny_model, monkeypatch
+):
+    import rapidfire_core.experiment as experiment_module
+
+    real_save = experiment_module.save_adapter
+
+    def save_or_fail(model, adapter_name, out_dir):
+        if adapter_name == "run_1":
+            raise OSError(28, "No space left on device")
+        real_save(model, adapter_name, out_dir)
+
+    monkeypatch.setattr(experiment_module, "save_adapter", save_or_fail)
+    configs = List([_config(tiny_model_dir, learning_rate=List([1e-3, 1e-4]))])
+    exp = Experiment("disk-full", experiment_path=tmp_path, verbose=False)
+    exp.run_fit(
+        RFGridSearch(configs, trainer_type="SFT"), create_tiny_model, support_dataset(n=8), num_chunks=2
+    )
+    info = exp.get_runs_info()
+    assert info["status"].tolist() == ["FAILED", "COMPLETED"]
+    assert "No space left on device" in info["error"].iloc[0]
+    statuses = [
+        r.info.status for r in MlflowClient(exp.tracking_uri).search_runs([exp._get_tracker().experiment_id])
+    ]
+    assert sorted(statuses) == ["FAILED", "FINISHED"]
+    exp.end()
