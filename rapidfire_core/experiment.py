@@ -24,11 +24,12 @@ from typing import Any
 
 import pandas as pd
 
+from rapidfire_core.automl.validate import check_grpo_eval_batches, varying_keys
 from rapidfire_core.control import RunStatus, RunStore
 from rapidfire_core.memory.residency import RunResidency, budget_bytes
 from rapidfire_core.scheduler.chunks import ChunkPlan
 from rapidfire_core.scheduler.loop import run_chunk_rounds
-from rapidfire_core.scheduler.progress import ProgressDisplay, varying_knobs
+from rapidfire_core.scheduler.progress import ProgressDisplay
 from rapidfire_core.tracking.metric_buffer import MetricBuffer
 from rapidfire_core.tracking.mlflow_tracker import MLflowTracker, default_tracking_uri
 from rapidfire_core.trainers.callbacks import ChunkGate, MetricsForwarder
@@ -108,14 +109,22 @@ class Experiment:
         plan = ChunkPlan(len(train), num_chunks, seed)
         formatted = FormattedDatasets(trainer_type)
         for spec in specs:
-            func = spec.create_model_dict().get("formatting_func")
+            model_config = spec.create_model_dict()
+            func = model_config.get("formatting_func")
             formatted.check(train, func, "train_dataset")
             if evals is not None:
-                formatted.check(evals, func, "eval_dataset")
+                eval_columns = formatted.check(evals, func, "eval_dataset")
+                if model_config.get("compute_metrics") is not None and "prompt" not in eval_columns:
+                    raise ValueError(
+                        "compute_metrics generates a completion for each eval row's 'prompt', but the "
+                        f"eval rows have {sorted(eval_columns)}: use a prompt/completion format"
+                    )
+                if trainer_type == "GRPO":
+                    check_grpo_eval_batches(spec.model_config.training_args)
 
         tracker = self._get_tracker()
         buffer = MetricBuffer(self._store, tracker)
-        progress = ProgressDisplay(num_chunks, varying_knobs([s.knobs for s in specs]), enabled=self.verbose)
+        progress = ProgressDisplay(num_chunks, varying_keys([s.knobs for s in specs]), enabled=self.verbose)
         registry = ModelRegistry(create_model)
         self._say(
             f"{len(specs)} {trainer_type} configuration(s), {len(train)} training rows in {num_chunks} chunks"

@@ -98,8 +98,16 @@ def check_grpo_batches(ta: Any) -> None:
             f"each prompt's {n_gen} completions must fit in one generation batch"
         )
     eval_strategy = getattr(ta.eval_strategy, "value", ta.eval_strategy)
-    n_eval = ta.num_generations_eval or n_gen
-    if eval_strategy not in (None, "no") and n_eval and ta.per_device_eval_batch_size % n_eval != 0:
+    if eval_strategy not in (None, "no"):
+        check_grpo_eval_batches(ta)
+
+
+def check_grpo_eval_batches(ta: Any) -> None:
+    """GRPO evaluation batches hold whole prompt groups (checked whenever the run will evaluate:
+    the engine evaluates after every chunk when an eval set is given)."""
+    cls = type(ta).__name__
+    n_eval = ta.num_generations_eval or ta.num_generations
+    if n_eval and ta.per_device_eval_batch_size % n_eval != 0:
         raise ConfigError(
             f"{cls}: per_device_eval_batch_size ({ta.per_device_eval_batch_size}) is not divisible by "
             f"the number of evaluation generations ({n_eval}, from num_generations_eval or num_generations)"
@@ -110,6 +118,11 @@ def check_run(mc: RFModelConfig, trainer_type: str) -> None:
     """GRPO batch rule, then one materialization of the training and LoRA configs."""
     if trainer_type == "GRPO":
         check_grpo_batches(mc.training_args)
+    if trainer_type == "SFT" and getattr(mc.training_args, "packing", False):
+        raise ConfigError(
+            f"{type(mc.training_args).__name__}.packing=True is not supported: the engine's chunks are "
+            "sets of training rows and packing merges rows into new ones; use packing=False"
+        )
     mc.training_args.to_trl(output_dir=VALIDATION_OUTPUT_DIR, report_to="none")
     if mc.peft_config is not None:
         mc.peft_config.to_peft()
@@ -133,4 +146,11 @@ def varying_keys(all_knobs: list[dict[str, Any]]) -> list[str]:
     return [k for k in keys if len({repr(kn.get(k, missing)) for kn in all_knobs}) > 1]
 
 
-__all__ = ["check_grpo_batches", "check_run", "prepare_run", "run_label", "varying_keys"]
+__all__ = [
+    "check_grpo_batches",
+    "check_grpo_eval_batches",
+    "check_run",
+    "prepare_run",
+    "run_label",
+    "varying_keys",
+]

@@ -14,7 +14,3 @@ class RunStatus(str, Enum):
     FAILED = "FAILED"
     STOPPED = "STOPPED"
     DELETED = "DELETED"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.DELETED)

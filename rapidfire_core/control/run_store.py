@@ -7,7 +7,8 @@ Tables:
 
 `parent_run_id` / `warm_start` are filled by clone operations (interactive control); they are
 here so that adding those operations does not change the schema. Writes come from the scheduler
-thread and from run worker threads (metric callbacks), so every access takes one lock and the
+thread (metrics are buffered during a turn and written between turns), but the store may be
+read from any thread (a notebook polling results), so every access takes one lock and the
 connection is opened with `check_same_thread=False`.
 """
 

@@ -125,5 +125,4 @@ class GroupedRepeatSampler(Sampler[int]):
         for end_row in self.plan.bounds[1:]:
             complete_groups = end_row // self.prompts_per_batch
             ends.append(complete_groups * items_per_group)
-        ends[-1] = len(self)
         return ends

@@ -16,17 +16,11 @@ if TYPE_CHECKING:
 _SHOWN = ("loss", "eval_loss", "reward", "rewards/accuracies")
 
 
-def varying_knobs(knob_sets: list[dict]) -> list[str]:
-    """Knob names whose values differ between runs (what tells runs apart on a progress line)."""
-    keys = dict.fromkeys(k for knobs in knob_sets for k in knobs)
-    return [k for k in keys if len({repr(knobs.get(k)) for knobs in knob_sets}) > 1]
-
-
 class ProgressDisplay:
     def __init__(
         self, num_chunks: int, shown_knobs: list[str], stream: TextIO | None = None, enabled: bool = True
     ) -> None:
-        """shown_knobs: the knob names printed for each run (e.g. `varying_knobs(...)`)."""
+        """shown_knobs: the knob names printed for each run (those that differ between runs)."""
         self.num_chunks = num_chunks
         self.shown_knobs = shown_knobs
         self.stream = stream or sys.stdout
@@ -56,8 +50,3 @@ class ProgressDisplay:
         suffix = "" if status == "ONGOING" else f" -> {status}"
         self.stream.write(prefix + self._line(run) + suffix + "\n")
         self.stream.flush()
-
-    def message(self, text: str) -> None:
-        if self.enabled:
-            self.stream.write(text + "\n")
-            self.stream.flush()

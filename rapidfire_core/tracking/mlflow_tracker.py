@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 _PARAM_VALUE_LIMIT = 6000  # MLflow rejects longer parameter values
-_METRICS_PER_BATCH = 1000  # MLflow's limit of metrics in one log_batch
+_METRICS_PER_BATCH = 1000  # MLflow's limits per log_batch call
+_PARAMS_PER_BATCH = 100
 _UNSAFE_KEY_CHARS = re.compile(r"[^\w\-. /:]")
 logger = logging.getLogger(__name__)
 
@@ -90,11 +91,10 @@ class MLflowTracker:
 
         run = self._client.create_run(self.experiment_id, run_name=run_name)
         run_id = run.info.run_id
-        self._client.log_batch(
-            run_id,
-            params=[Param(k, v) for k, v in _param_items(params)],
-            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
-        )
+        items = [Param(k, v) for k, v in _param_items(params)]
+        self._client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
+        for start in range(0, len(items), _PARAMS_PER_BATCH):
+            self._client.log_batch(run_id, params=items[start : start + _PARAMS_PER_BATCH])
         return run_id
 
     def log_metric_steps(self, mlflow_run_id: str, steps: Sequence[tuple[int, Mapping[str, float]]]) -> None:

@@ -58,8 +58,8 @@ class FormattedDatasets:
         self.trainer_type = trainer_type
         self._cache: dict[tuple[int, int], Dataset] = {}
 
-    def check(self, dataset: Dataset, func: Callable | None, argument: str) -> None:
-        """Validate on the first row, before anything is trained."""
+    def check(self, dataset: Dataset, func: Callable | None, argument: str) -> set[str]:
+        """Validate on the first row, before anything is trained; returns the trainer's columns."""
         if func is None:
             columns = set(dataset.column_names)
         else:
@@ -77,6 +77,7 @@ class FormattedDatasets:
                 )
             columns = set(out) | (set(dataset.column_names) if self.trainer_type == "GRPO" else set())
         check_columns(columns, self.trainer_type, argument, func)
+        return columns
 
     def get(self, dataset: Dataset | None, func: Callable | None) -> Dataset | None:
         if dataset is None or func is None:

@@ -2,7 +2,7 @@
 
 The scheduler only sees `RunExecution`: it gives the run turns (`worker.run_turn()`), reads
 `rounds_done` (how many chunk rounds, across epochs, the run has fully trained on) and, when
-the worker finishes, `finish()` records COMPLETED or FAILED. Everything TRL-specific is built
+the worker finishes, the experiment records COMPLETED or FAILED. Everything TRL-specific is built
 by `rapidfire_core.trainers.factory`.
 """
 

@@ -1,10 +1,11 @@
 """Generation metrics on the eval set (the seeds' `compute_metrics` + `generation_config`).
 
 RapidFire's `compute_metrics(eval_preds)` receives `(predictions, references)` as decoded
-TEXTS (not logits, unlike `transformers.Trainer`). At each chunk-end evaluation this module
-generates a completion for every eval prompt with the run's adapter active, then calls the
-user's function; its keys are logged with an `eval_` prefix. Generation may sample, so the
-global RNG is forked: the training stream of the run is untouched.
+TEXTS (not logits, unlike `transformers.Trainer`). At each evaluation (after every chunk, and
+any the user's eval_strategy asks for) this module generates a completion for every eval prompt
+with the run's adapter active, then calls the user's function; its keys are logged with an
+`eval_` prefix. Generation may sample, so the global RNG is forked: the training stream of the
+run is untouched.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ so it trains exactly as it would alone:
   accumulation that paused on its first micro-batch made the next run skip an update;
 - accelerate's `AcceleratorState` / `PartialState` singletons, which every new trainer
   resets (TrainingArguments' device setup) and which hold the mixed-precision mode that
-  autocast reads: without this, every run trained under the last-built trainer's precision.
+  autocast reads: without this, every run trained under the last-built trainer's precision;
+- torch's TF32 switches, which `TrainingArguments(tf32=...)` sets for the whole process.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class ProcessState:
     torch_cpu_rng: torch.Tensor
     torch_cuda_rng: list[torch.Tensor] | None
     accelerate_states: tuple[dict[str, Any], ...]  # shared dicts of _SINGLETONS, in order
+    tf32: tuple[bool, bool]  # (cuda matmul, cudnn)
 
     @classmethod
     def capture(cls) -> ProcessState:
@@ -45,6 +47,7 @@ class ProcessState:
             torch_cpu_rng=torch.get_rng_state(),
             torch_cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             accelerate_states=tuple(dict(cls._shared_state) for cls in _SINGLETONS),
+            tf32=(torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32),
         )
 
     def restore(self) -> None:
@@ -53,6 +56,7 @@ class ProcessState:
         torch.set_rng_state(self.torch_cpu_rng)
         if self.torch_cuda_rng is not None:
             torch.cuda.set_rng_state_all(self.torch_cuda_rng)
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.tf32
         for cls, saved in zip(_SINGLETONS, self.accelerate_states, strict=True):
             shared = cls._shared_state
             shared.clear()

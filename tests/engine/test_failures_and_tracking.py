@@ -224,3 +224,31 @@ def test_an_error_saving_one_runs_adapter_fails_only_that_run(
     ]
     assert sorted(statuses) == ["FAILED", "FINISHED"]
     exp.end()
+
+
+def test_inputs_the_engine_cannot_honour_are_rejected_before_training(
+    tmp_path, tiny_model_dir, create_tiny_model
+):
+    from rapidfire_core.errors import ConfigError
+
+    exp = Experiment("rejected", experiment_path=tmp_path, verbose=False)
+    with pytest.raises(ConfigError, match=r"packing=True is not supported"):
+        exp.run_fit(
+            RFGridSearch(_config(tiny_model_dir, packing=True), trainer_type="SFT"),
+            create_tiny_model,
+            support_dataset(8),
+        )
+    text_config = _config(tiny_model_dir)
+    text_config.formatting_func = lambda row: {"text": row["instruction"] + " " + row["response"]}
+    text_config.compute_metrics = lambda preds: {"n": len(preds[0])}
+    with pytest.raises(
+        ValueError, match=r"compute_metrics generates a completion for each eval row's 'prompt'"
+    ):
+        exp.run_fit(
+            RFGridSearch(text_config, trainer_type="SFT"),
+            create_tiny_model,
+            support_dataset(8),
+            support_dataset(4),
+        )
+    assert exp.get_runs_info().empty
+    exp.end()
