@@ -130,13 +130,6 @@ class Experiment:
             f"{len(specs)} {trainer_type} configuration(s), {len(train)} training rows in {num_chunks} chunks"
         )
         runs: list[RunExecution] = []
-        for index, spec in enumerate(specs):
-            run = self._register(spec, index, buffer, progress)
-            runs.append(run)
-            try:
-                self._prepare(run, spec, registry, plan, formatted, train, evals)
-            except Exception as exc:  # noqa: BLE001 - one bad run must not stop the others
-                self._fail(run, exc, traceback.format_exc(), registry)
 
         def on_turn_end(run: RunExecution) -> None:
             buffer.flush()
@@ -159,6 +152,13 @@ class Experiment:
 
         residency = RunResidency(state_budget) if state_budget is not None else None
         try:
+            for index, spec in enumerate(specs):
+                run = self._register(spec, index, buffer, progress)
+                runs.append(run)
+                try:
+                    self._prepare(run, spec, registry, plan, formatted, train, evals)
+                except Exception as exc:  # noqa: BLE001 - one bad run must not stop the others
+                    self._fail(run, exc, traceback.format_exc(), registry)
             run_chunk_rounds(runs, progress, on_turn_end, on_finished, on_error, residency)
         except BaseException:  # KeyboardInterrupt included: leave no run thread behind
             self._stop_unfinished(runs)
@@ -272,7 +272,7 @@ class Experiment:
             run.generation_eval = make_generation_eval(
                 attached.model,
                 attached.tokenizer,
-                [eval_ds[i] for i in range(len(eval_ds))],
+                eval_ds.to_list(),
                 compute_metrics,
                 model_config.get("generation_config"),
                 batch_size=args.per_device_eval_batch_size,
@@ -298,9 +298,10 @@ class Experiment:
         # The run holding the turn (still training when the interrupt came) stops first, at its
         # next step: paused runs are only woken, to unwind, once no other run is executing.
         for run in sorted(runs, key=lambda r: not (r.worker is not None and r.worker.has_turn)):
-            if run.worker is None or run.worker.finished:
-                continue
-            run.worker.abort()
+            if run.error is not None or (run.worker is not None and run.worker.finished):
+                continue  # already FAILED or finished and recorded
+            if run.worker is not None:
+                run.worker.abort()
             self._store.update_run(
                 run.run_id,
                 status=RunStatus.STOPPED,
