@@ -29,14 +29,18 @@ class EpochOrderSampler(Sampler[int]):
         return len(self.orders[0])
 
 
-class OrderedSFTTrainer(SFTTrainer):
-    reference_sampler: EpochOrderSampler
+def _ordered(trainer_cls):
+    class Ordered(trainer_cls):
+        reference_sampler: EpochOrderSampler
 
-    def _get_train_sampler(self, train_dataset=None):
-        return self.reference_sampler
+        def _get_train_sampler(self, train_dataset=None):
+            return self.reference_sampler
+
+    return Ordered
 
 
-def stock_sft_run(
+def stock_run(
+    trainer_cls,
     create_model,
     model_config: dict,
     lora_config,
@@ -46,15 +50,25 @@ def stock_sft_run(
     plan: ChunkPlan,
     epochs: int,
 ):
-    """Train one config with stock TRL; returns (per-step losses, adapter state dict)."""
+    """Train one config with a stock TRL trainer class; returns (per-step losses, adapter weights)."""
     from peft import get_peft_model_state_dict
 
-    dataset = train_rows.map(formatting_func, remove_columns=train_rows.column_names)
+    dataset = (
+        train_rows
+        if formatting_func is None
+        else train_rows.map(formatting_func, remove_columns=train_rows.column_names)
+    )
     model, tokenizer = create_model(model_config)
-    trainer = OrderedSFTTrainer(
+    trainer = _ordered(trainer_cls)(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora_config
     )
     trainer.reference_sampler = EpochOrderSampler([plan.order(epoch) for epoch in range(epochs)])
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return losses, {k: v.detach().clone() for k, v in get_peft_model_state_dict(trainer.model).items()}
+
+
+def stock_sft_run(create_model, model_config, lora_config, args, train_rows, formatting_func, plan, epochs):
+    return stock_run(
+        SFTTrainer, create_model, model_config, lora_config, args, train_rows, formatting_func, plan, epochs
+    )

@@ -81,3 +81,36 @@ def test_grpo_with_user_reward_functions(tmp_path, tiny_model_dir, create_tiny_m
     assert any(c.startswith("rewards/answer_reward") for c in results.columns)
     assert (results.groupby("run_id")["step"].max() == 2).all()
     exp.end()
+
+
+def test_dpo_run_in_chunks_equals_stock_dpo_trainer(tmp_path, tiny_model_dir, create_tiny_model):
+    # The engine shares one PeftModel between runs and makes TRL use the base model (adapters
+    # off) as the DPO reference; stock TRL gets that reference by creating the adapter itself.
+    import torch
+    from safetensors.torch import load_file
+    from trl import DPOTrainer
+
+    from rapidfire_core.scheduler.chunks import ChunkPlan
+    from tests.engine.stock_trl import stock_run
+
+    rows = preference_dataset(n=12, seed=4)
+    lora = RFLoraConfig(**LORA)
+    args = RFDPOConfig(beta=0.1, learning_rate=5e-3, max_steps=8, per_device_train_batch_size=2, max_length=64,
+                       logging_steps=1, seed=5)  # fmt: skip
+    configs = List([RFModelConfig(model_name=tiny_model_dir, peft_config=lora, training_args=args),
+                    RFModelConfig(model_name=tiny_model_dir, peft_config=RFLoraConfig(**{**LORA, "r": 4}),
+                                  training_args=args.copy())])  # fmt: skip
+    exp = Experiment("dpo-fidelity", experiment_path=tmp_path, verbose=False)
+    exp.run_fit(RFGridSearch(configs, trainer_type="DPO"), create_tiny_model, rows, num_chunks=3, seed=1)
+    assert exp.get_runs_info()["status"].tolist() == ["COMPLETED", "COMPLETED"]
+    engine_losses = exp.get_results().query("run_id == 1")["loss"].tolist()
+    stock_args = args.to_trl(output_dir=str(tmp_path / "stock"), report_to="none", save_strategy="no")
+    stock_losses, stock_weights = stock_run(
+        DPOTrainer, create_tiny_model, {"model_name": tiny_model_dir}, lora.to_peft(), stock_args, rows, None,
+        ChunkPlan(len(rows), 3, 1), epochs=2,
+    )  # fmt: skip
+    torch.testing.assert_close(torch.tensor(engine_losses), torch.tensor(stock_losses), rtol=1e-5, atol=1e-6)
+    saved = load_file(str(exp.path / "runs" / "1" / "adapter" / "adapter_model.safetensors"))
+    for key, value in stock_weights.items():
+        torch.testing.assert_close(saved[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    exp.end()
