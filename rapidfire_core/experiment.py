@@ -313,8 +313,11 @@ class Experiment:
             self._say(f"run {run.run_id} STOPPED (run_fit was interrupted)")
 
     def _complete(self, run: RunExecution) -> None:
+        out = self.path / "runs" / str(run.run_id)
         if run.adapter_name is not None:
-            save_adapter(run.model, run.adapter_name, self.path / "runs" / str(run.run_id) / "adapter")
+            save_adapter(run.model, run.adapter_name, out / "adapter")
+        else:  # full fine-tuning: the run's own model
+            run.model.save_pretrained(str(out / "model"))
         self._store.update_run(
             run.run_id, status=RunStatus.COMPLETED, chunks_done=run.rounds_done, global_step=run.global_step
         )
@@ -326,7 +329,7 @@ class Experiment:
         mine = info[info["run_id"].isin([r.run_id for r in runs])]
         counts = mine["status"].value_counts().to_dict()
         self._say("Done: " + ", ".join(f"{n} {status.lower()}" for status, n in sorted(counts.items())))
-        self._say(f"Adapters saved under {self.path / 'runs'}/<run_id>/adapter")
+        self._say(f"Saved under {self.path / 'runs'}/<run_id>/: adapter/ (LoRA) or model/ (full fine-tuning)")
         self._say(f"MLflow: {self._get_tracker().ui_hint()}")
 
 

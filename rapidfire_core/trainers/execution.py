@@ -82,6 +82,10 @@ class RunExecution:
             self.record_metrics(step, epoch, self.generation_eval(step, epoch))
 
     def release(self) -> None:
-        """Drop the trainer (optimizer state, datasets) once the run is over; the adapter stays."""
+        """Drop the trainer (optimizer state, datasets) once the run is over. An adapter stays on
+        its shared base model; a full fine-tuning run's own model is let go."""
         self.trainer = None
         self.sampler = None
+        self.generation_eval = None
+        if self.adapter_name is None:
+            self.model = None
