@@ -66,7 +66,9 @@ def use_triton(t: torch.Tensor) -> bool:
     if _backend == "torch":
         return False
     if _backend == "auto":
-        return HAS_TRITON and t.device.type == "cuda"
+        # fp64 stays on the reference: the kernels accumulate in fp32 and Triton's fp64 dots
+        # would not match (nor compile cleanly with fp32 accumulators).
+        return HAS_TRITON and t.device.type == "cuda" and t.dtype != torch.float64
     # Forced "triton": say exactly what is missing instead of failing inside a launch.
     if not HAS_TRITON:
         raise RuntimeError(

@@ -267,9 +267,22 @@ def _row_block(m: int, programs_per_row_tile: int, t: torch.Tensor) -> int:
 
 def _dot_precision(dtype: torch.dtype) -> str:
     # Match torch: fp32 matmuls use TF32 only when the user allowed it (the default is IEEE).
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+    if dtype == torch.float32 and not _torch_allows_tf32():
         return "ieee"
     return "tf32"
+
+
+def _torch_allows_tf32() -> bool:
+    # torch >= 2.9 has `fp32_precision` ("tf32" / "ieee" / "none"); once it is set (transformers 5
+    # does for `tf32=True`), reading the legacy `allow_tf32` flag raises.
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, "fp32_precision", None)
+    if precision is not None and precision != "none":
+        return precision == "tf32"
+    try:
+        return bool(matmul.allow_tf32)
+    except RuntimeError:
+        return False
 
 
 def _device_of(t: torch.Tensor):

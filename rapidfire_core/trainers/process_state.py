@@ -37,7 +37,7 @@ class ProcessState:
     torch_cpu_rng: torch.Tensor
     torch_cuda_rng: list[torch.Tensor] | None
     accelerate_states: tuple[dict[str, Any], ...]  # shared dicts of _SINGLETONS, in order
-    tf32: tuple[bool, bool]  # (cuda matmul, cudnn)
+    tf32: tuple[Any, Any]  # (cuda matmul, cudnn) precision settings, see _get_precision
 
     @classmethod
     def capture(cls) -> ProcessState:
@@ -47,7 +47,7 @@ class ProcessState:
             torch_cpu_rng=torch.get_rng_state(),
             torch_cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             accelerate_states=tuple(dict(cls._shared_state) for cls in _SINGLETONS),
-            tf32=(torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32),
+            tf32=(_get_precision(torch.backends.cuda.matmul), _get_precision(torch.backends.cudnn)),
         )
 
     def restore(self) -> None:
@@ -56,8 +56,23 @@ class ProcessState:
         torch.set_rng_state(self.torch_cpu_rng)
         if self.torch_cuda_rng is not None:
             torch.cuda.set_rng_state_all(self.torch_cuda_rng)
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.tf32
+        _set_precision(torch.backends.cuda.matmul, self.tf32[0])
+        _set_precision(torch.backends.cudnn, self.tf32[1])
         for cls, saved in zip(_SINGLETONS, self.accelerate_states, strict=True):
             shared = cls._shared_state
             shared.clear()
             shared.update(saved)
+
+
+def _get_precision(backend) -> tuple[str, Any]:
+    # torch >= 2.9 keeps TF32 as `fp32_precision`; once that is set (transformers 5 does for
+    # tf32=True), reading the legacy `allow_tf32` flag raises, so prefer the new attribute.
+    if getattr(backend, "fp32_precision", None) is not None:
+        return ("fp32_precision", backend.fp32_precision)
+    return ("allow_tf32", backend.allow_tf32)
+
+
+def _set_precision(backend, setting: tuple[str, Any]) -> None:
+    name, value = setting
+    if getattr(backend, name) != value:
+        setattr(backend, name, value)
