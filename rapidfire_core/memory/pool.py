@@ -59,6 +59,9 @@ class _Entry:
     resident: bool = False
     ready: object | None = None  # CopyEvent of the H2D compute has not yet waited for
     writes: list = field(default_factory=list)  # CopyEvents that write the slot
+    # CopyEvents of H2Ds that read the slot. Kept apart from `ready` (which is consumed when
+    # compute is made to wait): the slot may not be freed or written by the host before they end.
+    reading: list = field(default_factory=list)
     releasing: object | None = None  # CPU: CopyEvent after which `flat`'s storage is freed
 
 
@@ -281,6 +284,7 @@ class StatePool:
         if n:
             allocate_storage(e.flat, n)
             e.ready = self.lane.to_device([(e.slot, e.flat.data_ptr(), n)])
+            e.reading = [event for event in e.reading if not event.query()] + [e.ready]
             self.lane.guard(e.flat)
             self.counters.bytes_to_device += n
         e.resident = True
@@ -321,6 +325,7 @@ class StatePool:
             if e.resident and e.refs is not None:
                 if layout.device_bytes:
                     writes.append(self.lane.to_host([(slot, e.flat.data_ptr(), layout.device_bytes)]))
+                    self.lane.guard(e.flat)  # the side stream reads it: freeing must wait
                 if layout.host_bytes:
                     src = e.slot + layout.device_bytes
                     writes.append(self.engine.copy_within(src, slot + layout.device_bytes, layout.host_bytes))
@@ -361,6 +366,7 @@ class StatePool:
             self._consume_ready(dst)
             if layout.device_bytes:
                 dst.ready = self.lane.to_device([(src.slot, dst.flat.data_ptr(), layout.device_bytes)])
+                src.reading.append(dst.ready)
                 self.lane.guard(dst.flat)
             if layout.host_bytes:
                 self.engine.copy_within(
@@ -370,6 +376,7 @@ class StatePool:
         else:
             self._finish_release(dst)
             self._wait_writes(dst)
+            self._wait_reads(dst)  # the host is about to overwrite dst's slot
             dst.writes = [self.engine.copy_within(src.slot, dst.slot, layout.total_bytes)]
 
     # ---- teardown ---------------------------------------------------------------------------------
@@ -434,6 +441,10 @@ class StatePool:
         """Free the slot once nothing reads or writes it (host sync: only on drop/re-pack)."""
         self._finish_release(e)
         self._wait_writes(e)
-        if e.ready is not None:
-            e.ready.synchronize()  # an H2D still reading the slot
+        self._wait_reads(e)
         self.arena.free(e.slot)
+
+    def _wait_reads(self, e: _Entry) -> None:
+        for event in e.reading:
+            event.synchronize()
+        e.reading = []
