@@ -37,6 +37,7 @@ invalid run by its index in the expansion and the knobs that distinguish it.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import random
 from typing import Any
@@ -123,15 +124,16 @@ def _normalize_configs(configs: Any) -> list[Any]:
     return items
 
 
-class _ConfigGroup:
+class _ConfigGroup(abc.ABC):
     """What grid and random search share: configs, trainer type, validation of the runs."""
 
     def __init__(self, configs: Any, trainer_type: str = "SFT") -> None:
         self.trainer_type = _normalize_trainer_type(trainer_type)
         self.configs = _normalize_configs(configs)
 
+    @abc.abstractmethod
     def _candidates(self) -> list[RFModelConfig]:
-        raise NotImplementedError
+        """The concrete model configs this search yields, in order."""
 
     def expand(self) -> list[RunSpec]:
         """The validated runs (module docstring); ConfigError naming every invalid run."""

@@ -17,6 +17,7 @@ it did on the original tensors.
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ PARAM = "param"
 OPTIM = "optim"
 
 
-class TensorRef:
+class TensorRef(abc.ABC):
     """One state tensor: `get()` the current tensor, `set(t)` to re-home it."""
 
     __slots__ = ("name", "kind")
@@ -34,11 +35,11 @@ class TensorRef:
         self.name = name
         self.kind = kind  # PARAM or OPTIM
 
-    def get(self) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def get(self) -> torch.Tensor: ...
 
-    def set(self, value: torch.Tensor) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def set(self, value: torch.Tensor) -> None: ...
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
