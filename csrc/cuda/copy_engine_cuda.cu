@@ -25,27 +25,49 @@ void check(cudaError_t err, const char* what) {
   }
 }
 
+// Makes `device` current for the scope and restores the caller's device after it: torch shares
+// the thread's current device (same primary contexts), so leaving it changed would move the
+// caller's later work to another GPU on a multi-GPU host.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    if (cudaGetDevice(&previous_) != cudaSuccess) {
+      cudaGetLastError();
+      previous_ = -1;
+    }
+    if (previous_ != device) check(cudaSetDevice(device), "cudaSetDevice");
+  }
+  ~DeviceGuard() {
+    if (previous_ >= 0 && cudaSetDevice(previous_) != cudaSuccess) cudaGetLastError();
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = -1;
+};
+
 cudaStream_t as_stream(std::uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
 cudaEvent_t as_event(std::uintptr_t e) { return reinterpret_cast<cudaEvent_t>(e); }
 
 }  // namespace
 
 void* host_alloc_pinned(std::size_t nbytes, int device, std::string& error) noexcept {
-  cudaError_t err = cudaSetDevice(device);
-  if (err != cudaSuccess) {
-    error = "cudaSetDevice(" + std::to_string(device) + "): " + describe(err);
-    cudaGetLastError();
+  try {
+    DeviceGuard guard(device);
+    void* p = nullptr;
+    // Portable: every context (every device) sees it as pinned, not only `device`'s.
+    cudaError_t err = cudaHostAlloc(&p, nbytes, cudaHostAllocPortable);
+    if (err != cudaSuccess) {
+      error = describe(err);
+      cudaGetLastError();
+      return nullptr;
+    }
+    return p;
+  } catch (const std::exception& e) {
+    error = e.what();
     return nullptr;
   }
-  void* p = nullptr;
-  // Portable: every context (every device) sees it as pinned, not only `device`'s.
-  err = cudaHostAlloc(&p, nbytes, cudaHostAllocPortable);
-  if (err != cudaSuccess) {
-    error = describe(err);
-    cudaGetLastError();
-    return nullptr;
-  }
-  return p;
 }
 
 void host_free_pinned(void* ptr) noexcept {
@@ -54,7 +76,7 @@ void host_free_pinned(void* ptr) noexcept {
 
 std::uintptr_t copy_async(const RawCopy* copies, std::size_t n, bool host_to_device, int device,
                           std::uintptr_t stream) {
-  check(cudaSetDevice(device), "cudaSetDevice");
+  DeviceGuard guard(device);
   const cudaMemcpyKind kind = host_to_device ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost;
   for (std::size_t i = 0; i < n; ++i) {
     check(cudaMemcpyAsync(copies[i].dst, copies[i].src, copies[i].count, kind, as_stream(stream)),
@@ -83,7 +105,7 @@ bool event_query(std::uintptr_t event) {
 void event_synchronize(std::uintptr_t event) { check(cudaEventSynchronize(as_event(event)), "cudaEventSynchronize"); }
 
 void stream_wait_event(std::uintptr_t stream, std::uintptr_t event, int device) {
-  check(cudaSetDevice(device), "cudaSetDevice");
+  DeviceGuard guard(device);
   check(cudaStreamWaitEvent(as_stream(stream), as_event(event), 0), "cudaStreamWaitEvent");
 }
 
