@@ -121,6 +121,8 @@ class Experiment:
                     )
                 if trainer_type == "GRPO":
                     check_grpo_eval_batches(spec.model_config.training_args)
+            if trainer_type == "GRPO":
+                _check_grpo_prompts(spec, len(train), self.path)
 
         tracker = self._get_tracker()
         buffer = MetricBuffer(self._store, tracker)
@@ -342,6 +344,18 @@ def save_adapter(model, adapter_name: str, out_dir: Path) -> None:
     shutil.rmtree(out_dir, ignore_errors=True)
     shutil.move(str(src), str(out_dir))
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_grpo_prompts(spec, num_rows: int, scratch: Path) -> None:
+    """A GRPO generation batch draws whole prompts: the training set must hold at least one batch."""
+    args = spec.training_args(output_dir=str(scratch / "validation"), report_to="none")
+    prompts = args.generation_batch_size // args.num_generations
+    if num_rows < prompts:
+        raise ValueError(
+            f"GRPO: one generation batch needs {prompts} prompts (generation_batch_size "
+            f"{args.generation_batch_size} / num_generations {args.num_generations}), but train_dataset "
+            f"has {num_rows} rows"
+        )
 
 
 def _free_accelerator_memory() -> None:

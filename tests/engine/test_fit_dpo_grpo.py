@@ -114,3 +114,26 @@ def test_dpo_run_in_chunks_equals_stock_dpo_trainer(tmp_path, tiny_model_dir, cr
     for key, value in stock_weights.items():
         torch.testing.assert_close(saved[key], value, rtol=1e-5, atol=1e-6, msg=key)
     exp.end()
+
+
+def test_grpo_with_fewer_prompts_than_one_generation_batch_is_rejected(
+    tmp_path, tiny_model_dir, create_tiny_model
+):
+    import pytest
+
+    config = RFModelConfig(
+        model_name=tiny_model_dir,
+        peft_config=RFLoraConfig(**LORA),
+        reward_funcs=[format_reward],
+        training_args=RFGRPOConfig(num_generations=2, per_device_train_batch_size=8, max_completion_length=4),
+    )
+    exp = Experiment("grpo-too-small", experiment_path=tmp_path, verbose=False)
+    with pytest.raises(ValueError, match=r"one generation batch needs 4 prompts .* has 3 rows"):
+        exp.run_fit(
+            RFGridSearch(config, trainer_type="GRPO"),
+            create_tiny_model,
+            math_prompt_dataset(n=3),
+            num_chunks=1,
+        )
+    assert exp.get_runs_info().empty
+    exp.end()
