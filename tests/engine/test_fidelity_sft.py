@@ -62,6 +62,22 @@ def _assert_run_matches_stock(exp, run_id, spec_lora, spec_args, model_dir, crea
     assert any(v.abs().sum() > 0 for k, v in saved.items() if "lora_B" in k)
 
 
+def _fit_single(tmp_path, name, model_dir, create_model, train_rows, eval_rows=None):
+    """One SFT run (LoRA r=8 on q,v with dropout 0.1) through run_fit: (experiment, lora, args)."""
+    lora = RFLoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["q_proj", "v_proj"])
+    args = _sft_args()
+    exp = Experiment(name, experiment_path=tmp_path, verbose=False)
+    exp.run_fit(
+        RFGridSearch(_model_config(model_dir, lora, args), trainer_type="SFT"),
+        create_model,
+        train_rows,
+        eval_rows,
+        num_chunks=NUM_CHUNKS,
+        seed=SEED,
+    )
+    return exp, lora, args
+
+
 @pytest.fixture
 def train_rows():
     return support_dataset(n=NUM_ROWS, seed=3)
@@ -70,16 +86,7 @@ def train_rows():
 def test_single_config_in_four_chunks_equals_stock_trl(
     tmp_path, tiny_model_dir, create_tiny_model, train_rows
 ):
-    lora = RFLoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["q_proj", "v_proj"])
-    args = _sft_args()
-    exp = Experiment("fidelity-one", experiment_path=tmp_path, verbose=False)
-    exp.run_fit(
-        RFGridSearch(_model_config(tiny_model_dir, lora, args), trainer_type="SFT"),
-        create_tiny_model,
-        train_rows,
-        num_chunks=NUM_CHUNKS,
-        seed=SEED,
-    )
+    exp, lora, args = _fit_single(tmp_path, "fidelity-one", tiny_model_dir, create_tiny_model, train_rows)
     info = exp.get_runs_info()
     assert info["status"].tolist() == ["COMPLETED"]
     assert info["chunks_done"].tolist() == [6]  # 12 steps of 2 rows = 1.5 epochs of 4 chunks
@@ -158,16 +165,13 @@ def test_chunk_end_evaluations_do_not_change_training(
     # The engine evaluates after every chunk; stock TRL (no eval set) does not. Evaluation draws
     # from the global RNG (each eval DataLoader iterator takes a seed), so without care the
     # dropout masks after the first evaluation would differ from the solo stock run.
-    lora = RFLoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["q_proj", "v_proj"])
-    args = _sft_args()
-    exp = Experiment("fidelity-eval", experiment_path=tmp_path, verbose=False)
-    exp.run_fit(
-        RFGridSearch(_model_config(tiny_model_dir, lora, args), trainer_type="SFT"),
+    exp, lora, args = _fit_single(
+        tmp_path,
+        "fidelity-eval",
+        tiny_model_dir,
         create_tiny_model,
         train_rows,
         support_dataset(n=4, seed=11),
-        num_chunks=NUM_CHUNKS,
-        seed=SEED,
     )
     assert exp.get_results()["eval_loss"].count() == 6  # one per chunk: 6 chunks in 12 steps
     _assert_run_matches_stock(exp, 1, lora, args, tiny_model_dir, create_tiny_model, train_rows)

@@ -5,25 +5,12 @@ from __future__ import annotations
 from rapidfire_core import Experiment
 from rapidfire_core.automl import List, RFDPOConfig, RFGridSearch, RFGRPOConfig, RFLoraConfig, RFModelConfig
 from rapidfire_core.demo.data import math_prompt_dataset, preference_dataset
-from rapidfire_core.demo.rewards import answer_reward, format_reward
-
-LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+from rapidfire_core.demo.rewards import format_reward
+from tests.small_configs import LORA, dpo_two_betas, grpo_two_learning_rates
 
 
 def test_dpo_two_betas_complete_and_log_reward_metrics(tmp_path, tiny_model_dir, create_tiny_model):
-    config = RFModelConfig(
-        model_name=tiny_model_dir,
-        peft_config=RFLoraConfig(**LORA),
-        training_args=RFDPOConfig(
-            beta=List([0.1, 0.5]),
-            loss_type="sigmoid",
-            learning_rate=5e-3,
-            max_steps=4,
-            per_device_train_batch_size=2,
-            max_length=64,
-            logging_steps=1,
-        ),
-    )
+    config = dpo_two_betas(tiny_model_dir)
     exp = Experiment("dpo", experiment_path=tmp_path, verbose=False)
     exp.run_fit(
         RFGridSearch(config, trainer_type="DPO"),
@@ -56,20 +43,7 @@ def test_dpo_two_betas_complete_and_log_reward_metrics(tmp_path, tiny_model_dir,
 
 
 def test_grpo_with_user_reward_functions(tmp_path, tiny_model_dir, create_tiny_model):
-    config = RFModelConfig(
-        model_name=tiny_model_dir,
-        peft_config=RFLoraConfig(**LORA),
-        reward_funcs=[answer_reward, format_reward],
-        training_args=RFGRPOConfig(
-            learning_rate=List([1e-3, 1e-4]),
-            num_generations=2,
-            per_device_train_batch_size=4,
-            max_completion_length=6,
-            max_steps=2,
-            logging_steps=1,
-            beta=0.0,
-        ),
-    )
+    config = grpo_two_learning_rates(tiny_model_dir)
     exp = Experiment("grpo", experiment_path=tmp_path, verbose=False)
     exp.run_fit(
         RFGridSearch(config, trainer_type="GRPO"), create_tiny_model, math_prompt_dataset(n=8), num_chunks=2

@@ -189,41 +189,15 @@ def test_bad_budget_is_rejected_before_training(tmp_path, tiny_model_dir, create
 
 
 def _fit_rl(tmp_path, name, trainer_type, model_dir, create_model, budget):
-    from rapidfire_core.automl import RFDPOConfig, RFGRPOConfig
     from rapidfire_core.demo.data import math_prompt_dataset, preference_dataset
-    from rapidfire_core.demo.rewards import answer_reward, format_reward
+    from tests.small_configs import dpo_two_betas, grpo_two_learning_rates
 
-    lora = RFLoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
     if trainer_type == "DPO":
-        config = RFModelConfig(
-            model_name=model_dir,
-            peft_config=lora,
-            training_args=RFDPOConfig(
-                beta=List([0.1, 0.5]),
-                learning_rate=5e-3,
-                max_steps=4,
-                per_device_train_batch_size=2,
-                max_length=64,
-                logging_steps=1,
-            ),
-        )
+        config = dpo_two_betas(model_dir)
         data = (preference_dataset(n=8, seed=1), preference_dataset(n=4, seed=2))
         metrics = ["loss", "rewards/margins", "eval_loss"]
     else:
-        config = RFModelConfig(
-            model_name=model_dir,
-            peft_config=lora,
-            reward_funcs=[answer_reward, format_reward],
-            training_args=RFGRPOConfig(
-                learning_rate=List([1e-3, 1e-4]),
-                num_generations=2,
-                per_device_train_batch_size=4,
-                max_completion_length=6,
-                max_steps=2,
-                logging_steps=1,
-                beta=0.0,
-            ),
-        )
+        config = grpo_two_learning_rates(model_dir)
         data = (math_prompt_dataset(n=8), None)
         metrics = ["loss", "reward"]
     exp = Experiment(name, experiment_path=tmp_path, verbose=False)
