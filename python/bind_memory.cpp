@@ -16,6 +16,7 @@
 #include "bindings.h"
 #include "rapidfire/copy_engine.h"
 #include "rapidfire/host_arena.h"
+#include "rapidfire/host_pages.h"
 
 namespace py = pybind11;
 using namespace pybind11::literals;
@@ -221,6 +222,16 @@ completes.)doc")
           "Host-to-host copy inside the arena (snapshots); both ranges in live slots, not overlapping.")
       .def_property_readonly("arena", &CopyEngine::arena)
       .def_property_readonly("num_threads", &CopyEngine::num_threads);
+
+  m.def(
+      "advise_huge_pages",
+      [](std::uintptr_t pointer, std::size_t nbytes) {
+        return advise_huge_pages(reinterpret_cast<void*>(pointer), nbytes);
+      },
+      "pointer"_a, "nbytes"_a,
+      "Ask the kernel for transparent huge pages on the whole 2 MiB pages inside host memory\n"
+      "[pointer, pointer + nbytes) (madvise MADV_HUGEPAGE). Returns the bytes advised (0: none\n"
+      "fit, not Linux, or refused). Only changes how fast untouched pages fault in.");
 }
 
 }  // namespace rapidfire::python

@@ -11,7 +11,8 @@ A run's slot (in the host arena) and its flat device buffer share one layout:
 Device entries (adapter weights, optimizer moments, and step counters when the optimizer
 keeps them on the device) live in the flat buffer while the run is resident; a swap is one
 copy of `device_bytes` between the flat buffer and the slot. Host entries (torch AdamW's CPU
-`step` scalars when the parameters are on a GPU) live in the arena slot all the time.
+`step` scalars when the parameters are on a GPU) live in the arena slot all the time, as views of
+the slot's host section alone (so saving one never writes the rest of the arena).
 
 Every entry starts on a multiple of `alignment` (512 bytes by default): the granularity of
 torch's CUDA caching allocator, and a multiple of the 64 bytes of its CPU allocator, so each

@@ -3,7 +3,7 @@
     pool = StatePool("cuda:0", capacity_bytes=8 << 30)
     pool.put(run_id, refs)        # pack: one flat device buffer + one arena slot; tensors re-homed
     pool.evict(run_id)            # one D2H of the device section; device memory released
-    pool.prefetch(run_id)         # one H2D on the side stream; returns at once
+    pool.prefetch(run_id)         # one H2D on the inbound side stream; returns at once
     pool.acquire(run_id)          # (prefetch if needed) compute waits for the H2D; no host sync
     pool.get(run_id)              # acquire, then {name: tensor}
     pool.snapshot(run_id, "copy") # clone the state inside the arena (warm starts)
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rapidfire_core._native import require_native
-from rapidfire_core.memory.lane import DeviceLane, allocate_storage, free_storage
+from rapidfire_core.memory.lane import DeviceLane, allocate_storage, free_storage, new_buffer
 from rapidfire_core.memory.layout import ALIGNMENT, DEVICE, HOST, StateLayout
 from rapidfire_core.memory.state_refs import TensorRef
 
@@ -63,6 +63,7 @@ class _Entry:
     # compute is made to wait): the slot may not be freed or written by the host before they end.
     reading: list = field(default_factory=list)
     releasing: object | None = None  # CPU: CopyEvent after which `flat`'s storage is freed
+    host: torch.Tensor | None = None  # uint8 view of the slot's host section (its own storage)
 
 
 @dataclass
@@ -109,8 +110,6 @@ class StatePool:
             device=index,
         )
         self.engine = native.CopyEngine(self.arena, threads=copy_threads)
-        self.host = torch.frombuffer(self.arena, dtype=torch.uint8)  # the whole arena, zero-copy
-        self._host_storage = self.host.untyped_storage().data_ptr()
         self.lane = DeviceLane(self.device, self.engine)
         self.alignment = alignment
         self.counters = PoolCounters()
@@ -176,13 +175,16 @@ class StatePool:
                 return old.layout
         slot = self.arena.allocate(layout.total_bytes)
         try:
-            flat = torch.empty(layout.device_bytes, dtype=torch.uint8, device=self.device)
+            flat = new_buffer(layout.device_bytes, self.device)
+            host = None
+            if layout.host_bytes:
+                host = self.slot_bytes(slot + layout.device_bytes, layout.host_bytes)
             views = []
             for (ref, tensor, _), entry in zip(chosen, layout.entries, strict=True):
                 if entry.section == DEVICE:
                     view = layout.view(flat, entry)
                 else:
-                    view = layout.view(self.host, entry, base=slot)
+                    view = layout.view(host, entry, base=-layout.device_bytes)
                 view.copy_(tensor)
                 views.append((ref, view))
         except BaseException:
@@ -192,7 +194,9 @@ class StatePool:
             ref.set(view)
         if old is not None:
             self._free_slot(old)
-        self._entries[key] = _Entry(key, layout, slot, [ref for ref, _, _ in chosen], flat, resident=True)
+        self._entries[key] = _Entry(
+            key, layout, slot, [ref for ref, _, _ in chosen], flat, resident=True, host=host
+        )
         self.counters.packs += 1
         return layout
 
@@ -205,9 +209,8 @@ class StatePool:
 
     def _owns(self, entry: _Entry, tensor: torch.Tensor) -> bool:
         ptr = tensor.untyped_storage().data_ptr()
-        return (entry.flat is not None and ptr == entry.flat.untyped_storage().data_ptr()) or (
-            ptr == self._host_storage
-        )
+        buffers = [b for b in (entry.flat, entry.host) if b is not None]
+        return any(ptr == b.untyped_storage().data_ptr() for b in buffers)
 
     def _packable(self, refs: Iterable[TensorRef], old: _Entry | None) -> list:
         """(ref, tensor, section) for every ref the pool may move (see the module docstring)."""
@@ -242,7 +245,10 @@ class StatePool:
             return
         n = e.layout.device_bytes
         if n:
-            event = self.lane.to_host([(e.slot, e.flat.data_ptr(), n)])
+            # Writes the slot: after every H2D still reading it (e.g. a prefetch never acquired).
+            pending_reads = [event for event in e.reading if not event.query()]
+            event = self.lane.to_host([(e.slot, e.flat.data_ptr(), n)], after=pending_reads)
+            e.reading = []
             e.writes = [event]
             e.releasing = self.lane.release_after(e.flat, event)
             self.counters.bytes_to_host += n
@@ -251,7 +257,8 @@ class StatePool:
         self.counters.evictions += 1
 
     def prefetch(self, key: Hashable) -> None:
-        """Start restoring an evicted entry: new device memory, one batched H2D on the side stream.
+        """Start restoring an evicted entry: new device memory, one batched H2D on the inbound
+        side stream (never queued behind other runs' evictions).
 
         Returns at once; `acquire` makes compute wait for it. No-op when resident."""
         self._reap()
@@ -283,9 +290,10 @@ class StatePool:
         n = e.layout.device_bytes
         if n:
             allocate_storage(e.flat, n)
-            e.ready = self.lane.to_device([(e.slot, e.flat.data_ptr(), n)])
+            # Reads the slot: after the eviction (or arena copy) that wrote it.
+            e.ready = self.lane.to_device([(e.slot, e.flat.data_ptr(), n)], after=e.writes)
             e.reading = [event for event in e.reading if not event.query()] + [e.ready]
-            self.lane.guard(e.flat)
+            self.lane.guard(e.flat, "inbound")
             self.counters.bytes_to_device += n
         e.resident = True
         self.counters.restores += 1
@@ -312,7 +320,7 @@ class StatePool:
     def snapshot(self, key: Hashable, new_key: Hashable) -> StateLayout:
         """Clone `key`'s current state into a new slot under `new_key` (a detached entry: the
         state lives only in the arena; `materialize` or `load` use it). Resident state is copied
-        from the device (side stream, after the compute queued so far); evicted state is copied
+        from the device (outbound side stream, after the compute queued so far); evicted state is copied
         inside the arena by the engine's threads."""
         if new_key in self._entries:
             raise PoolError(f"{new_key!r} already exists")
@@ -325,7 +333,7 @@ class StatePool:
             if e.resident and e.refs is not None:
                 if layout.device_bytes:
                     writes.append(self.lane.to_host([(slot, e.flat.data_ptr(), layout.device_bytes)]))
-                    self.lane.guard(e.flat)  # the side stream reads it: freeing must wait
+                    self.lane.guard(e.flat, "outbound")  # a side stream reads it: freeing must wait
                 if layout.host_bytes:
                     src = e.slot + layout.device_bytes
                     writes.append(self.engine.copy_within(src, slot + layout.device_bytes, layout.host_bytes))
@@ -344,7 +352,16 @@ class StatePool:
         Waits for pending writes to the slot."""
         e = self._entry(key)
         self._wait_writes(e)
-        return {entry.name: e.layout.view(self.host, entry, base=e.slot) for entry in e.layout.entries}
+        slot = self.slot_bytes(e.slot, e.layout.total_bytes)
+        return {entry.name: e.layout.view(slot, entry) for entry in e.layout.entries}
+
+    def slot_bytes(self, offset: int, nbytes: int) -> torch.Tensor:
+        """uint8 tensor over arena bytes [offset, offset + nbytes) of one live slot, zero-copy.
+
+        Its storage is that range alone (not the whole arena), so `torch.save` of a tensor that
+        views it (e.g. an optimizer's CPU `step`, or a `host_views` entry) writes only the
+        slot's bytes; the tensor keeps the arena alive."""
+        return torch.frombuffer(self.arena.view(offset, nbytes), dtype=torch.uint8)
 
     def materialize(self, key: Hashable, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
         """Fresh tensors (own memory, on `device`, default the pool's) with the state in the slot."""
@@ -365,9 +382,10 @@ class StatePool:
         if dst.resident:
             self._consume_ready(dst)
             if layout.device_bytes:
+                self.lane.inbound_after_outbound()  # a snapshot's D2H may still read dst.flat
                 dst.ready = self.lane.to_device([(src.slot, dst.flat.data_ptr(), layout.device_bytes)])
                 src.reading.append(dst.ready)
-                self.lane.guard(dst.flat)
+                self.lane.guard(dst.flat, "inbound")
             if layout.host_bytes:
                 self.engine.copy_within(
                     src.slot + layout.device_bytes, dst.slot + layout.device_bytes, layout.host_bytes

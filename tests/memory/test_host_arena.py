@@ -224,3 +224,26 @@ def test_concurrent_allocate_free_from_threads():
     assert not errors, errors
     assert arena.free_blocks() == [(0, arena.capacity)]
     assert arena.stats()["peak_used"] > 0
+
+
+def _thp_mode() -> str:
+    try:
+        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return "unknown"
+    return text.split("[", 1)[1].split("]", 1)[0] if "[" in text else "unknown"
+
+
+def test_huge_page_advice_covers_whole_pages_inside_and_keeps_contents():
+    huge = 2 << 20
+    buffer = torch.arange(5 * huge, dtype=torch.uint8)  # values wrap at 256: a pattern to check
+    expected = buffer.clone()
+    assert C.advise_huge_pages(buffer.data_ptr(), 100) == 0  # no whole huge page fits
+    assert C.advise_huge_pages(buffer.data_ptr() + 1, huge) == 0  # straddles a boundary
+    advised = C.advise_huge_pages(buffer.data_ptr(), buffer.numel())
+    if _thp_mode() in ("always", "madvise"):
+        # [ptr, ptr + 5 MiB*2) holds 4 or 5 aligned 2 MiB pages; never bytes outside it.
+        assert advised % huge == 0 and 4 * huge <= advised <= 5 * huge
+    else:
+        assert advised % huge == 0 and advised <= 5 * huge
+    assert torch.equal(buffer, expected)  # advice only: the bytes are untouched

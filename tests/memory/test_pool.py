@@ -5,6 +5,7 @@ never left; snapshots, loads, drops, exhaustion; the scheduler's budget policy."
 from __future__ import annotations
 
 import copy
+import io
 from types import SimpleNamespace
 
 import pytest
@@ -187,6 +188,28 @@ def test_snapshot_materialize_and_load(pool):
         pool.snapshot("run", "warm")
 
 
+def test_host_views_own_only_their_slot(pool):
+    """A view handed out of the arena has a storage of its slot's bytes alone: saving it (or an
+    optimizer `step` packed in the host section on a GPU) writes that slot, not the arena."""
+    w = torch.nn.Parameter(torch.arange(6, dtype=torch.float32))
+    pool.put("run", [ParamRef("param/w", w)])
+    pool.evict("run")
+    views = pool.host_views("run")
+    assert torch.equal(views["param/w"], torch.arange(6, dtype=torch.float32))
+    slot = pool.layout("run").total_bytes
+    assert views["param/w"].untyped_storage().nbytes() == slot < pool.arena.capacity
+    saved = io.BytesIO()
+    torch.save(views, saved)
+    assert saved.tell() < slot + 4096
+    assert torch.equal(pool.host_views("run")["param/w"], views["param/w"])  # the same bytes
+    offset = pool.arena.allocate(1024)
+    part = pool.slot_bytes(offset, 1024)
+    part[:3] = torch.tensor([1, 2, 3], dtype=torch.uint8)
+    assert bytes(pool.arena.view(offset, 3)) == b"\x01\x02\x03"  # zero-copy
+    with pytest.raises(IndexError):
+        pool.slot_bytes(offset, 1024 + pool.arena.alignment)  # beyond the slot
+
+
 def test_drop_keeps_chosen_tensors_in_their_own_memory(pool):
     w = torch.nn.Parameter(torch.randn(5, 5))
     state = {"exp_avg": torch.randn(5, 5)}
@@ -296,3 +319,20 @@ def test_a_run_that_does_not_fit_the_host_pool_stays_resident():
         assert torch.equal(_weights(run), torch.full((4096,), float(run.run_id)))
         residency.after_turn(run, runs)
     residency.close()
+
+
+def test_evicting_a_prefetch_that_was_never_acquired_keeps_the_state(pool):
+    """The scheduler may prefetch a run and then evict it again before its turn (the budget
+    changed its mind): the eviction must read the restored bytes, not a half-copied buffer.
+    32 MiB state: the engine splits it into pieces that its threads copy concurrently."""
+    big = StatePool("cpu", 80 << 20)
+    w = torch.nn.Parameter(torch.randn(8 << 20, generator=torch.Generator().manual_seed(0)))
+    expected = w.detach().clone()
+    big.put("run", [ParamRef("param/w", w)])
+    for _ in range(5):
+        big.evict("run")
+        big.prefetch("run")
+        big.evict("run")  # no acquire in between
+    big.acquire("run")
+    assert torch.equal(w, expected)
+    big.close()
