@@ -28,22 +28,13 @@ from torch import nn
 
 from rapidfire_core.lora import LoraBatch, MultiLoraLinear, lora_batch
 from rapidfire_core.ops import AdapterWeights, lora_backend, multi_lora_linear_reference
+from rapidfire_core.ops.linear_shapes import LORA_LINEAR_SHAPES
 
 pytestmark = pytest.mark.bench
 
 HAS_GPU = torch.cuda.is_available()
 
-# (in_features, out_features) of the linears that LoRA targets.
-GPU_SHAPES = {
-    "tinyllama-q_proj": (2048, 2048),
-    "tinyllama-v_proj": (2048, 256),
-    "tinyllama-up_proj": (2048, 5632),
-    "tinyllama-down_proj": (5632, 2048),
-    "llama3.2-1b-q_proj": (2048, 2048),
-    "llama3.2-1b-v_proj": (2048, 512),
-    "llama3.2-1b-up_proj": (2048, 8192),
-    "llama3.2-1b-down_proj": (8192, 2048),
-}
+GPU_SHAPES = LORA_LINEAR_SHAPES
 CPU_SHAPES = {"cpu-small": (256, 256)}
 
 if HAS_GPU:

@@ -254,6 +254,13 @@ def _rank_block(r: int, cap: int) -> int:
     return min(cap, max(16, triton.next_power_of_2(r)))
 
 
+def _wide_block(dtype: torch.dtype) -> int:
+    """Columns per tile along N or K. fp32 operands take twice the registers of 16-bit ones, and
+    IEEE fp32 dots run on FMA units with both operands in registers: 128-wide fp32 tiles spill
+    (up to 20 KB of stack per thread in wgrad, see compile_check), 64-wide ones do not."""
+    return 64 if dtype == torch.float32 else 128
+
+
 def _row_block(m: int, programs_per_row_tile: int, t: torch.Tensor) -> int:
     """Rows per tile: 64 when that still fills ~2 waves of SMs, else smaller tiles for more programs."""
     if _interpreting():
@@ -358,7 +365,7 @@ def segmented_wide(
     m, r = inp.shape
     n = w.shape[1]
     out = torch.empty((m, n), device=inp.device, dtype=out_dtype or inp.dtype)  # (M, N)
-    block_n = 32 if _interpreting() else 128
+    block_n = 32 if _interpreting() else _wide_block(inp.dtype)
     n_n_tiles = triton.cdiv(n, block_n)
     block_m = _row_block(m, n_n_tiles, inp)
     block_r = _rank_block(r, 64)
@@ -420,10 +427,12 @@ def segmented_wgrad(
     q = right.shape[1]
     out_dtype = out_dtype or left.dtype
     interp = _interpreting()
-    # The narrow side (a rank) gets a rank-sized block, the wide side (N or K) 128 columns.
-    block_p = _rank_block(p, 64) if p <= 64 else (32 if interp else 128)
-    block_q = _rank_block(q, 64) if q <= 64 else (32 if interp else 128)
-    block_m = 16 if interp else 64
+    # The narrow side (a rank) gets a rank-sized block, the wide side (N or K) 128 columns
+    # (64 in fp32, see _wide_block).
+    wide = 32 if interp else _wide_block(left.dtype)
+    block_p = _rank_block(p, 64) if p <= 64 else wide
+    block_q = _rank_block(q, 64) if q <= 64 else wide
+    block_m = 16 if interp else (32 if left.dtype == torch.float32 else 64)
     tiles = triton.cdiv(p, block_p) * triton.cdiv(q, block_q)
     if split is None:
         split = wgrad_split(m, num_adapters, tiles, block_m, left)

@@ -1,131 +1,282 @@
-"""Compile every multi-LoRA Triton kernel for a GPU target without a GPU (ahead-of-time).
+"""Compile the multi-LoRA Triton kernels for sm_90 without a GPU, exactly as the ops launch them.
 
-``triton.compile`` lowers a kernel through TTIR -> TTGIR -> LLVM -> PTX -> cubin (ptxas)
-for any ``GPUTarget``; no driver is needed. This catches what the interpreter cannot:
-type errors in loop-carried values, unsupported ops, dot shapes below 16, register or
-shared-memory overflow for the block sizes the launchers pick on a GPU.
+The kernel variants are not listed by hand (a hand list drifts from the launchers). The ops'
+own Triton paths (`lora_shrink`, `lora_expand` and their backwards) run on meta tensors of the
+benchmark shapes (`linear_shapes`) while the kernels are replaced by recorders and the GPU is
+taken to have an H100's 132 SMs, so the launchers pick the block sizes and splits they pick on
+one. Each recorded launch keeps what Triton's JIT specializes a kernel on at run time:
 
-Run as ``python -m rapidfire_core.ops.compile_check [--quick]`` (must run with
-``TRITON_INTERPRET`` unset: the interpreter replaces ``@triton.jit`` functions).
+    constexprs                    BLOCK_*, HAS_*, DOT_PRECISION
+    int arguments equal to 1      compiled in as constants (unit strides: vector loads)
+    multiples of 16               `tt.divisibility` hints on pointers (16-byte aligned) and ints
+
+Distinct launches are compiled with ``triton.compile`` for ``GPUTarget("cuda", 90, 32)``
+(TTIR -> TTGIR -> LLVM -> PTX -> cubin through ptxas; no driver needed). This catches what the
+interpreter cannot: type errors in loop-carried values, unsupported ops, dot shapes below 16,
+shared memory beyond the 227 KiB an H100 block may use, and, from the cubin's resource usage
+(``cuobjdump -res-usage``), registers and local-memory spills.
+
+    python -m rapidfire_core.ops.compile_check            # every distinct launch (GPU report)
+    python -m rapidfire_core.ops.compile_check --quick    # the largest blocks per kernel/dtype
+    ... --jobs N                                          # compile in N processes
+
+Must run with ``TRITON_INTERPRET`` unset (the interpreter replaces ``@triton.jit``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
+import re
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-TORCH_TO_TRITON = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+import torch
+
+from .linear_shapes import LORA_LINEAR_SHAPES
+
+H100_SMS = 132
+SM90_SHARED_LIMIT = 227 * 1024  # bytes of shared memory one block may opt in to on sm_90
+
+DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+ADAPTERS = (1, 4, 8)
+RANKS = (1, 8, 16, 64, 128)  # stack rank = the largest adapter rank in the batch
+TOKENS = (512, 2048)  # rows per adapter
 
 
 @dataclass(frozen=True)
-class KernelVariant:
+class Launch:
+    """One kernel specialization as Triton's JIT would compile it."""
+
     kernel: str  # key of _kernels.KERNELS
-    dtype: str  # triton type name of the activations/weights: fp16, bf16, fp32
+    signature: tuple[tuple[str, str], ...]  # (argument, Triton type or "constexpr") in order
     constexprs: tuple[tuple[str, object], ...]
-    out_dtype: str | None = None  # None: same as dtype
+    divisible: tuple[str, ...]  # arguments with a divisibility-by-16 hint
+    num_warps: int
+    num_stages: int
+
+    @property
+    def dtype(self) -> str:
+        return dict(self.signature)[_FIRST_OPERAND[self.kernel]].lstrip("*")
 
     @property
     def label(self) -> str:
-        flags = ",".join(f"{k}={v}" for k, v in self.constexprs)
-        return f"{self.kernel}[{self.dtype}->{self.out_dtype or self.dtype}]({flags})"
+        flags = ",".join(f"{k}={v}" for k, v in self.constexprs if not k.startswith("stride"))
+        units = ",".join(k for k, v in self.constexprs if k.startswith("stride") and v == 1)
+        return f"{self.kernel}[{self.dtype}]({flags}; unit:{units or '-'}; warps={self.num_warps})"
+
+    def block_area(self) -> int:
+        blocks = [v for k, v in self.constexprs if k.startswith("BLOCK_")]
+        area = 1
+        for b in blocks:
+            area *= int(b)
+        return area
 
 
-def _pointer_type(name: str, variant: KernelVariant) -> str:
-    if name == "keep_ptr":
-        return "*u8"
-    if name.startswith("seg_"):
-        return "*i32"
-    if name in ("drop_scale_ptr", "out_scale_ptr"):
-        return "*fp32"
-    if name == "out_ptr":
-        return "*" + (variant.out_dtype or variant.dtype)
-    return "*" + variant.dtype
+_FIRST_OPERAND = {"narrow": "in_ptr", "wide": "in_ptr", "wgrad": "left_ptr"}
 
 
-def gpu_variants(full: bool = True) -> list[KernelVariant]:
-    """The block sizes and flags the launchers use on a GPU (see _kernels), per dtype.
-
-    ``full=False`` keeps one variant per (kernel, dtype): the test suite's quick check
-    (every kernel, every dtype, both dropout paths: ~15 s instead of ~60 s on 2 cores).
-    """
-    if not full:
-        picked: dict[tuple[str, str], KernelVariant] = {}
-        for v in gpu_variants(full=True):
-            dropout = dict(v.constexprs)["HAS_DROPOUT"]
-            # bf16/fp32 with dropout, fp16 without; the smallest blocks of fp32 (ieee dots compile slowly).
-            if dropout == (v.dtype != "fp16") and (v.kernel, v.dtype) not in picked:
-                picked[(v.kernel, v.dtype)] = v
-        return list(picked.values())
-    variants = []
-    for dtype, dropout in itertools.product(("fp16", "bf16", "fp32"), (False, True)):
-        precision = "ieee" if dtype == "fp32" else "tf32"
-        for block_m, block_r in ((64, 16), (16, 64), (32, 128)):
-            variants.append(KernelVariant("narrow", dtype, (
-                ("HAS_DROPOUT", dropout), ("HAS_OUT_SCALE", not dropout), ("DOT_PRECISION", precision),
-                ("BLOCK_M", block_m), ("BLOCK_R", block_r), ("BLOCK_K", 128 if block_r <= 32 else 64),
-            )))  # fmt: skip
-        for has_y, block_m in ((True, 64), (False, 16)):
-            variants.append(KernelVariant("wide", dtype, (
-                ("HAS_Y", has_y), ("HAS_DROPOUT", dropout), ("HAS_OUT_SCALE", has_y),
-                ("DOT_PRECISION", precision),
-                ("BLOCK_M", block_m), ("BLOCK_N", 128), ("BLOCK_R", 64),
-            )))  # fmt: skip
-        for block_p, block_q, out in ((128, 16, None), (64, 128, "fp32")):  # dB (N x r), dA split (r x K)
-            variants.append(KernelVariant("wgrad", dtype, (
-                ("HAS_DROPOUT", dropout), ("HAS_OUT_SCALE", not dropout), ("DOT_PRECISION", precision),
-                ("BLOCK_M", 64), ("BLOCK_P", block_p), ("BLOCK_Q", block_q),
-            ), out_dtype=out))  # fmt: skip
-    return variants
+# ---------------------------------------------------------------------------------- recording
 
 
-def compile_variant(variant: KernelVariant, target=None, num_warps: int = 4, num_stages: int = 3):
-    """Compile one variant for ``target`` (default sm_90); returns the CompiledKernel."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+class _Recorder:
+    """Stands in for a @triton.jit kernel: `kernel[grid](*args, **kwargs)` records a Launch."""
 
+    def __init__(self, name: str, fn, sink: list[Launch]) -> None:
+        self.name, self.fn, self.sink = name, fn, sink
+
+    def __getitem__(self, grid):
+        return self._launch
+
+    def _launch(self, *args, num_warps: int, num_stages: int, **kwargs) -> None:
+        from triton._C.libtriton import native_specialize_impl
+        from triton.backends.compiler import BaseBackend
+
+        values = dict(zip(self.fn.arg_names, args, strict=False)) | kwargs
+        signature, constexprs, divisible = [], [], []
+        for param in self.fn.params:
+            value = values[param.name]
+            if param.is_constexpr:
+                kind, hint = "constexpr", None
+            else:
+                kind, hint = native_specialize_impl(BaseBackend, value, False, True, True)
+            if kind == "constexpr":
+                constexprs.append((param.name, value))
+            elif hint == "D":
+                divisible.append(param.name)
+            signature.append((param.name, kind))
+        self.sink.append(
+            Launch(self.name, tuple(signature), tuple(constexprs), tuple(divisible), num_warps, num_stages)
+        )
+
+
+@contextlib.contextmanager
+def _recording(sink: list[Launch]) -> Iterator[None]:
+    from . import _kernels
+
+    saved = {name: getattr(_kernels, attr) for name, attr in _KERNEL_ATTRS.items()}
+    sm_count = _kernels._sm_count
+    try:
+        for name, attr in _KERNEL_ATTRS.items():
+            setattr(_kernels, attr, _Recorder(name, _kernels.KERNELS[name], sink))
+        _kernels._sm_count = lambda t: H100_SMS
+        yield
+    finally:
+        for name, attr in _KERNEL_ATTRS.items():
+            setattr(_kernels, attr, saved[name])
+        _kernels._sm_count = sm_count
+
+
+_KERNEL_ATTRS = {"narrow": "_narrow_kernel", "wide": "_wide_kernel", "wgrad": "_wgrad_kernel"}
+
+
+def _run_layer_ops(k: int, n: int, adapters: int, rank: int, tokens: int, dtype, dropout: bool) -> None:
+    """One training step's kernel calls of a MultiLoraLinear (forward + backward), on meta tensors."""
+    from .lora_expand import _expand_backward_triton, _expand_triton
+    from .lora_shrink import _shrink_backward_triton, _shrink_triton
+
+    meta = {"device": "meta"}
+    m = adapters * tokens
+    x = torch.empty((m, k), dtype=dtype, **meta)  # (M, K)
+    y = torch.empty((m, n), dtype=dtype, **meta)  # (M, N)
+    lora_a = torch.empty((adapters, rank, k), dtype=dtype, **meta)  # (n, R, K)
+    lora_b = torch.empty((adapters, n, rank), dtype=dtype, **meta)  # (n, N, R)
+    scales = torch.empty((adapters,), dtype=torch.float32, **meta)
+    seg_starts = torch.empty((adapters + 1,), dtype=torch.int32, **meta)
+    seg_adapter = torch.empty((adapters,), dtype=torch.int32, **meta)
+    keep = torch.empty((m, k), dtype=torch.bool, **meta) if dropout else None
+    drop_scale = torch.empty((adapters,), dtype=torch.float32, **meta) if dropout else None
+
+    s = _shrink_triton(x, lora_a, seg_starts, seg_adapter, keep, drop_scale)
+    _expand_triton(y, s, lora_b, scales, seg_starts, seg_adapter)
+    grad_s, _ = _expand_backward_triton(y, s, lora_b, scales, seg_starts, seg_adapter, True, True)
+    _shrink_backward_triton(grad_s, x, lora_a, seg_starts, seg_adapter, keep, drop_scale, True, True)
+
+
+def record_launches(full: bool = True) -> list[Launch]:
+    """Distinct launches of the ops over the benchmark shapes, every dtype, dropout on and off,
+    ranks {1, 8, 16, 64, 128}, 1/4/8 adapters and 512/2048 rows each (first seen first).
+
+    ``full=False``: per (kernel, dtype), the launch with the largest blocks (the most registers
+    and shared memory), so every kernel and dtype compiles once (the CI check)."""
     from . import _kernels
 
     if _kernels.INTERPRETED:
         raise RuntimeError(
             "compile_check needs TRITON_INTERPRET unset (the interpreter replaces @triton.jit)"
         )
-    fn = _kernels.KERNELS[variant.kernel]
-    constexprs = dict(variant.constexprs)
-    signature = {}
-    for name in fn.arg_names:
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            signature[name] = _pointer_type(name, variant)
-        else:
-            signature[name] = "i32"
-    src = ASTSource(fn, signature=signature, constexprs=constexprs)
+    sink: list[Launch] = []
+    shapes = sorted(set(LORA_LINEAR_SHAPES.values()))
+    with _recording(sink):
+        for (k, n), adapters, rank, tokens, dtype, dropout in itertools.product(
+            shapes, ADAPTERS, RANKS, TOKENS, DTYPES, (False, True)
+        ):
+            _run_layer_ops(k, n, adapters, rank, tokens, dtype, dropout)
+    launches = list(dict.fromkeys(sink))
+    if full:
+        return launches
+    largest: dict[tuple[str, str], Launch] = {}
+    for launch in launches:
+        key = (launch.kernel, launch.dtype)
+        if key not in largest or launch.block_area() > largest[key].block_area():
+            largest[key] = launch
+    return list(largest.values())
+
+
+# ---------------------------------------------------------------------------------- compiling
+
+
+def compile_launch(launch: Launch, target=None):
+    """Compile one launch for ``target`` (default sm_90); returns Triton's CompiledKernel."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from . import _kernels
+
+    fn = _kernels.KERNELS[launch.kernel]
+    index = {name: i for i, name in enumerate(fn.arg_names)}
+    attrs = {(index[name],): [["tt.divisibility", 16]] for name in launch.divisible}
+    src = ASTSource(fn, signature=dict(launch.signature), constexprs=dict(launch.constexprs), attrs=attrs)
     target = target or GPUTarget("cuda", 90, 32)
-    return triton.compile(src, target=target, options={"num_warps": num_warps, "num_stages": num_stages})
+    options = {"num_warps": launch.num_warps, "num_stages": launch.num_stages}
+    return triton.compile(src, target=target, options=options)
+
+
+def resource_usage(cubin: bytes) -> dict[str, int]:
+    """Registers per thread, local and stack memory per thread (spills: a Triton kernel makes no
+    calls, so any is an accumulator or operand that did not fit in registers) and static shared
+    bytes of a cubin's kernel, from ``cuobjdump -res-usage`` (bundled with Triton); {} when the
+    tool is unavailable."""
+    from triton import knobs
+
+    tool = knobs.nvidia.cuobjdump.path
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        try:
+            text = subprocess.run(
+                [tool, "-res-usage", f.name], capture_output=True, text=True, check=True
+            ).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return {}
+    found = {key: re.search(rf"\b{key}:(\d+)", text) for key in ("REG", "LOCAL", "SHARED", "STACK")}
+    return {key.lower(): int(m.group(1)) for key, m in found.items() if m}
+
+
+def check_launch(launch: Launch) -> dict:
+    """Compile one launch and report: ok, label, seconds, registers, local (spill) bytes, shared
+    bytes (Triton's dynamic shared memory), error."""
+    start = time.perf_counter()
+    try:
+        compiled = compile_launch(launch)
+    except Exception as exc:  # noqa: BLE001 - reported per launch, the run goes on
+        return {"ok": False, "label": launch.label, "error": f"{type(exc).__name__}: {exc}"}
+    usage = resource_usage(compiled.asm["cubin"])
+    shared = compiled.metadata.shared
+    report = {
+        "ok": shared <= SM90_SHARED_LIMIT,
+        "label": launch.label,
+        "seconds": time.perf_counter() - start,
+        "shared": shared,
+        "registers": usage.get("reg"),
+        "spill_bytes": usage.get("local", 0) + usage.get("stack", 0) if usage else None,
+    }
+    if not report["ok"]:
+        report["error"] = f"needs {shared} B of shared memory; sm_90 allows {SM90_SHARED_LIMIT}"
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    variants = gpu_variants(full="--quick" not in argv)
-    failures = 0
-    for variant in variants:
-        t0 = time.perf_counter()
-        try:
-            compiled = compile_variant(variant)
-            meta = compiled.metadata
-            print(
-                f"ok   {variant.label}: cubin {len(compiled.asm['cubin'])} B, shared {meta.shared} B, "
-                f"{time.perf_counter() - t0:.1f}s"
-            )
-        except Exception as exc:  # noqa: BLE001 - report every failure, not only the first
+    jobs = int(argv[argv.index("--jobs") + 1]) if "--jobs" in argv else 1
+    launches = record_launches(full="--quick" not in argv)
+    if jobs > 1:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            reports = list(pool.map(check_launch, launches))
+    else:
+        reports = [check_launch(launch) for launch in launches]
+    failures = spilling = 0
+    for r in reports:
+        if not r["ok"]:
             failures += 1
-            print(f"FAIL {variant.label}: {type(exc).__name__}: {exc}")
-    print(f"{len(variants) - failures}/{len(variants)} kernel variants compiled for sm_90")
+            print(f"FAIL {r['label']}: {r['error']}")
+            continue
+        spilling += bool(r["spill_bytes"])
+        print(
+            f"ok   {r['label']}: {r['registers']} regs, {r['spill_bytes']} B spilled, "
+            f"{r['shared']} B shared, {r['seconds']:.1f}s"
+        )
+    print(f"{len(reports) - failures}/{len(reports)} kernel launches compiled for sm_90 ({spilling} spill)")
     return 1 if failures else 0
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     sys.exit(main(sys.argv[1:]))
