@@ -55,6 +55,14 @@ class AdapterSpec:
         return self.lora_alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
 
 
+def _stack_as(tensors: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """torch.stack(tensors) in `dtype`: one cast of the stack when the tensors share a dtype (the
+    usual case: PEFT keeps every adapter in fp32), else a cast each. Same values either way."""
+    if all(t.dtype == tensors[0].dtype for t in tensors):
+        return torch.stack(tensors).to(dtype)
+    return torch.stack([t.to(dtype) for t in tensors])
+
+
 def linear_features(module: nn.Module) -> tuple[int, int]:
     """(in_features, out_features) of an nn.Linear-like module (also bitsandbytes' 4-bit Linear)."""
     try:
@@ -167,9 +175,14 @@ class MultiLoraLinear(nn.Module):
         exact zeros to outputs and gradients, and autograd drops the padded gradient slices.
         """
         r_max = max(self.specs[n].r for n in names)
-        a = [F.pad(self.lora_A[n].weight.to(dtype), (0, 0, 0, r_max - self.specs[n].r)) for n in names]
-        b = [F.pad(self.lora_B[n].weight.to(dtype), (0, r_max - self.specs[n].r)) for n in names]
-        return torch.stack(a), torch.stack(b)
+        a, b = [], []
+        for n in names:
+            missing = r_max - self.specs[n].r
+            weight_a, weight_b = self.lora_A[n].weight, self.lora_B[n].weight
+            # Pad only the smaller ranks: each pad is a copy and a kernel launch, per layer, per step.
+            a.append(F.pad(weight_a, (0, 0, 0, missing)) if missing else weight_a)
+            b.append(F.pad(weight_b, (0, missing)) if missing else weight_b)
+        return _stack_as(a, dtype), _stack_as(b, dtype)
 
     def _add_adapters(
         self, x: torch.Tensor, result: torch.Tensor, batch: LoraBatch, layout: SegmentLayout

@@ -206,3 +206,27 @@ def test_batch_layouts_and_validation():
         LoraBatch([])
     with pytest.raises(ValueError, match=">= 0"):
         LoraBatch([("a", -1)])
+
+
+def test_adapters_of_mixed_dtypes_in_one_batch(kernel_device):
+    """fp32 and bf16 adapters side by side (autocast_adapter_dtype per adapter): the kernels' stack
+    casts each to the compute dtype; both backends agree and each adapter gets a gradient in its
+    own dtype."""
+    results = []
+    for backend in ("torch", "triton"):
+        torch.manual_seed(0)
+        layer = MultiLoraLinear(nn.Linear(16, 8).to(kernel_device))
+        layer.add_adapter("a", r=4, lora_alpha=4)
+        layer.add_adapter("b", r=2, lora_alpha=4)
+        with torch.no_grad():
+            for p in layer.lora_B.parameters():
+                p.normal_()
+        layer.lora_A["b"].to(torch.bfloat16), layer.lora_B["b"].to(torch.bfloat16)
+        x = torch.randn(5, 16, device=kernel_device, generator=torch.Generator(kernel_device).manual_seed(1))
+        with lora_backend(backend), lora_batch(LoraBatch([("a", 3), ("b", 2)], kernel_device)):
+            layer(x).sum().backward()
+        grads = [layer.lora_A[n].weight.grad for n in ("a", "b")]
+        assert [g.dtype for g in grads] == [torch.float32, torch.bfloat16]
+        results.append(grads)
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-2)
