@@ -6,6 +6,7 @@
 #include "rapidfire/cuda_memory.h"
 
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 
 #include <stdexcept>
 #include <string>
@@ -25,12 +26,32 @@ void check(cudaError_t err, const char* what) {
   }
 }
 
+// True unless `device` is known to have no active primary context. Asked through the driver
+// API, loaded at run time (the runtime has already loaded libcuda; we do not link it), the way
+// torch's device guard asks before it switches back to a device.
+bool may_have_primary_context(int device) {
+  using GetState = int (*)(int, unsigned int*, int*);  // cuDevicePrimaryCtxGetState(CUdevice, ...)
+  static const GetState get_state = []() -> GetState {
+    void* lib = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_NOLOAD);
+    if (lib == nullptr) lib = dlopen("libcuda.so.1", RTLD_LAZY);
+    return lib == nullptr ? nullptr : reinterpret_cast<GetState>(dlsym(lib, "cuDevicePrimaryCtxGetState"));
+  }();
+  if (get_state == nullptr) return true;  // cannot tell: behave as if it had one
+  unsigned int flags = 0;
+  int active = 0;
+  // CUdevice handles are device ordinals (as torch relies on too); on any error, assume active.
+  return get_state(device, &flags, &active) != 0 || active != 0;
+}
+
 // Makes `device` current for the scope and restores the caller's device after it: torch shares
 // the thread's current device (same primary contexts), so leaving it changed would move the
-// caller's later work to another GPU on a multi-GPU host.
+// caller's later work to another GPU on a multi-GPU host. Exception, as in torch's guard: a
+// previous device without a primary context (a thread that never used a GPU reports device 0)
+// is not restored, since making it current would create a context (hundreds of MB) on a GPU
+// the process never used.
 class DeviceGuard {
  public:
-  explicit DeviceGuard(int device) {
+  explicit DeviceGuard(int device) : device_(device) {
     if (cudaGetDevice(&previous_) != cudaSuccess) {
       cudaGetLastError();
       previous_ = -1;
@@ -38,12 +59,14 @@ class DeviceGuard {
     if (previous_ != device) check(cudaSetDevice(device), "cudaSetDevice");
   }
   ~DeviceGuard() {
-    if (previous_ >= 0 && cudaSetDevice(previous_) != cudaSuccess) cudaGetLastError();
+    if (previous_ < 0 || previous_ == device_ || !may_have_primary_context(previous_)) return;
+    if (cudaSetDevice(previous_) != cudaSuccess) cudaGetLastError();
   }
   DeviceGuard(const DeviceGuard&) = delete;
   DeviceGuard& operator=(const DeviceGuard&) = delete;
 
  private:
+  int device_;
   int previous_ = -1;
 };
 

@@ -29,6 +29,7 @@ thread-safe themselves.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -109,6 +110,15 @@ class StatePool:
             pin=pin if self.device.type == "cuda" else "pageable",
             device=index,
         )
+        if self.device.type == "cuda" and not self.arena.pinned:
+            # cudaMemcpyAsync to or from pageable memory returns only when the copy is done: every
+            # eviction would wait for the compute queued before it.
+            warnings.warn(
+                f"the state pool's host arena is not pinned ({self.arena.pin_error}): swaps will block "
+                "the scheduler instead of overlapping compute",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         self.engine = native.CopyEngine(self.arena, threads=copy_threads)
         self.lane = DeviceLane(self.device, self.engine)
         self.alignment = alignment
@@ -192,11 +202,13 @@ class StatePool:
             raise
         for ref, view in views:
             ref.set(view)
-        if old is not None:
-            self._free_slot(old)
+        # Registered before the old slot is freed: if freeing raises, the pool still describes
+        # where the tensors live now (the old slot is then lost, never reused while in use).
         self._entries[key] = _Entry(
             key, layout, slot, [ref for ref, _, _ in chosen], flat, resident=True, host=host
         )
+        if old is not None:
+            self._free_slot(old)
         self.counters.packs += 1
         return layout
 
@@ -319,27 +331,36 @@ class StatePool:
     # ---- snapshots --------------------------------------------------------------------------------
     def snapshot(self, key: Hashable, new_key: Hashable) -> StateLayout:
         """Clone `key`'s current state into a new slot under `new_key` (a detached entry: the
-        state lives only in the arena; `materialize` or `load` use it). Resident state is copied
-        from the device (outbound side stream, after the compute queued so far); evicted state is copied
-        inside the arena by the engine's threads."""
+        state lives only in the arena; `materialize` or `load` use it).
+
+        Resident state: the device section is copied on the outbound stream after the compute
+        queued so far, and later compute waits for that copy (a stream wait, no host sync on
+        CUDA), so the next optimizer step cannot change the bytes being read; the host section
+        (CPU step counters, which the optimizer updates on the host) is copied before this
+        returns. Evicted state or a snapshot: one copy inside the arena by the engine's threads,
+        after which the source slot may be freed or rewritten."""
         if new_key in self._entries:
             raise PoolError(f"{new_key!r} already exists")
         e = self._entry(key)
         layout = e.layout
-        self._consume_ready(e)  # CPU: an H2D into `flat` must finish before we read it
+        self._consume_ready(e)  # an H2D into `flat` must come before we read it
         slot = self.arena.allocate(layout.total_bytes)
         try:
             writes = []
             if e.resident and e.refs is not None:
                 if layout.device_bytes:
-                    writes.append(self.lane.to_host([(slot, e.flat.data_ptr(), layout.device_bytes)]))
+                    event = self.lane.to_host([(slot, e.flat.data_ptr(), layout.device_bytes)])
                     self.lane.guard(e.flat, "outbound")  # a side stream reads it: freeing must wait
+                    self.lane.consume(event)  # compute (and, on CPU, freeing `flat`) after the read
+                    writes.append(event)
                 if layout.host_bytes:
                     src = e.slot + layout.device_bytes
-                    writes.append(self.engine.copy_within(src, slot + layout.device_bytes, layout.host_bytes))
+                    self.engine.copy_within(src, slot + layout.device_bytes, layout.host_bytes).synchronize()
             else:
                 self._wait_writes(e)
-                writes.append(self.engine.copy_within(e.slot, slot, layout.total_bytes))
+                event = self.engine.copy_within(e.slot, slot, layout.total_bytes)
+                e.reading.append(event)  # the source slot may not be freed or rewritten before it ends
+                writes.append(event)
         except BaseException:
             self.arena.free(slot)
             raise
@@ -378,6 +399,7 @@ class StatePool:
         if src.resident and src.refs is not None:
             raise PoolError(f"{src_key!r} is resident: snapshot() it first")
         self._wait_writes(src)
+        src.reading = [event for event in src.reading if not event.query()]  # warm starts repeat
         layout = dst.layout
         if dst.resident:
             self._consume_ready(dst)
@@ -395,7 +417,9 @@ class StatePool:
             self._finish_release(dst)
             self._wait_writes(dst)
             self._wait_reads(dst)  # the host is about to overwrite dst's slot
-            dst.writes = [self.engine.copy_within(src.slot, dst.slot, layout.total_bytes)]
+            event = self.engine.copy_within(src.slot, dst.slot, layout.total_bytes)
+            src.reading.append(event)
+            dst.writes = [event]
 
     # ---- teardown ---------------------------------------------------------------------------------
     def drop(self, key: Hashable, keep: Callable[[TensorRef], bool] | None = None) -> None:
@@ -429,6 +453,7 @@ class StatePool:
         for e in self._entries.values():
             self._finish_release(e)
             self._wait_writes(e)
+            self._wait_reads(e)
             if e.ready is not None:
                 e.ready.synchronize()
 

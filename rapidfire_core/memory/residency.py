@@ -113,8 +113,8 @@ class RunResidency:
         """A finished run: its weights get memory of their own, its optimizer state is let go."""
         key = run.run_id
         if key in self._fingerprints:
-            del self._fingerprints[key]
-            self.pool.drop(key, keep=lambda ref: ref.kind == PARAM)
+            self.pool.drop(key, keep=lambda ref: ref.kind == PARAM)  # may raise (OOM restoring it)
+            del self._fingerprints[key]  # only once the pool no longer holds it
 
     def close(self) -> None:
         if self.pool is not None:
@@ -185,7 +185,12 @@ class RunResidency:
             return  # it does not fit: it will be restored right before its turn instead
         for victim in plan:
             self.pool.evict(victim)
-        self.pool.prefetch(nxt)
+        try:
+            self.pool.prefetch(nxt)
+        except torch.OutOfMemoryError:
+            # Best effort: a prefetch must never fail the run taking its turn now. `nxt` is
+            # restored right before its own turn, where running out of memory is its own error.
+            return
 
 
 def budget_bytes(value: Any) -> int | None:

@@ -23,6 +23,7 @@ the pool prefetches the next run during this turn and evicts the run needed furt
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -59,12 +60,26 @@ def run_chunk_rounds(
                 except Exception as exc:  # noqa: BLE001 - one run's trouble must not end the others
                     on_error(run, exc)
                     if residency is not None:
-                        residency.forget(run)
+                        _release_failed(residency, run)
             pending = [run for run in pending if not run.worker.finished]
             chunk_round += 1
     finally:
         if residency is not None:
             residency.close()
+
+
+def _release_failed(residency: RunResidency, run: RunExecution) -> None:
+    """Let a failed run's pooled state go; if even that fails (e.g. out of device memory while
+    restoring it), its state stays in the host pool until the end and the other runs go on."""
+    try:
+        residency.forget(run)
+    except Exception as exc:  # noqa: BLE001 - the run has already failed; the others must not
+        warnings.warn(
+            f"run {run.run_id}: its state could not be released from the pool ({exc}); "
+            "it stays in the host arena until run_fit ends",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 def _take_turn(run, chunk_round, upcoming, progress, on_turn_end, on_finished, residency) -> None:

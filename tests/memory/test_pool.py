@@ -321,6 +321,59 @@ def test_a_run_that_does_not_fit_the_host_pool_stays_resident():
     residency.close()
 
 
+def test_a_failed_prefetch_of_the_next_run_does_not_fail_this_turn(monkeypatch):
+    """Prefetching is best effort: out of device memory while prefetching run 1 must not raise
+    in run 0's turn; run 1 is then restored right before its own turn."""
+    runs = _fake_runs(2)
+    residency = RunResidency(2 * 4096)
+    residency.start(runs)
+    residency.pool.evict(1)
+
+    def out_of_memory(key):
+        raise torch.OutOfMemoryError("simulated")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(residency.pool, "prefetch", out_of_memory)
+        residency.before_turn(runs[0], runs[1:])  # would prefetch run 1: fails quietly
+    assert residency.pool.is_resident(0) and not residency.pool.is_resident(1)
+    residency.before_turn(runs[1], [])
+    assert torch.equal(_weights(runs[1]), torch.full((1000,), 1.0))
+    residency.close()
+
+
+def test_forget_that_fails_keeps_the_run_known_to_the_pool(monkeypatch):
+    runs = _fake_runs(1)
+    residency = RunResidency(0)
+    residency.start(runs)
+
+    def out_of_memory(key, keep=None):
+        raise torch.OutOfMemoryError("simulated")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(residency.pool, "drop", out_of_memory)
+        with pytest.raises(torch.OutOfMemoryError):
+            residency.forget(runs[0])
+    residency.forget(runs[0])  # still known: a later forget releases it
+    assert 0 not in residency.pool
+    residency.close()
+
+
+def test_snapshot_of_a_resident_run_is_its_state_at_that_moment():
+    """A warm-start snapshot is taken while the run is resident and training goes on at once:
+    the snapshot holds the values at snapshot time, even though its copy is asynchronous (32 MiB:
+    the engine's threads copy it in pieces) and the next step writes the same buffer."""
+    big = StatePool("cpu", 100 << 20)
+    w = torch.nn.Parameter(torch.randn(8 << 20, generator=torch.Generator().manual_seed(0)))
+    before = w.detach().clone()
+    big.put("run", [ParamRef("param/w", w)])
+    big.snapshot("run", "warm")
+    with torch.no_grad():
+        w.add_(1.0)  # the next optimizer step
+    big.drop("run")  # and the run may even finish and be dropped
+    assert torch.equal(big.materialize("warm")["param/w"], before)
+    big.close()
+
+
 def test_evicting_a_prefetch_that_was_never_acquired_keeps_the_state(pool):
     """The scheduler may prefetch a run and then evict it again before its turn (the budget
     changed its mind): the eviction must read the restored bytes, not a half-copied buffer.
