@@ -326,8 +326,11 @@ def segmented_narrow(
     n_r_tiles = triton.cdiv(r, block_r)
     num_segments = seg_adapter.shape[0]
     block_m = _row_block(m, n_r_tiles, inp)
-    block_k = 32 if _interpreting() else (128 if block_r <= 32 else 64)
-    keep_u8 = keep.view(torch.uint8) if keep is not None else None
+    # The K loop's tile: 128 columns for small ranks, 64 for large; halved in fp32 (see _wide_block).
+    block_k = (
+        32 if _interpreting() else (128 if block_r <= 32 else 64) // (2 if inp.dtype == torch.float32 else 1)
+    )
+    keep_u8 = keep.contiguous().view(torch.uint8) if keep is not None else None  # rows of K bytes
     grid = (triton.cdiv(m, block_m) + num_segments, n_r_tiles)
     with _device_of(inp):
         _narrow_kernel[grid](
@@ -370,7 +373,7 @@ def segmented_wide(
     block_m = _row_block(m, n_n_tiles, inp)
     block_r = _rank_block(r, 64)
     num_segments = seg_adapter.shape[0]
-    keep_u8 = keep.view(torch.uint8) if keep is not None else None
+    keep_u8 = keep.contiguous().view(torch.uint8) if keep is not None else None  # rows of K bytes
     grid = (triton.cdiv(m, block_m) + num_segments, n_n_tiles)
     with _device_of(inp):
         _wide_kernel[grid](
@@ -443,7 +446,7 @@ def segmented_wgrad(
         out = torch.empty((split, num_adapters, p, q), device=left.device, dtype=torch.float32)
         out_stride_s = out.stride(0)
     num_segments = seg_adapter.shape[0]
-    keep_u8 = keep.view(torch.uint8) if keep is not None else None
+    keep_u8 = keep.contiguous().view(torch.uint8) if keep is not None else None  # rows of K bytes
     stride_a, stride_p, stride_q = out.stride()[-3:]
     if num_adapters > 0:
         with _device_of(left):

@@ -45,7 +45,7 @@ H100_SMS = 132
 SM90_SHARED_LIMIT = 227 * 1024  # bytes of shared memory one block may opt in to on sm_90
 
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-ADAPTERS = (1, 4, 8)
+ADAPTERS = (1, 4, 8, 16)  # 16 x 2048 rows: the only batches where narrow picks 64-row tiles
 RANKS = (1, 8, 16, 64, 128)  # stack rank = the largest adapter rank in the batch
 TOKENS = (512, 2048)  # rows per adapter
 
@@ -161,7 +161,7 @@ def _run_layer_ops(k: int, n: int, adapters: int, rank: int, tokens: int, dtype,
 
 def record_launches(full: bool = True) -> list[Launch]:
     """Distinct launches of the ops over the benchmark shapes, every dtype, dropout on and off,
-    ranks {1, 8, 16, 64, 128}, 1/4/8 adapters and 512/2048 rows each (first seen first).
+    ranks {1, 8, 16, 64, 128}, 1/4/8/16 adapters and 512/2048 rows each (first seen first).
 
     ``full=False``: per (kernel, dtype), the launch with the largest blocks (the most registers
     and shared memory), so every kernel and dtype compiles once (the CI check)."""

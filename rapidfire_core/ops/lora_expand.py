@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from . import _backend
-from .segments import adapter_row_ranges, check_operands, host_segments
+from .segments import adapter_row_ranges, check_layout, check_operands, check_shapes, host_segments
 
 # --------------------------------------------------------------------------- reference
 
@@ -38,7 +38,7 @@ def lora_expand_reference(
     seg_adapter: torch.Tensor,
 ) -> torch.Tensor:
     """The per-segment loop above, in plain torch (the CPU path and the test oracle)."""
-    out = y.clone()  # (M, N)
+    out = y.clone(memory_format=torch.contiguous_format)  # (M, N), contiguous like the kernels'
     scale_list = scales.tolist()
     for start, end, slot in host_segments(seg_starts, seg_adapter):
         if slot >= 0 and end > start:
@@ -60,8 +60,8 @@ def lora_expand_backward_reference(
     """(dS (M, R), dB (n, N, R)); an unneeded one is an empty tensor."""
     segments = host_segments(seg_starts, seg_adapter)
     scale_list = scales.tolist()
-    ds = torch.zeros_like(s) if need_ds else s.new_empty(0)
-    db = torch.zeros_like(lora_b) if need_db else lora_b.new_empty(0)
+    ds = s.new_zeros(s.shape) if need_ds else s.new_empty(0)
+    db = lora_b.new_zeros(lora_b.shape) if need_db else lora_b.new_empty(0)
     for slot in range(lora_b.shape[0]):
         ranges = adapter_row_ranges(segments, slot)
         if not ranges:
@@ -79,15 +79,23 @@ def lora_expand_backward_reference(
 # --------------------------------------------------------------------------- triton
 
 
+def _check_triton_operands(op, out_like, s, lora_b, scales, seg_starts, seg_adapter, **same_dtype):
+    """out_like: Y (forward) or dOut (backward), (M, N)."""
+    check_operands(op, s.dtype, s=s, lora_b=lora_b, **same_dtype)
+    (m, r), (n, cols) = s.shape, lora_b.shape[:2]
+    check_shapes(op, y_or_grad=(out_like, (m, cols)), s=(s, (m, r)), lora_b=(lora_b, (n, cols, r)))
+    check_layout(op, s.device, m, n, seg_starts, seg_adapter, scales=scales)
+
+
 def _expand_triton(y, s, lora_b, scales, seg_starts, seg_adapter):
-    check_operands("lora_expand", s.dtype, y=y, s=s, lora_b=lora_b)
+    _check_triton_operands("lora_expand", y, s, lora_b, scales, seg_starts, seg_adapter, y=y)
     return _backend.kernels.segmented_wide(
         s, lora_b, seg_starts, seg_adapter, y=y, out_scale=scales, out_dtype=y.dtype
     )
 
 
 def _expand_backward_triton(grad_out, s, lora_b, scales, seg_starts, seg_adapter, need_ds, need_db):
-    check_operands("lora_expand_backward", s.dtype, s=s, lora_b=lora_b)
+    _check_triton_operands("lora_expand_backward", grad_out, s, lora_b, scales, seg_starts, seg_adapter)
     k = _backend.kernels
     ds = s.new_empty(0)
     db = lora_b.new_empty(0)
@@ -162,13 +170,13 @@ if _backend.HAS_TRITON:
 
 @lora_expand.register_fake
 def _(y, s, lora_b, scales, seg_starts, seg_adapter):
-    return torch.empty_like(y)
+    return y.new_empty(y.shape)
 
 
 @lora_expand_backward.register_fake
 def _(grad_out, s, lora_b, scales, seg_starts, seg_adapter, need_ds, need_db):
-    ds = torch.empty_like(s) if need_ds else s.new_empty(0)
-    db = torch.empty_like(lora_b) if need_db else lora_b.new_empty(0)
+    ds = s.new_empty(s.shape) if need_ds else s.new_empty(0)
+    db = lora_b.new_empty(lora_b.shape) if need_db else lora_b.new_empty(0)
     return ds, db
 
 

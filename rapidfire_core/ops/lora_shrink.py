@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from . import _backend
-from .segments import adapter_row_ranges, check_operands, host_segments
+from .segments import adapter_row_ranges, check_layout, check_operands, check_shapes, host_segments
 
 # --------------------------------------------------------------------------- reference
 
@@ -74,8 +74,8 @@ def lora_shrink_backward_reference(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dX (M, K), dA (n, R, K)); an unneeded one is an empty tensor."""
     segments = host_segments(seg_starts, seg_adapter)
-    dx = torch.zeros_like(x) if need_dx else x.new_empty(0)
-    da = torch.zeros_like(lora_a) if need_da else lora_a.new_empty(0)
+    dx = x.new_zeros(x.shape) if need_dx else x.new_empty(0)
+    da = lora_a.new_zeros(lora_a.shape) if need_da else lora_a.new_empty(0)
     for slot in range(lora_a.shape[0]):
         ranges = adapter_row_ranges(segments, slot)
         if not ranges:
@@ -98,15 +98,27 @@ def lora_shrink_backward_reference(
 # --------------------------------------------------------------------------- triton
 
 
+def _check_triton_operands(op, x, lora_a, seg_starts, seg_adapter, keep, drop_scale, **more):
+    check_operands(op, x.dtype, x=x, lora_a=lora_a, **more)
+    (m, k), (n, r) = x.shape, lora_a.shape[:2]
+    shapes = {"x": (x, (m, k)), "lora_a": (lora_a, (n, r, k))}
+    if "grad_s" in more:
+        shapes["grad_s"] = (more["grad_s"], (m, r))
+    check_shapes(op, **shapes)
+    check_layout(op, x.device, m, n, seg_starts, seg_adapter, keep=keep, keep_cols=k, drop_scale=drop_scale)
+
+
 def _shrink_triton(x, lora_a, seg_starts, seg_adapter, keep, drop_scale):
-    check_operands("lora_shrink", x.dtype, x=x, lora_a=lora_a)
+    _check_triton_operands("lora_shrink", x, lora_a, seg_starts, seg_adapter, keep, drop_scale)
     return _backend.kernels.segmented_narrow(
         x, lora_a, seg_starts, seg_adapter, keep=keep, drop_scale=drop_scale
     )
 
 
 def _shrink_backward_triton(grad_s, x, lora_a, seg_starts, seg_adapter, keep, drop_scale, need_dx, need_da):
-    check_operands("lora_shrink_backward", x.dtype, grad_s=grad_s, x=x, lora_a=lora_a)
+    _check_triton_operands(
+        "lora_shrink_backward", x, lora_a, seg_starts, seg_adapter, keep, drop_scale, grad_s=grad_s
+    )
     k = _backend.kernels
     dx = x.new_empty(0)
     da = lora_a.new_empty(0)
@@ -189,8 +201,8 @@ def _(x, lora_a, seg_starts, seg_adapter, keep=None, drop_scale=None):
 
 @lora_shrink_backward.register_fake
 def _(grad_s, x, lora_a, seg_starts, seg_adapter, keep, drop_scale, need_dx, need_da):
-    dx = torch.empty_like(x) if need_dx else x.new_empty(0)
-    da = torch.empty_like(lora_a) if need_da else lora_a.new_empty(0)
+    dx = x.new_empty(x.shape) if need_dx else x.new_empty(0)
+    da = lora_a.new_empty(lora_a.shape) if need_da else lora_a.new_empty(0)
     return dx, da
 
 

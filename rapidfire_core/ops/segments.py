@@ -55,6 +55,52 @@ def check_operands(op: str, expected_dtype: torch.dtype, **tensors: torch.Tensor
             raise ValueError(f"{op}: {name} is on {t.device}, expected {device}")
 
 
+def check_shapes(op: str, **tensors: tuple[torch.Tensor, tuple[int, ...]]) -> None:
+    """name=(tensor, expected shape) for each operand: the kernels index by these shapes and
+    would read or write out of bounds on a mismatch (host metadata only, no sync)."""
+    for name, (t, shape) in tensors.items():
+        if tuple(t.shape) != tuple(shape):
+            raise ValueError(f"{op}: {name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+
+
+def check_layout(
+    op: str,
+    device: torch.device,
+    rows: int,
+    num_adapters: int,
+    seg_starts: torch.Tensor,
+    seg_adapter: torch.Tensor,
+    *,
+    keep: torch.Tensor | None = None,
+    keep_cols: int = 0,
+    drop_scale: torch.Tensor | None = None,
+    scales: torch.Tensor | None = None,
+) -> None:
+    """Checks of the non-float operands the kernels read (host metadata only, no sync): int32
+    segment tensors of matching lengths, a bool (rows, keep_cols) mask with its fp32 (n,) drop
+    scales (both or neither), fp32 (n,) scales, all on `device`. Segment VALUES (offsets within
+    [0, rows], slots < n) are the caller's contract: `segment_tensors` validates them on the host."""
+    segments = seg_adapter.shape[0] if seg_adapter.dim() == 1 else -1
+    operands = {
+        "seg_starts": (seg_starts, torch.int32, (segments + 1,)),
+        "seg_adapter": (seg_adapter, torch.int32, (segments,)),
+    }
+    if (keep is None) != (drop_scale is None):
+        raise ValueError(f"{op}: keep and drop_scale go together (dropout on) or are both None")
+    if keep is not None:
+        operands["keep"] = (keep, torch.bool, (rows, keep_cols))
+        operands["drop_scale"] = (drop_scale, torch.float32, (num_adapters,))
+    if scales is not None:
+        operands["scales"] = (scales, torch.float32, (num_adapters,))
+    for name, (t, dtype, shape) in operands.items():
+        if t.dtype != dtype:
+            raise TypeError(f"{op}: {name} is {t.dtype}, expected {dtype}")
+        if t.device != device:
+            raise ValueError(f"{op}: {name} is on {t.device}, expected {device}")
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{op}: {name} has shape {tuple(t.shape)}, expected {shape}")
+
+
 def host_segments(seg_starts: torch.Tensor, seg_adapter: torch.Tensor) -> list[tuple[int, int, int]]:
     """[(start, end, adapter slot)] on the host. Reads the tensors: a sync on CUDA (reference only)."""
     starts = seg_starts.tolist()

@@ -79,24 +79,36 @@ def test_layer_step_makes_no_host_sync():
 
 
 def test_layer_triton_equals_torch_path_under_autocast():
-    """bf16 base, fp32 adapters (PEFT's default), bf16 autocast: the kernels run in bf16."""
+    """bf16 base, fp32 adapters (PEFT's default), bf16 autocast, training mode (dropout on, the
+    same masks on both paths): the kernels run in bf16 and agree with the per-adapter loop on
+    the output and every gradient. The upstream gradient is O(1), so each adapter's share of
+    dX, dA and dB is far above the tolerance."""
     results = []
     for backend in ("torch", "triton"):
-        layer = _layer().eval()
-        batch = LoraBatch([("run0", 300), ("run1", 200), (None, 12), ("run2", 100)], "cuda")
-        x = torch.randn(
-            612, 1024, device="cuda", dtype=torch.bfloat16, generator=torch.Generator("cuda").manual_seed(3)
-        )
-        x.requires_grad_()
+        layer = _layer().train()
+        gen = torch.Generator("cuda").manual_seed(3)
+        batch = LoraBatch(
+            [("run0", 300), ("run1", 200), (None, 12), ("run2", 100)], "cuda",
+            generator=torch.Generator("cuda").manual_seed(5),
+        )  # fmt: skip
+        x = torch.randn(612, 1024, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
+        upstream = torch.randn(612, 512, device="cuda", generator=gen)
         with lora_backend(backend), lora_batch(batch), torch.autocast("cuda", torch.bfloat16):
             out = layer(x)
-        out.float().square().mean().backward()
-        results.append((out.float(), x.grad.float(), [p.grad.float() for p in layer.lora_A.parameters()]))
-    (out_t, dx_t, da_t), (out_k, dx_k, da_k) = results
-    torch.testing.assert_close(out_k, out_t, rtol=2e-2, atol=2e-2)
-    torch.testing.assert_close(dx_k, dx_t, rtol=2e-2, atol=2e-3)
-    for a, b in zip(da_k, da_t, strict=True):
-        torch.testing.assert_close(a, b, rtol=3e-2, atol=1e-3)
+        (out.float() * upstream).sum().backward()
+        grads = [p.grad.float() for p in (*layer.lora_A.parameters(), *layer.lora_B.parameters())]
+        results.append((out.float(), x.grad.float(), grads))
+    (out_t, dx_t, grads_t), (out_k, dx_k, grads_k) = results
+
+    def close(got, want, what):
+        scale = want.abs().max().item()
+        torch.testing.assert_close(got, want, rtol=3e-2, atol=3e-2 * scale, msg=lambda m: f"{what}: {m}")
+
+    close(out_k, out_t, "out")
+    close(dx_k, dx_t, "dx")
+    for i, (a, b) in enumerate(zip(grads_k, grads_t, strict=True)):
+        assert b.abs().max() > 0, f"gradient {i} is zero: the test would prove nothing"
+        close(a, b, f"adapter gradient {i}")
 
 
 def test_compiled_layer_on_gpu_equals_eager():

@@ -154,3 +154,54 @@ def test_segment_tensors_validate_on_host():
         segment_tensors([-1], [0])
     with pytest.raises(ValueError, match="-1"):
         segment_tensors([1], [-2])
+
+
+def test_bad_operands_are_rejected_before_any_launch(kernel_device):
+    """The kernels index by the operands' shapes: a mismatch would read or write out of bounds on
+    a GPU, so the Triton path checks shapes, dtypes, devices and the dropout pair first."""
+    p = make_problem(*CASES["n2-r16"], 32, 16, dropout=0.3, seed=3).to(torch.float32, kernel_device)
+
+    def run(**changes):
+        args = dict(
+            y=p.y, x=p.x, lora_a=p.lora_a, lora_b=p.lora_b, scales=p.scales, seg_starts=p.seg_starts,
+            seg_adapter=p.seg_adapter, keep=p.keep, drop_scale=p.drop_scale,
+        )  # fmt: skip
+        args.update(changes)
+        with lora_backend("triton"):
+            return multi_lora_add(**args)
+
+    with pytest.raises(ValueError, match="keep and drop_scale"):
+        run(drop_scale=None)
+    with pytest.raises(ValueError, match="lora_a has shape"):
+        run(lora_a=p.lora_a[:, :, :-1])  # K of A differs from K of x
+    with pytest.raises(ValueError, match="y_or_grad has shape"):
+        run(y=p.y[:-1])
+    with pytest.raises(ValueError, match="keep has shape"):
+        run(keep=p.keep[:, :-1])
+    with pytest.raises(TypeError, match="seg_starts is torch.int64"):
+        run(seg_starts=p.seg_starts.long())
+    with pytest.raises(TypeError, match="scales is torch.float64"):
+        run(scales=p.scales.double())
+
+
+def test_a_non_contiguous_keep_mask_is_honoured(kernel_device):
+    """A keep mask with another memory layout (e.g. a transposed buffer) gives the same result
+    as its contiguous copy: the kernels read the mask row by row."""
+    p = make_problem(*CASES["n2-r16"], 32, 16, dropout=0.3, seed=4).to(torch.float32, kernel_device)
+    transposed_layout = p.keep.t().contiguous().t()  # same values, column-major
+    with lora_backend("triton"):
+        want = multi_lora_add(
+            p.y, p.x, p.lora_a, p.lora_b, p.scales, p.seg_starts, p.seg_adapter, p.keep, p.drop_scale
+        )
+        got = multi_lora_add(
+            p.y,
+            p.x,
+            p.lora_a,
+            p.lora_b,
+            p.scales,
+            p.seg_starts,
+            p.seg_adapter,
+            transposed_layout,
+            p.drop_scale,
+        )
+    assert torch.equal(got, want)

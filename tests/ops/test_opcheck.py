@@ -65,3 +65,25 @@ def test_opcheck_triton(kernel_device, dropout):
 def test_ops_are_registered_in_torch_library():
     for name in ("lora_shrink", "lora_shrink_backward", "lora_expand", "lora_expand_backward"):
         assert hasattr(torch.ops.rapidfire, name)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_outputs_are_contiguous_and_match_the_fake_kernels(kernel_device, backend):
+    """Column-major activations (a transposed buffer): every op returns contiguous outputs on
+    both paths, and the fake kernels say so, so torch.compile plans the right strides."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    p = make_problem(*LAYOUT, 12, 10, dropout=0.3, seed=0).to(device=kernel_device)
+    column_major = lambda t: t.t().contiguous().t()  # noqa: E731
+    p.x, p.y, p.grad_out = column_major(p.x), column_major(p.y), column_major(p.grad_out)
+    for op, args in _cases(p, dropout=True):
+        args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+        with lora_backend(backend):
+            real = op(*args)
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            fake = op(*(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args))
+        real = real if isinstance(real, tuple) else (real,)
+        fake = fake if isinstance(fake, tuple) else (fake,)
+        for r, f in zip(real, fake, strict=True):
+            assert r.is_contiguous(), op
+            assert (r.shape, r.stride(), r.dtype) == (f.shape, f.stride(), f.dtype), op
