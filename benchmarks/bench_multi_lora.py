@@ -14,6 +14,9 @@ Every case computes the gradients a training step needs: dX and each adapter's d
 (never dW). GPU: bf16 activations and adapters, shapes of TinyLlama-1.1B and
 Llama-3.2-1B, N in {1, 4, 8}, r in {8, 16, 64}, 512 and 2048 tokens per adapter.
 Goal: ``triton`` within 1.10x of ``base`` at r=16, N=8 (ratios land in extra_info).
+Wall-clock times include host launch overhead (what an eager training step pays); on a GPU each
+case is also captured as a CUDA graph and replayed (extra_info ``graphed_s``,
+``x_base_graphed``): the kernels' own time, the figure the goal is about.
 CPU: small shapes of the torch paths only (the Triton rows are skipped, with the reason).
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import statistics
 
 import pytest
 import torch
@@ -48,6 +52,7 @@ else:
 IMPLS = ("base", "triton", "torch_loop", "layer_cpu", "peft")
 CASES = [(*case, impl) for case in itertools.product(SHAPES, ADAPTERS, RANKS, TOKENS) for impl in IMPLS]
 _BASE_TIMES: dict[tuple, float] = {}  # (shape, N, r, tokens) -> base median seconds
+_BASE_GRAPHED: dict[tuple, float | None] = {}  # the same, replayed as a CUDA graph (GPU)
 
 
 def _sync() -> None:
@@ -136,6 +141,34 @@ def _one_cpu_thread():
     torch.set_num_threads(before)
 
 
+def _graphed_seconds(fn, reps: int = 20) -> float | None:
+    """GPU: median device time of fn() captured once as a CUDA graph and replayed, i.e. the
+    kernels' own time without host launch overhead (the wall-clock figure includes it). None
+    when fn cannot be captured (e.g. a host sync inside it)."""
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the default stream, as capture requires
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        times = []
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        return statistics.median(times)
+    except Exception:  # noqa: BLE001 - a figure we cannot take, not a failure of the case
+        torch.cuda.synchronize()
+        return None
+
+
 def _time(benchmark, fn) -> float:
     def step():
         fn()
@@ -170,6 +203,18 @@ def test_multi_lora_layer_fwd_bwd(benchmark, shape, n_adapters, rank, tokens, im
     else:
         seconds = _time(benchmark, case.base_step)
     key = (shape, n_adapters, rank, tokens)
+    if HAS_GPU:
+        fn = {
+            "triton": case.layer_step, "torch_loop": case.torch_loop_step, "base": case.base_step,
+            "peft": (lambda: case.peft_step(layers)) if impl == "peft" else None,
+        }[impl]  # fmt: skip
+        with lora_backend("triton"):
+            graphed = _graphed_seconds(fn)
+        benchmark.extra_info["graphed_s"] = graphed
+        if impl == "base":
+            _BASE_GRAPHED[key] = graphed
+        elif graphed and _BASE_GRAPHED.get(key):
+            benchmark.extra_info["x_base_graphed"] = graphed / _BASE_GRAPHED[key]
     if impl == "base":
         _BASE_TIMES[key] = seconds
     benchmark.extra_info.update(
