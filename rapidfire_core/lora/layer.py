@@ -22,8 +22,8 @@ Two paths, same math (both tested against PEFT):
   the ops' own reference path, whose per-call custom-op overhead dominates tiny layers.
 
 Precision follows PEFT: the LoRA path runs in the adapters' dtype (x is cast to it),
-or in the autocast dtype inside ``torch.autocast``; the sum is cast back to the base
-output's dtype.
+or in the autocast dtype inside ``torch.autocast``; it is added to the base output in that
+output's own dtype (never rounded to the LoRA dtype first), which is the result's dtype.
 """
 
 from __future__ import annotations
@@ -208,8 +208,10 @@ class MultiLoraLinear(nn.Module):
             return out.to(result.dtype).reshape(result.shape)
         lora_a, lora_b = self._stacked_weights(active, dtype)
         scales = batch.floats(tuple(self.specs[n].scaling for n in active), scalar_dtype)
+        # y keeps the base output's dtype (no rounding to the LoRA dtype, no cast copies): the
+        # sum comes back in it, as PEFT's `result + lora_out * scaling` cast to result's dtype.
         out = multi_lora_add(
-            y2.to(dtype),
+            y2,
             x2.to(dtype),
             lora_a,
             lora_b,
@@ -236,7 +238,7 @@ class MultiLoraLinear(nn.Module):
             adapters.append(
                 AdapterWeights(a, b, spec.scaling, spec.lora_dropout if keep is not None else 0.0)
             )
-        return multi_lora_add_reference(y2.to(dtype), x2.to(dtype), adapters, layout.segments, keep)
+        return multi_lora_add_reference(y2, x2.to(dtype), adapters, layout.segments, keep)
 
     def extra_repr(self) -> str:
         adapters = ", ".join(

@@ -12,8 +12,10 @@ Backward, with dOut = dL/dout (dY is dOut itself)::
     dB[a]         = scale[a] * sum over a's segments of dOut[start:end].T @ S[start:end]   # (N, R)
 
 Shapes: Y (M, N); S (M, R); B (n, N, R) stacked, zero-padded to the largest rank;
-scale (n,) fp32 (``alpha / r`` or ``alpha / sqrt(r)`` for rsLoRA). Output in Y's dtype,
-accumulated in fp32 and rounded once.
+scale (n,) fp32 (``alpha / r`` or ``alpha / sqrt(r)`` for rsLoRA). S and B share one dtype (the
+LoRA compute dtype); Y may have another (the base layer's output, e.g. fp32 while LoRA runs in
+bf16): the output is in Y's dtype, accumulated in fp32 and rounded once, and dOut is cast to
+S's dtype for dS and dB, as autograd does for PEFT's ``result + lora_out * scaling``.
 
 dB is reduced per adapter in a fixed order (no atomics): deterministic. CUDA runs the
 Triton kernels (``_kernels``); every other device runs the reference below.
@@ -58,6 +60,7 @@ def lora_expand_backward_reference(
     need_db: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dS (M, R), dB (n, N, R)); an unneeded one is an empty tensor."""
+    grad_out = grad_out.to(s.dtype)
     segments = host_segments(seg_starts, seg_adapter)
     scale_list = scales.tolist()
     ds = s.new_zeros(s.shape) if need_ds else s.new_empty(0)
@@ -88,7 +91,9 @@ def _check_triton_operands(op, out_like, s, lora_b, scales, seg_starts, seg_adap
 
 
 def _expand_triton(y, s, lora_b, scales, seg_starts, seg_adapter):
-    _check_triton_operands("lora_expand", y, s, lora_b, scales, seg_starts, seg_adapter, y=y)
+    _check_triton_operands("lora_expand", y, s, lora_b, scales, seg_starts, seg_adapter)
+    if y.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"lora_expand: y is {y.dtype}; the kernels take fp16, bf16 or fp32")
     return _backend.kernels.segmented_wide(
         s, lora_b, seg_starts, seg_adapter, y=y, out_scale=scales, out_dtype=y.dtype
     )
@@ -97,16 +102,15 @@ def _expand_triton(y, s, lora_b, scales, seg_starts, seg_adapter):
 def _expand_backward_triton(grad_out, s, lora_b, scales, seg_starts, seg_adapter, need_ds, need_db):
     _check_triton_operands("lora_expand_backward", grad_out, s, lora_b, scales, seg_starts, seg_adapter)
     k = _backend.kernels
+    grad_out = grad_out.to(s.dtype)  # once for both GEMMs (a no-op when Y shares S's dtype)
     ds = s.new_empty(0)
     db = lora_b.new_empty(0)
     if need_ds:
         # w[a, r, n] = B[a, n, r]: the transposed view, no copy.
-        ds = k.segmented_narrow(
-            grad_out.to(s.dtype), lora_b.transpose(1, 2), seg_starts, seg_adapter, out_scale=scales
-        )
+        ds = k.segmented_narrow(grad_out, lora_b.transpose(1, 2), seg_starts, seg_adapter, out_scale=scales)
     if need_db:
         db = k.segmented_wgrad(
-            grad_out.to(s.dtype), s, seg_starts, seg_adapter, lora_b.shape[0], out_scale=scales,
+            grad_out, s, seg_starts, seg_adapter, lora_b.shape[0], out_scale=scales,
             out_dtype=lora_b.dtype,
         )  # fmt: skip
     return ds, db

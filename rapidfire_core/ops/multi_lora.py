@@ -42,7 +42,8 @@ def multi_lora_add(
     """``y + per-segment scale_a * drop(x) A_a^T B_a^T`` with autograd to x, y, lora_a, lora_b.
 
     y (M, N) base output; x (M, K); lora_a (n, R, K), lora_b (n, N, R) zero-padded stacks;
-    scales, drop_scale (n,) fp32; keep (M, K) bool. All float tensors in one dtype.
+    scales, drop_scale (n,) fp32; keep (M, K) bool. x, lora_a and lora_b share one dtype (the
+    LoRA compute dtype); y may have its own, and the result is in y's dtype.
     """
     s = lora_shrink(x, lora_a, seg_starts, seg_adapter, keep, drop_scale)  # (M, R)
     return lora_expand(y, s, lora_b, scales, seg_starts, seg_adapter)  # (M, N)

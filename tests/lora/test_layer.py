@@ -230,3 +230,25 @@ def test_adapters_of_mixed_dtypes_in_one_batch(kernel_device):
         results.append(grads)
     for got, want in zip(results[1], results[0], strict=True):
         torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_base_output_is_never_rounded_to_the_lora_dtype(kernel_device, backend):
+    """fp32 base, fp16 adapters, no autocast (PEFT: `result + lora_out * scaling`, in fp32): rows
+    of no adapter come back bit-identical to the base output, adapted rows add the fp16 LoRA term
+    to the unrounded fp32 base output, and the result stays fp32."""
+    torch.manual_seed(0)
+    layer = MultiLoraLinear(nn.Linear(16, 8).to(kernel_device))
+    layer.add_adapter("a", r=4, lora_alpha=8)
+    with torch.no_grad():
+        layer.lora_B["a"].weight.normal_()
+    layer.lora_A["a"].half(), layer.lora_B["a"].half()
+    x = torch.randn(7, 16, device=kernel_device)
+    base = layer.base_layer(x)
+    with lora_backend(backend), lora_batch(LoraBatch([("a", 4), (None, 3)], kernel_device)):
+        out = layer(x)
+    assert out.dtype == torch.float32
+    assert torch.equal(out[4:], base[4:])
+    a, b = layer.lora_A["a"].weight, layer.lora_B["a"].weight
+    lora = (x[:4].half() @ a.T @ b.T).float() * layer.specs["a"].scaling
+    torch.testing.assert_close(out[:4], base[:4] + lora, rtol=2e-3, atol=2e-3)
