@@ -347,10 +347,8 @@ def demo_assets(
             if final.exists() and not _complete(final):
                 # A broken leftover (e.g. copied in by hand): move it aside atomically, then delete.
                 trash = Path(tempfile.mkdtemp(prefix=f".{version}-trash-", dir=root))
-                try:
+                with contextlib.suppress(FileNotFoundError):  # another process moved it meanwhile
                     os.rename(final, trash / "old")
-                except OSError:
-                    pass  # another process moved or replaced it meanwhile
                 shutil.rmtree(trash, ignore_errors=True)
             try:
                 os.rename(tmp, final)  # atomic on one filesystem; fails if final exists (non-empty)

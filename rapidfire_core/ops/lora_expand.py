@@ -129,7 +129,7 @@ def lora_expand(
     seg_adapter: torch.Tensor,
 ) -> torch.Tensor:
     """out (M, N) = Y + per-segment scale_a * S B_a^T; see the module docstring."""
-    if _backend.use_triton(y):  # only when forced to ("triton" backend under the interpreter)
+    if _backend.use_triton(y):  # CUDA, or forced ("triton" under the interpreter)
         return _expand_triton(y, s, lora_b, scales, seg_starts, seg_adapter)
     return lora_expand_reference(y, s, lora_b, scales, seg_starts, seg_adapter)
 
@@ -151,25 +151,6 @@ def lora_expand_backward(
     return lora_expand_backward_reference(
         grad_out, s, lora_b, scales, seg_starts, seg_adapter, need_ds, need_db
     )
-
-
-if _backend.HAS_TRITON:
-
-    @lora_expand.register_kernel("cuda")
-    def _(y, s, lora_b, scales, seg_starts, seg_adapter):
-        if _backend.use_triton(y):
-            return _expand_triton(y, s, lora_b, scales, seg_starts, seg_adapter)
-        return lora_expand_reference(y, s, lora_b, scales, seg_starts, seg_adapter)
-
-    @lora_expand_backward.register_kernel("cuda")
-    def _(grad_out, s, lora_b, scales, seg_starts, seg_adapter, need_ds, need_db):
-        if _backend.use_triton(s):
-            return _expand_backward_triton(
-                grad_out, s, lora_b, scales, seg_starts, seg_adapter, need_ds, need_db
-            )
-        return lora_expand_backward_reference(
-            grad_out, s, lora_b, scales, seg_starts, seg_adapter, need_ds, need_db
-        )
 
 
 @lora_expand.register_fake

@@ -148,7 +148,7 @@ def lora_shrink(
     drop_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """S (M, R) = per-segment drop(X) A_a^T; see the module docstring."""
-    if _backend.use_triton(x):  # only when forced to ("triton" backend under the interpreter)
+    if _backend.use_triton(x):  # CUDA, or forced ("triton" under the interpreter)
         return _shrink_triton(x, lora_a, seg_starts, seg_adapter, keep, drop_scale)
     return lora_shrink_reference(x, lora_a, seg_starts, seg_adapter, keep, drop_scale)
 
@@ -173,25 +173,6 @@ def lora_shrink_backward(
     return lora_shrink_backward_reference(
         grad_s, x, lora_a, seg_starts, seg_adapter, keep, drop_scale, need_dx, need_da
     )
-
-
-if _backend.HAS_TRITON:
-
-    @lora_shrink.register_kernel("cuda")
-    def _(x, lora_a, seg_starts, seg_adapter, keep=None, drop_scale=None):
-        if _backend.use_triton(x):
-            return _shrink_triton(x, lora_a, seg_starts, seg_adapter, keep, drop_scale)
-        return lora_shrink_reference(x, lora_a, seg_starts, seg_adapter, keep, drop_scale)
-
-    @lora_shrink_backward.register_kernel("cuda")
-    def _(grad_s, x, lora_a, seg_starts, seg_adapter, keep, drop_scale, need_dx, need_da):
-        if _backend.use_triton(x):
-            return _shrink_backward_triton(
-                grad_s, x, lora_a, seg_starts, seg_adapter, keep, drop_scale, need_dx, need_da
-            )
-        return lora_shrink_backward_reference(
-            grad_s, x, lora_a, seg_starts, seg_adapter, keep, drop_scale, need_dx, need_da
-        )
 
 
 @lora_shrink.register_fake
