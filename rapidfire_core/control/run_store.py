@@ -5,11 +5,15 @@ Tables:
        warm_start, chunks_done, global_step, created_at, updated_at)
   metrics(run_id, step, epoch, chunk, name, value, ts)   -- one row per logged scalar
 
-`parent_run_id` / `warm_start` are filled by clone operations (interactive control); they are
-here so that adding those operations does not change the schema. Writes come from the scheduler
-thread (metrics are buffered during a turn and written between turns), but the store may be
-read from any thread (a notebook polling results), so every access takes one lock and the
-connection is opened with `check_same_thread=False`.
+`parent_run_id` / `warm_start` are set for runs made by a clone command (see
+`rapidfire_core.control.command_store`, whose table lives in the same file). A status change
+goes through `update_run`, which refuses a transition the life cycle does not allow
+(`run_status.ALLOWED_TRANSITIONS`) in the same transaction that would write it.
+
+Writes come from the engine's threads (metrics are flushed during and between turns); other
+threads and processes (a notebook polling results, the CLI, the dashboard) read it at the same
+time: SQLite in WAL mode lets readers proceed while one writer appends, every access in this
+process takes one lock, and the connection is opened with `check_same_thread=False`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-from rapidfire_core.control.run_status import RunStatus
+from rapidfire_core.control.run_status import RunStatus, check_transition
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -70,7 +74,8 @@ class RunStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False)
+        # timeout: another process (CLI, dashboard, a second notebook) may hold the write lock.
+        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
         with self._lock, self._db:
             # WAL + NORMAL: a metric write is an append, not an fsync of the whole file.
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -82,26 +87,49 @@ class RunStore:
             self._db.close()
 
     # ---- runs ---------------------------------------------------------------------------------
-    def create_run(self, name: str, trainer_type: str, knobs: Mapping[str, Any]) -> int:
+    def create_run(
+        self,
+        name: str,
+        trainer_type: str,
+        knobs: Mapping[str, Any],
+        parent_run_id: int | None = None,
+        warm_start: bool = False,
+    ) -> int:
+        """A NEW run; parent_run_id / warm_start for a run made by a clone command."""
         now = time.time()
         with self._lock, self._db:
             cur = self._db.execute(
-                "INSERT INTO runs(name, trainer_type, status, knobs_json, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (name, trainer_type, RunStatus.NEW.value, json.dumps(dict(knobs), default=str), now, now),
+                "INSERT INTO runs(name, trainer_type, status, knobs_json, parent_run_id, warm_start,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    trainer_type,
+                    RunStatus.NEW.value,
+                    json.dumps(dict(knobs), default=str),
+                    parent_run_id,
+                    int(bool(warm_start)),
+                    now,
+                    now,
+                ),
             )
             return int(cur.lastrowid)
 
     def update_run(self, run_id: int, **fields: Any) -> None:
-        """Set columns of one run (status may be a RunStatus)."""
+        """Set columns of one run. A `status` (RunStatus or its value) must be an allowed
+        transition from the stored one, else IllegalTransition and nothing is written."""
         allowed = {"name", "status", "error", "mlflow_run_id", "chunks_done", "global_step"}
         unknown = set(fields) - allowed
         if unknown:
             raise KeyError(f"RunStore.update_run: unknown column(s) {sorted(unknown)}")
-        if isinstance(fields.get("status"), RunStatus):
-            fields["status"] = fields["status"].value
+        if "status" in fields:
+            fields["status"] = RunStatus(fields["status"]).value
         cols = ", ".join(f"{k} = ?" for k in fields)
         with self._lock, self._db:
+            if "status" in fields:
+                row = self._db.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+                if row is None:
+                    raise KeyError(f"no run with id {run_id}")
+                check_transition(run_id, RunStatus(row[0]), RunStatus(fields["status"]))
             self._db.execute(
                 f"UPDATE runs SET {cols}, updated_at = ? WHERE run_id = ?",
                 (*fields.values(), time.time(), run_id),
@@ -129,26 +157,41 @@ class RunStore:
             raise KeyError(f"no run with id {run_id}")
         return RunStatus(row[0])
 
-    def runs_frame(self) -> pd.DataFrame:
-        """One row per run: run_id, name, trainer_type, status, error, progress, then one column per knob."""
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run as a dict: run_id, name, trainer_type, status, error, chunks_done,
+        global_step, mlflow_run_id, parent_run_id, warm_start (bool), created_at, updated_at,
+        knobs (dict), in run_id order."""
         with self._lock:
-            rows = self._db.execute(
+            cur = self._db.execute(
                 "SELECT run_id, name, trainer_type, status, error, chunks_done, global_step, mlflow_run_id,"
-                " knobs_json FROM runs ORDER BY run_id"
-            ).fetchall()
+                " parent_run_id, warm_start, created_at, updated_at, knobs_json FROM runs ORDER BY run_id"
+            )
+            names = [d[0] for d in cur.description]
+            rows = cur.fetchall()
+        out = []
+        for row in rows:
+            rec = dict(zip(names, row, strict=True))
+            rec["knobs"] = json.loads(rec.pop("knobs_json"))
+            rec["warm_start"] = bool(rec["warm_start"])
+            out.append(rec)
+        return out
+
+    def get_run(self, run_id: int) -> dict[str, Any]:
+        """One run as in `runs()`; KeyError if there is none."""
+        for rec in self.runs():
+            if rec["run_id"] == run_id:
+                return rec
+        raise KeyError(f"no run with id {run_id}")
+
+    def runs_frame(self) -> pd.DataFrame:
+        """One row per run: run_id, name, trainer_type, status, error, progress, parent_run_id,
+        warm_start, then one column per knob."""
         records = []
-        for run_id, name, ttype, status, error, chunks, step, mlflow_id, knobs_json in rows:
-            rec = {
-                "run_id": run_id,
-                "name": name,
-                "trainer_type": ttype,
-                "status": status,
-                "error": error,
-                "chunks_done": chunks,
-                "global_step": step,
-                "mlflow_run_id": mlflow_id,
-            }
-            rec.update(json.loads(knobs_json))
+        for rec in self.runs():
+            knobs = rec.pop("knobs")
+            rec.pop("created_at")
+            rec.pop("updated_at")
+            rec.update(knobs)
             records.append(rec)
         return pd.DataFrame.from_records(records)
 
@@ -168,6 +211,17 @@ class RunStore:
                     "INSERT INTO metrics(run_id, step, epoch, chunk, name, value, ts) VALUES (?,?,?,?,?,?,?)",
                     rows,
                 )
+
+    def metric_rows(self, after: int = 0, limit: int = 50_000) -> list[tuple]:
+        """Metric rows logged after row id `after`, oldest first, at most `limit`:
+        (row_id, run_id, step, epoch, chunk, name, value, ts). Polling with the last row id
+        seen gives each row once (the dashboard's incremental charts)."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT rowid, run_id, step, epoch, chunk, name, value, ts FROM metrics"
+                " WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                (int(after), int(limit)),
+            ).fetchall()
 
     def results_frame(self) -> pd.DataFrame:
         """One row per (run_id, step): columns run_id, step, epoch, chunk, then every metric name.

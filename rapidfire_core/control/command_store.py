@@ -1,0 +1,276 @@
+"""Interactive-control commands (IC Ops) as durable rows beside the runs, in `runs.db`.
+
+    commands(command_id, op, run_id, payload_json, source, status, created_at, applied_at,
+             result_json, error)
+    controllers(experiment_path, pid, host, started_at, heartbeat_at)   -- who applies them
+
+Any process may submit a command (the notebook, `rapidfire stop ...`, the dashboard, an
+automatic search); the process running the experiment's training (its run controller) applies
+the pending ones in `command_id` order, each once:
+
+    pending --claim--> applying --> applied (result)  |  failed (error)
+
+`claim` is one conditional UPDATE, so two appliers can never both take a command. Ops:
+
+    stop    {}                                        park the run where it is (STOPPED)
+    resume  {}                                        a STOPPED run continues exactly there
+    delete  {}                                        end it, free its state (DELETED)
+    clone   {"changes": {knob: value}, "warm_start": bool}   a new run; result {"run_id": N}
+
+The controller refreshes a heartbeat every few seconds while it runs, so a submitter can
+tell whether anyone will apply its command soon (`controller_alive`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+OPS = ("stop", "resume", "delete", "clone")
+SOURCES = ("python", "cli", "dashboard", "automl")
+PENDING, APPLYING, APPLIED, FAILED = "pending", "applying", "applied", "failed"
+HEARTBEAT_SECONDS = 2.0
+# A controller whose heartbeat is older than this is taken to be gone.
+HEARTBEAT_STALE_SECONDS = 15.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS commands (
+    command_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    op TEXT NOT NULL,
+    run_id INTEGER NOT NULL,
+    payload_json TEXT NOT NULL,
+    source TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    applied_at REAL,
+    result_json TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS commands_by_status ON commands(status, command_id);
+CREATE TABLE IF NOT EXISTS controllers (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL
+);
+"""
+
+
+class CommandError(ValueError):
+    """A command that cannot even be submitted (unknown op, malformed payload)."""
+
+
+@dataclass(frozen=True)
+class Command:
+    command_id: int
+    op: str
+    run_id: int
+    payload: dict[str, Any]
+    source: str
+    status: str
+    created_at: float
+    applied_at: float | None
+    result: dict[str, Any] | None
+    error: str | None
+
+    @property
+    def done(self) -> bool:
+        return self.status in (APPLIED, FAILED)
+
+    @property
+    def new_run_id(self) -> int | None:
+        """The run a clone created, once applied."""
+        return (self.result or {}).get("run_id")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def check_command(op: str, run_id: Any, payload: dict[str, Any] | None, source: str) -> dict[str, Any]:
+    """The payload as stored; CommandError naming what is wrong with the request itself.
+    (Whether the op makes sense for the run is decided when it is applied.)"""
+    if op not in OPS:
+        raise CommandError(f"unknown op {op!r}: expected one of {', '.join(OPS)}")
+    if source not in SOURCES:
+        raise CommandError(f"unknown source {source!r}: expected one of {', '.join(SOURCES)}")
+    if isinstance(run_id, bool) or not isinstance(run_id, int):
+        raise CommandError(f"run_id must be an int, got {run_id!r}")
+    payload = dict(payload or {})
+    if op == "clone":
+        changes = payload.setdefault("changes", {})
+        if not isinstance(changes, dict) or not all(isinstance(k, str) for k in changes):
+            raise CommandError(f"clone: changes must be a dict of knob name -> value, got {changes!r}")
+        warm = payload.setdefault("warm_start", False)
+        if not isinstance(warm, bool):
+            raise CommandError(f"clone: warm_start must be true or false, got {warm!r}")
+        unknown = set(payload) - {"changes", "warm_start"}
+    else:
+        unknown = set(payload)
+    if unknown:
+        raise CommandError(f"{op}: unexpected payload field(s) {sorted(unknown)}")
+    try:
+        json.dumps(payload)
+    except TypeError as exc:
+        raise CommandError(f"{op}: the payload must be JSON (numbers, strings, lists): {exc}") from None
+    return payload
+
+
+class CommandStore:
+    """The commands table of one experiment's `runs.db` (thread-safe; any process)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        # Set by submit() in this process: the controller's per-step probe is then free of I/O.
+        self.submitted = threading.Event()
+        with self._lock, self._db:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ---- submitting and reading ----------------------------------------------------------------
+    def submit(self, op: str, run_id: int, payload: dict[str, Any] | None = None, source: str = "python") -> Command:
+        payload = check_command(op, run_id, payload, source)
+        with self._lock, self._db:
+            cur = self._db.execute(
+                "INSERT INTO commands(op, run_id, payload_json, source, status, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (op, run_id, json.dumps(payload), source, PENDING, time.time()),
+            )
+            command_id = int(cur.lastrowid)
+        self.submitted.set()
+        return self.get(command_id)
+
+    def get(self, command_id: int) -> Command:
+        rows = self._select("WHERE command_id = ?", (command_id,))
+        if not rows:
+            raise KeyError(f"no command with id {command_id}")
+        return rows[0]
+
+    def all(self) -> list[Command]:
+        """Every command, oldest first (the history the dashboard shows)."""
+        return self._select("", ())
+
+    def pending(self) -> list[Command]:
+        return self._select("WHERE status = ?", (PENDING,))
+
+    def has_pending(self) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM commands WHERE status = ? LIMIT 1", (PENDING,)).fetchone()
+        return row is not None
+
+    def wait(self, command_id: int, timeout: float | None = None, poll: float = 0.1) -> Command:
+        """Block until the command is applied or failed; TimeoutError after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            command = self.get(command_id)
+            if command.done:
+                return command
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"command {command_id} ({command.op}) is still {command.status}")
+            time.sleep(poll)
+
+    def _select(self, where: str, params: tuple) -> list[Command]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT command_id, op, run_id, payload_json, source, status, created_at, applied_at,"
+                f" result_json, error FROM commands {where} ORDER BY command_id",
+                params,
+            ).fetchall()
+        return [
+            Command(cid, op, run, json.loads(payload), src, status, created, applied,
+                    json.loads(result) if result else None, error)
+            for cid, op, run, payload, src, status, created, applied, result, error in rows
+        ]  # fmt: skip
+
+    # ---- applying (the controller) ---------------------------------------------------------------
+    def claim(self, command_id: int) -> bool:
+        """Take a pending command for applying; False if another applier took it first."""
+        with self._lock, self._db:
+            cur = self._db.execute(
+                "UPDATE commands SET status = ? WHERE command_id = ? AND status = ?",
+                (APPLYING, command_id, PENDING),
+            )
+        return cur.rowcount == 1
+
+    def finish(self, command_id: int, *, result: dict[str, Any] | None = None, error: str | None = None) -> Command:
+        """Record the outcome of a claimed command: applied (with result) or failed (error)."""
+        status = FAILED if error is not None else APPLIED
+        with self._lock, self._db:
+            self._db.execute(
+                "UPDATE commands SET status = ?, applied_at = ?, result_json = ?, error = ? WHERE command_id = ?",
+                (status, time.time(), json.dumps(result) if result is not None else None, error, command_id),
+            )
+        return self.get(command_id)
+
+    # ---- controller liveness ------------------------------------------------------------------
+    def beat(self, started_at: float) -> None:
+        """Record that this process's controller is alive (called every HEARTBEAT_SECONDS)."""
+        now = time.time()
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT INTO controllers(id, pid, host, started_at, heartbeat_at) VALUES (1, ?, ?, ?, ?)"
+                " ON CONFLICT(id) DO UPDATE SET pid = excluded.pid, host = excluded.host,"
+                " started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at",
+                (os.getpid(), socket.gethostname(), started_at, now),
+            )
+
+    def clear_beat(self) -> None:
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM controllers WHERE pid = ?", (os.getpid(),))
+
+    def controller_alive(self) -> bool:
+        """True if a controller refreshed its heartbeat within HEARTBEAT_STALE_SECONDS."""
+        with self._lock:
+            row = self._db.execute("SELECT heartbeat_at FROM controllers WHERE id = 1").fetchone()
+        return row is not None and time.time() - row[0] < HEARTBEAT_STALE_SECONDS
+
+
+class Heartbeat:
+    """A daemon thread that keeps `store.beat` fresh while a controller runs."""
+
+    def __init__(self, store: CommandStore) -> None:
+        self._store = store
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started_at = time.time()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._store.beat(self._started_at)
+        self._thread = threading.Thread(target=self._loop, name="rapidfire-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                self._store.beat(self._started_at)
+            except sqlite3.Error:
+                pass  # a busy or closed store: the next beat retries; liveness is advisory
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
+        try:
+            self._store.clear_beat()
+        except sqlite3.Error:
+            pass
