@@ -7,17 +7,28 @@
     exp.get_runs_info()    # one row per run: status, error, knobs
     exp.end()
 
+Steering a sweep while it trains (from another thread, e.g. a notebook cell after
+`run_fit(..., background=True)`, or from another process through the CLI or the dashboard,
+which write the same commands):
+
+    handle = exp.run_fit(..., background=True)
+    exp.stop_run(2); exp.resume_run(2); exp.delete_run(3)
+    cmd = exp.wait_for(exp.clone_run(1, {"learning_rate": 1e-4}, warm_start=True))
+    cmd.new_run_id
+    handle.wait()
+
 `run_fit` validates everything (configs, datasets, formatting functions) before any training,
-builds every run (shared base models, one adapter and one TRL trainer per run), then trains
-the runs chunk by chunk (see `rapidfire_core.scheduler.loop`). A run that fails (exception,
-OOM, NaN) is marked FAILED with its reason; the others go on.
+then hands the runs to the experiment's run controller (`rapidfire_core.scheduler.controller`),
+which builds them and trains them chunk by chunk. A run that fails (exception, OOM, NaN) is
+marked FAILED with its reason; the others go on. `run_fit` returns when no run is NEW or
+ONGOING: a run STOPPED by a command stays parked, with all its state, and `continue_fit()`
+trains it after a `resume_run` (this process only: crash-resume is not there yet).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import traceback
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,20 +36,15 @@ from typing import Any
 import pandas as pd
 
 from rapidfire_core.automl.validate import check_grpo_eval_batches, varying_keys
-from rapidfire_core.control import RunStatus, RunStore
+from rapidfire_core.control import Command, CommandStore, RunStore
 from rapidfire_core.memory.residency import RunResidency, budget_bytes
 from rapidfire_core.scheduler.chunks import ChunkPlan
-from rapidfire_core.scheduler.loop import run_chunk_rounds
+from rapidfire_core.scheduler.controller import RunController
 from rapidfire_core.scheduler.progress import ProgressDisplay
-from rapidfire_core.tracking.metric_buffer import MetricBuffer
+from rapidfire_core.scheduler.run import FitData
 from rapidfire_core.tracking.mlflow_tracker import MLflowTracker, default_tracking_uri
-from rapidfire_core.trainers.callbacks import ChunkGate, MetricsForwarder
 from rapidfire_core.trainers.datasets import FormattedDatasets, as_dataset
-from rapidfire_core.trainers.execution import RunExecution
-from rapidfire_core.trainers.factory import build_trainer, make_sampler
-from rapidfire_core.trainers.generation_eval import make_generation_eval
-from rapidfire_core.trainers.process_state import ProcessState
-from rapidfire_core.trainers.shared_models import ModelRegistry, sharing_constraints
+from rapidfire_core.trainers.shared_models import ModelRegistry
 
 DEFAULT_ROOT_ENV = "RF_EXPERIMENT_PATH"
 
@@ -68,26 +74,40 @@ class Experiment:
         self.tracking_uri = tracking_uri or default_tracking_uri(self.path)
         self.verbose = verbose
         self._store = RunStore(self.path / "runs.db")
+        self._commands = CommandStore(self.path / "runs.db")
         orphans = self._store.stop_orphaned_runs("the process ended while the run was in flight")
         if orphans:
             self._say(f"Runs {orphans} were left in flight by an earlier process; marked STOPPED")
         self._tracker: MLflowTracker | None = None
+        self._controller: RunController | None = None
+        self._fit: FitHandle | None = None
         self._open = True
         self._say(f"Experiment '{experiment_name}' at {self.path}")
 
-    # ---- public API ---------------------------------------------------------------------------
+    # ---- training -----------------------------------------------------------------------------
     def run_fit(
         self,
         config_group,
         create_model: Callable[[dict[str, Any]], tuple[Any, Any]],
         train_dataset,
         eval_dataset=None,
-        num_chunks: int = 4,
+        num_chunks: int | None = None,
         seed: int = 42,
         gpu_state_budget: int | str | None = None,
-    ) -> None:
-        """Train every configuration of `config_group` chunk by chunk; returns when all are done.
+        *,
+        num_shards: int | None = None,
+        background: bool = False,
+    ) -> FitHandle | None:
+        """Train every configuration of `config_group` chunk by chunk.
 
+        Returns when no run is NEW or ONGOING (runs stopped by a command stay parked: see
+        `continue_fit`). With `background=True` it returns a `FitHandle` at once, after
+        validation (bad input still raises here), and trains in a background thread; the
+        caller steers with `stop_run` / `resume_run` / `delete_run` / `clone_run` and waits
+        with `handle.wait()`.
+
+        num_chunks (alias num_shards, RapidFire AI 0.16.2's name): chunks the training set is
+        split into (default 4).
         gpu_state_budget: device memory (bytes, or a string such as "2GiB") for the runs' trainable
         state (adapter weights, optimizer moments, step counters). The run taking its turn is
         always on the device; the others wait in a pinned host pool whenever they do not fit, and
@@ -95,6 +115,12 @@ class Experiment:
         on the device. None (default): every run's state stays on the device.
         See `rapidfire_core.memory.residency`."""
         self._check_open()
+        self._check_no_fit()
+        if num_shards is not None:
+            if num_chunks is not None and num_chunks != num_shards:
+                raise ValueError(f"num_chunks={num_chunks} and num_shards={num_shards} disagree: give one")
+            num_chunks = num_shards
+        num_chunks = 4 if num_chunks is None else num_chunks
         state_budget = budget_bytes(gpu_state_budget)  # ValueError naming gpu_state_budget
         if not callable(create_model):
             raise TypeError(
@@ -124,67 +150,108 @@ class Experiment:
             if trainer_type == "GRPO":
                 _check_grpo_prompts(spec, len(train), self.path)
 
-        tracker = self._get_tracker()
-        buffer = MetricBuffer(self._store, tracker)
-        progress = ProgressDisplay(num_chunks, varying_keys([s.knobs for s in specs]), enabled=self.verbose)
-        registry = ModelRegistry(create_model)
+        data = FitData(trainer_type, plan, train, evals, formatted, ModelRegistry(create_model), num_chunks)
+        shown = varying_keys([s.knobs for s in specs])
         self._say(
             f"{len(specs)} {trainer_type} configuration(s), {len(train)} training rows in {num_chunks} chunks"
         )
-        runs: list[RunExecution] = []
 
-        def on_turn_end(run: RunExecution) -> None:
-            buffer.flush()
-            self._store.update_run(
-                run.run_id, status=RunStatus.ONGOING, chunks_done=run.rounds_done, global_step=run.global_step
-            )
-            progress.end_turn(run, RunStatus.ONGOING.value)
+        def fit(controller: RunController) -> None:
+            progress = ProgressDisplay(shown, enabled=self.verbose)
+            controller.progress = progress
+            controller.add_runs(specs, data)
+            self._train(controller, state_budget, progress)
 
-        def on_finished(run: RunExecution) -> None:
-            buffer.flush()
-            if run.worker.error is not None:
-                self._fail(run, run.worker.error, run.worker.error_traceback, registry)
-            else:
-                self._complete(run)
-            progress.end_turn(run, self._store.status(run.run_id).value)
+        return self._start(fit, background)
 
-        def on_error(run: RunExecution, exc: Exception) -> None:
-            self._fail(run, exc, traceback.format_exc(), registry)
-            progress.end_turn(run, RunStatus.FAILED.value)
+    def continue_fit(
+        self, background: bool = False, gpu_state_budget: int | str | None = None
+    ) -> FitHandle | None:
+        """Train the runs this experiment holds until none is NEW or ONGOING, after applying the
+        pending commands (e.g. `resume_run` of a run that `run_fit` left STOPPED)."""
+        self._check_open()
+        self._check_no_fit()
+        state_budget = budget_bytes(gpu_state_budget)
 
+        def fit(controller: RunController) -> None:
+            progress = ProgressDisplay(controller.progress.shown_knobs, enabled=self.verbose)
+            self._train(controller, state_budget, progress)
+
+        return self._start(fit, background)
+
+    def _start(self, fit: Callable[[RunController], None], background: bool) -> FitHandle | None:
+        controller = self._get_controller()
+        handle = FitHandle(controller)
+        self._fit = handle
+        if not background:
+            try:
+                fit(controller)
+            finally:
+                self._fit = None
+            return None
+        handle._start(fit)
+        return handle
+
+    def _train(self, controller: RunController, state_budget: int | None, progress: ProgressDisplay) -> None:
         residency = RunResidency(state_budget) if state_budget is not None else None
-        try:
-            for index, spec in enumerate(specs):
-                run = self._register(spec, index, buffer, progress)
-                runs.append(run)
-                try:
-                    self._prepare(run, spec, registry, plan, formatted, train, evals)
-                except Exception as exc:  # noqa: BLE001 - one bad run must not stop the others
-                    self._fail(run, exc, traceback.format_exc(), registry)
-            run_chunk_rounds(runs, progress, on_turn_end, on_finished, on_error, residency)
-        except BaseException:  # KeyboardInterrupt included: leave no run thread behind
-            self._stop_unfinished(runs)
-            raise
-        finally:
-            buffer.flush()
-            tracker.flush()  # the MLflow store is complete when run_fit returns
-        self._summarize(runs)
+        controller.run(residency, progress)
+        self._summarize()
+        if self.verbose:
+            self._say(f"Steer runs live: rapidfire dashboard {self.path.parent}")
 
+    # ---- steering (IC Ops) ----------------------------------------------------------------------
+    def stop_run(self, run_id: int) -> Command:
+        """Park a NEW or ONGOING run at its next optimizer step (STOPPED, all state kept)."""
+        return self._commands.submit("stop", run_id, source="python")
+
+    def resume_run(self, run_id: int) -> Command:
+        """A STOPPED run continues exactly where it stopped."""
+        return self._commands.submit("resume", run_id, source="python")
+
+    def delete_run(self, run_id: int) -> Command:
+        """End a run and free its memory (DELETED); its logged rows stay queryable."""
+        return self._commands.submit("delete", run_id, source="python")
+
+    def clone_run(
+        self, run_id: int, changes: dict[str, Any] | None = None, warm_start: bool = False
+    ) -> Command:
+        """A new run from `run_id`'s config with `changes` ({"learning_rate": 1e-4, "peft.r": 16});
+        warm_start: start from the parent's adapter weights and position in the data. The new
+        run's id is `wait_for(command).new_run_id`."""
+        payload = {"changes": dict(changes or {}), "warm_start": warm_start}
+        return self._commands.submit("clone", run_id, payload, source="python")
+
+    def wait_for(self, command: Command | int, timeout: float | None = 60.0) -> Command:
+        """The command once applied or failed (TimeoutError after `timeout` seconds)."""
+        command_id = command.command_id if isinstance(command, Command) else int(command)
+        return self._commands.wait(command_id, timeout)
+
+    def get_commands(self) -> pd.DataFrame:
+        """The history of commands: id, op, run, payload, source, status, result, error, times."""
+        return pd.DataFrame.from_records([c.to_dict() for c in self._commands.all()])
+
+    # ---- results ----------------------------------------------------------------------------------
     def get_results(self) -> pd.DataFrame:
         """One row per (run_id, step) with every logged metric (NaN where not logged at that step)."""
         return self._store.results_frame()
 
     def get_runs_info(self) -> pd.DataFrame:
-        """One row per run: run_id, name, trainer_type, status, error, progress and its knobs."""
+        """One row per run: run_id, name, trainer_type, status, error, progress, parent, knobs."""
         return self._store.runs_frame()
 
     def end(self) -> None:
-        """Close the experiment's stores. Results stay readable on disk."""
+        """Close the experiment's stores (parked runs' threads end). Results stay readable on disk."""
         if not self._open:
             return
+        if self._fit is not None:
+            self._fit.cancel()
+            self._fit.wait(raise_errors=False)
         self._open = False
+        if self._controller is not None:
+            self._controller.close()
         if self._tracker is not None:
             self._tracker.close()
+        self._commands.close()
         self._store.close()
         self._say(f"Experiment '{self.experiment_name}' ended; results in {self.path}")
 
@@ -203,147 +270,74 @@ class Experiment:
         if not self._open:
             raise RuntimeError(f"experiment '{self.experiment_name}' has ended; create a new Experiment")
 
+    def _check_no_fit(self) -> None:
+        if self._fit is not None and not self._fit.done:
+            raise RuntimeError("a fit of this experiment is still training: wait() for its handle first")
+
     def _get_tracker(self) -> MLflowTracker:
         if self._tracker is None:
             self._tracker = MLflowTracker(self.experiment_name, self.tracking_uri)
         return self._tracker
 
-    def _register(self, spec, index: int, buffer: MetricBuffer, progress: ProgressDisplay) -> RunExecution:
-        knobs = dict(spec.knobs)
-        run_id = self._store.create_run(f"run-{index + 1}", spec.trainer_type, knobs)
-        name = f"run-{run_id}"
-        self._store.update_run(run_id, name=name)
-        mlflow_id = self._get_tracker().start_run(
-            name, {"trainer_type": spec.trainer_type, **knobs}, tags={"rapidfire.run_id": str(run_id)}
-        )
-        self._store.update_run(run_id, mlflow_run_id=mlflow_id)
-        buffer.register(run_id, mlflow_id)
-        return RunExecution(
-            run_id=run_id,
-            name=name,
-            knobs=knobs,
-            mlflow_run_id=mlflow_id,
-            record=buffer.record,
-            on_progress=progress.step,
-        )
+    @property
+    def controller(self) -> RunController:
+        """The experiment's run controller (its `hooks` are the loop's seams)."""
+        return self._get_controller()
 
-    def _prepare(self, run, spec, registry, plan, formatted, train, evals) -> None:
-        model_config = spec.create_model_dict()
-        trainer_type = spec.trainer_type
-        overrides: dict[str, Any] = dict(
-            output_dir=str(self.path / "runs" / str(run.run_id)),
-            report_to="none",
-            disable_tqdm=True,
-            save_strategy="no",  # the engine saves each run's final adapter itself
-        )
-        if evals is None:
-            overrides["eval_strategy"] = "no"
-        args = spec.training_args(**overrides)
-        share_extra = sharing_constraints(args)
-        attached = registry.attach(
-            model_config,
-            spec.lora_config(),
-            adapter_name=f"run_{run.run_id}",
-            seed=args.seed,
-            share_key_extra=share_extra,
-        )
-        func = model_config.get("formatting_func")
-        train_ds = formatted.get(train, func)
-        eval_ds = formatted.get(evals, func)
-        run.model, run.adapter_name = attached.model, attached.adapter_name
-        run.has_eval = eval_ds is not None
-        trainer = build_trainer(
-            trainer_type,
-            model=attached.model,
-            tokenizer=attached.tokenizer,
-            args=args,
-            adapter_name=attached.adapter_name,
-            train_dataset=train_ds,
-            eval_dataset=eval_ds,
-            reward_funcs=model_config.get("reward_funcs"),
-            callbacks=[ChunkGate(run), MetricsForwarder(run)],
-        )
-        # transformers' Trainer.__init__ re-seeds with args.seed; a stock run starts train() from
-        # the RNG state its trainer's __init__ leaves, so that is the state this run starts from.
-        run.process_state = ProcessState.capture()
-        run.sampler = make_sampler(trainer_type, trainer, plan)
-        trainer.rapidfire_sampler = run.sampler
-        run.trainer = trainer
-        compute_metrics = model_config.get("compute_metrics")
-        if compute_metrics is not None and eval_ds is not None:
-            run.generation_eval = make_generation_eval(
-                attached.model,
-                attached.tokenizer,
-                eval_ds.to_list(),
-                compute_metrics,
-                model_config.get("generation_config"),
-                batch_size=args.per_device_eval_batch_size,
+    def _get_controller(self) -> RunController:
+        if self._controller is None:
+            self._controller = RunController(
+                self.path, self._store, self._commands, self._get_tracker(), self._say
             )
-        run.start_worker()
+        return self._controller
 
-    def _fail(self, run: RunExecution, exc: BaseException, tb: str | None, registry: ModelRegistry) -> None:
-        reason = f"{type(exc).__name__}: {exc}"
-        run.error = reason
-        self._store.update_run(run.run_id, status=RunStatus.FAILED, error=reason, global_step=run.global_step)
-        self._get_tracker().end_run(run.mlflow_run_id, "FAILED")
-        if run.worker is not None and not run.worker.finished:
-            run.worker.abort()
-        if run.adapter_name is not None and run.model is not None:
-            registry.remove_adapter(run.model, run.adapter_name)
-        run.release()
-        _free_accelerator_memory()
-        self._say(f"run {run.run_id} FAILED: {reason}")
-        if tb and os.environ.get("RAPIDFIRE_DEBUG"):
-            self._say(tb)
-
-    def _stop_unfinished(self, runs: list[RunExecution]) -> None:
-        # The run holding the turn (still training when the interrupt came) stops first, at its
-        # next step: paused runs are only woken, to unwind, once no other run is executing.
-        for run in sorted(runs, key=lambda r: not (r.worker is not None and r.worker.has_turn)):
-            if run.error is not None or (run.worker is not None and run.worker.finished):
-                continue  # already FAILED or finished and recorded
-            if run.worker is not None:
-                run.worker.abort()
-            self._store.update_run(
-                run.run_id,
-                status=RunStatus.STOPPED,
-                error="run_fit was interrupted",
-                global_step=run.global_step,
-            )
-            self._get_tracker().end_run(run.mlflow_run_id, "KILLED")
-            run.release()
-            self._say(f"run {run.run_id} STOPPED (run_fit was interrupted)")
-
-    def _complete(self, run: RunExecution) -> None:
-        out = self.path / "runs" / str(run.run_id)
-        if run.adapter_name is not None:
-            save_adapter(run.model, run.adapter_name, out / "adapter")
-        else:  # full fine-tuning: the run's own model
-            run.model.save_pretrained(str(out / "model"))
-        self._store.update_run(
-            run.run_id, status=RunStatus.COMPLETED, chunks_done=run.rounds_done, global_step=run.global_step
-        )
-        self._get_tracker().end_run(run.mlflow_run_id, "FINISHED")
-        run.release()
-
-    def _summarize(self, runs: list[RunExecution]) -> None:
-        info = self.get_runs_info()
-        mine = info[info["run_id"].isin([r.run_id for r in runs])]
-        counts = mine["status"].value_counts().to_dict()
+    def _summarize(self) -> None:
+        runs = [r for r in self._store.runs() if r["run_id"] in self._controller.made]
+        counts: dict[str, int] = {}
+        for run in runs:
+            counts[run["status"]] = counts.get(run["status"], 0) + 1
         self._say("Done: " + ", ".join(f"{n} {status.lower()}" for status, n in sorted(counts.items())))
         self._say(f"Saved under {self.path / 'runs'}/<run_id>/: adapter/ (LoRA) or model/ (full fine-tuning)")
         self._say(f"MLflow: {self._get_tracker().ui_hint()}")
 
 
-def save_adapter(model, adapter_name: str, out_dir: Path) -> None:
-    """Write one run's adapter so that `PeftModel.from_pretrained(base, out_dir)` loads it."""
-    tmp = out_dir.parent / f".{out_dir.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), selected_adapters=[adapter_name])
-    src = tmp / adapter_name if (tmp / adapter_name).is_dir() else tmp
-    shutil.rmtree(out_dir, ignore_errors=True)
-    shutil.move(str(src), str(out_dir))
-    shutil.rmtree(tmp, ignore_errors=True)
+class FitHandle:
+    """A `run_fit(..., background=True)` training in a background thread."""
+
+    def __init__(self, controller: RunController) -> None:
+        self.controller = controller
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def _start(self, fit: Callable[[RunController], None]) -> None:
+        def main() -> None:
+            try:
+                fit(self.controller)
+            except BaseException as exc:  # noqa: BLE001 - handed to wait()
+                self._error = exc
+
+        self._thread = threading.Thread(target=main, name="rapidfire-fit", daemon=True)
+        self._thread.start()
+
+    @property
+    def done(self) -> bool:
+        return self._thread is None or not self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None, raise_errors: bool = True) -> bool:
+        """Block until training returns (True) or `timeout` passes (False); re-raises its error."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if not self.done:
+            return False
+        if raise_errors and self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        return True
+
+    def cancel(self) -> None:
+        """Stop every unfinished run at its next step (they become STOPPED); `wait()` then
+        raises FitCancelled."""
+        self.controller.cancel()
 
 
 def _check_grpo_prompts(spec, num_rows: int, scratch: Path) -> None:
@@ -356,13 +350,3 @@ def _check_grpo_prompts(spec, num_rows: int, scratch: Path) -> None:
             f"{args.generation_batch_size} / num_generations {args.num_generations}), but train_dataset "
             f"has {num_rows} rows"
         )
-
-
-def _free_accelerator_memory() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()  # a failed step's tensors may sit in reference cycles (frames, autograd graph)
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

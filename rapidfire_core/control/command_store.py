@@ -143,7 +143,9 @@ class CommandStore:
             self._db.close()
 
     # ---- submitting and reading ----------------------------------------------------------------
-    def submit(self, op: str, run_id: int, payload: dict[str, Any] | None = None, source: str = "python") -> Command:
+    def submit(
+        self, op: str, run_id: int, payload: dict[str, Any] | None = None, source: str = "python"
+    ) -> Command:
         payload = check_command(op, run_id, payload, source)
         with self._lock, self._db:
             cur = self._db.execute(
@@ -207,12 +209,15 @@ class CommandStore:
             )
         return cur.rowcount == 1
 
-    def finish(self, command_id: int, *, result: dict[str, Any] | None = None, error: str | None = None) -> Command:
+    def finish(
+        self, command_id: int, *, result: dict[str, Any] | None = None, error: str | None = None
+    ) -> Command:
         """Record the outcome of a claimed command: applied (with result) or failed (error)."""
         status = FAILED if error is not None else APPLIED
         with self._lock, self._db:
             self._db.execute(
-                "UPDATE commands SET status = ?, applied_at = ?, result_json = ?, error = ? WHERE command_id = ?",
+                "UPDATE commands SET status = ?, applied_at = ?, result_json = ?, error = ?"
+                " WHERE command_id = ?",
                 (status, time.time(), json.dumps(result) if result is not None else None, error, command_id),
             )
         return self.get(command_id)

@@ -49,7 +49,7 @@ def _optimizer_of(run: Any) -> Any:
 
 
 def run_refs(run: Any) -> list:
-    """The TensorRefs of a RunExecution's trainable state (see `state_refs.run_state_refs`)."""
+    """The TensorRefs of a run's trainable state (see `state_refs.run_state_refs`)."""
     return run_state_refs(getattr(run, "model", None), getattr(run, "adapter_name", None), _optimizer_of(run))
 
 
@@ -62,7 +62,7 @@ def estimate_state_bytes(refs: Sequence, alignment: int = ALIGNMENT) -> int:
 
 
 class RunResidency:
-    """Budgeted residency of the runs' state for `run_chunk_rounds` (see the module docstring)."""
+    """Budgeted residency of the runs' state for the run controller (see the module docstring)."""
 
     def __init__(self, budget_bytes: int, *, host_capacity: int | None = None, pin: str = "auto") -> None:
         if budget_bytes is None or budget_bytes < 0:
@@ -109,16 +109,49 @@ class RunResidency:
                 self._pack(run, run_refs(run), fingerprint)
         self._evict_down_to(self.budget, [r.run_id for r in upcoming])
 
+    def add(self, run: Any) -> None:
+        """A run that joined after `start` (a clone, a resumed run of an earlier run_fit)."""
+        if self.pool is None:
+            self.start([run])
+        elif run.run_id not in self._fingerprints:
+            self._pack(run, run_refs(run))
+
+    def make_resident(self, run: Any) -> None:
+        """Restore a pooled run's state to the device now (e.g. to read its weights)."""
+        if run.run_id in self._fingerprints:
+            self.pool.acquire(run.run_id)
+
+    def park(self, run: Any) -> None:
+        """A stopped run waits in the host pool (all of its state kept) until it is resumed."""
+        if run.run_id in self._fingerprints and self.pool.is_resident(run.run_id):
+            self.pool.evict(run.run_id)
+
     def forget(self, run: Any) -> None:
         """A finished run: its weights get memory of their own, its optimizer state is let go."""
+        self._drop(run, keep=lambda ref: ref.kind == PARAM)
+
+    def discard(self, run: Any) -> None:
+        """A deleted run: all of its state is let go, nothing is restored."""
+        self._drop(run, keep=lambda ref: False)
+
+    def _drop(self, run: Any, keep) -> None:
         key = run.run_id
         if key in self._fingerprints:
-            self.pool.drop(key, keep=lambda ref: ref.kind == PARAM)  # may raise (OOM restoring it)
+            self.pool.drop(key, keep=keep)  # may raise (OOM restoring what is kept)
             del self._fingerprints[key]  # only once the pool no longer holds it
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
+        """Runs still pooled (stopped ones wait for a later resume) get memory of their own, with
+        every tensor's value, before the arena goes."""
+        if self.pool is None:
+            return
+        for key in list(self._fingerprints):
+            try:
+                self.pool.drop(key)
+            except Exception as exc:  # noqa: BLE001 - e.g. no device memory to restore it
+                warnings.warn(f"run {key}: its pooled state could not be restored ({exc})", stacklevel=2)
+            del self._fingerprints[key]
+        self.pool.close()
 
     def stats(self) -> dict:
         return {"budget": self.budget, **(self.pool.stats() if self.pool is not None else {})}

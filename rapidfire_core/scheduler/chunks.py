@@ -8,9 +8,19 @@ Semantics. For epoch e the training set of n rows is permuted with a generator s
 
 Every run sees the same chunks in the same order, so after chunk k all runs have trained on
 the same rows. A run's trainer consumes a stream of *items* built from perm_e (one item per
-row for SFT/DPO; GRPO repeats each prompt, see `GroupedRepeatSampler`); `item_chunk_ends(e)[k]`
-is the number of items consumed once chunk k has been fully seen, which is what the chunk
-gate compares against.
+row for SFT/DPO; GRPO repeats each prompt, see `GroupedRepeatSampler`); `item_chunk_ends()[k]`
+is the number of items of a plan epoch consumed once chunk k has been fully seen.
+
+Positions. The items of plan epochs 0, 1, 2, ... form one stream; a run's *position* is the
+number of items of that stream it has trained on. A sampler may start at a position `start`
+(a warm-started clone continues from its parent's position): trainer epoch t then yields the
+stream's items [start + t*L, start + (t+1)*L) with L items per epoch, so every trainer epoch
+still has L items and `num_train_epochs` keeps its meaning. With start = 0 trainer epoch t is
+plan epoch t. The chunks a run has completed at a position p are counted on the stream:
+
+    chunks_done(p) = (p // L) * num_chunks + #{k : item_chunk_ends()[k] <= p % L}
+
+so runs at the same position have completed the same chunks, whatever their start.
 
 The samplers draw from their own `torch.Generator`, never the global RNG, so data order does
 not perturb dropout or sampling of the run that is training.
@@ -18,7 +28,9 @@ not perturb dropout or sampling of the run that is training.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import Sampler
@@ -53,27 +65,68 @@ class ChunkPlan:
         return self.order(epoch)[self.bounds[chunk] : self.bounds[chunk + 1]]
 
 
-class ChunkedSampler(Sampler[int]):
-    """Yields `plan.order(epoch)`: one item per row, chunk by chunk (SFT, DPO)."""
+class _PlanSampler(Sampler[int], abc.ABC):
+    """A trainer's view of the plan's item stream from position `start` (module docstring)."""
 
-    def __init__(self, plan: ChunkPlan) -> None:
+    def __init__(self, plan: ChunkPlan, start: int = 0) -> None:
+        if start < 0:
+            raise ValueError(f"a sampler's start position must be >= 0, got {start}")
         self.plan = plan
+        self.start = start
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.plan.order(self.epoch))
-
     def __len__(self) -> int:
-        return self.plan.num_rows
+        return self.items_per_epoch
 
-    def item_chunk_ends(self, epoch: int) -> list[int]:
+    @property
+    def items_per_epoch(self) -> int:
+        return self.item_chunk_ends()[-1]
+
+    @abc.abstractmethod
+    def _plan_epoch_items(self, plan_epoch: int) -> list[int]:
+        """The dataset index of every item of one plan epoch, in order."""
+
+    @abc.abstractmethod
+    def item_chunk_ends(self, epoch: int = 0) -> list[int]:
+        """Items of a plan epoch consumed once each chunk is complete (the same every epoch)."""
+
+    def __iter__(self) -> Iterator[int]:
+        length = self.items_per_epoch
+        first = self.start + self.epoch * length
+        plan_epoch, offset = divmod(first, length)
+        items = self._plan_epoch_items(plan_epoch)[offset:]
+        if offset:
+            items += self._plan_epoch_items(plan_epoch + 1)[:offset]
+        return iter(items)
+
+    def position(self, trainer_epoch: int, consumed: int) -> int:
+        """The stream position after `consumed` items of trainer epoch `trainer_epoch`."""
+        return self.start + trainer_epoch * self.items_per_epoch + consumed
+
+    def chunks_done(self, position: int) -> int:
+        """Chunks completed (counted across epochs) once the stream is consumed up to `position`."""
+        epochs, within = divmod(position, self.items_per_epoch)
+        return epochs * self.plan.num_chunks + sum(1 for end in self.item_chunk_ends() if end <= within)
+
+    def aligned(self, position: int) -> int:
+        """The latest position <= `position` at which a trainer may start (a whole item group)."""
+        return position
+
+
+class ChunkedSampler(_PlanSampler):
+    """Yields `plan.order(epoch)`: one item per row, chunk by chunk (SFT, DPO)."""
+
+    def _plan_epoch_items(self, plan_epoch: int) -> list[int]:
+        return self.plan.order(plan_epoch)
+
+    def item_chunk_ends(self, epoch: int = 0) -> list[int]:
         return self.plan.bounds[1:]
 
 
-class GroupedRepeatSampler(Sampler[int]):
+class GroupedRepeatSampler(_PlanSampler):
     """GRPO's sampling structure over the chunk order.
 
     TRL's GRPO sampler takes groups of `prompts_per_batch` prompts, drops an incomplete last
@@ -84,45 +137,63 @@ class GroupedRepeatSampler(Sampler[int]):
         for group in groups(perm_e, prompts_per_batch):      # complete groups only
             for _ in range(repeat_count):
                 for row in group: yield row `mini_repeat_count` times
+
+    A start position is a whole number of groups (`aligned`): a generation batch is never split.
     """
 
     def __init__(
-        self, plan: ChunkPlan, mini_repeat_count: int, prompts_per_batch: int, repeat_count: int
+        self,
+        plan: ChunkPlan,
+        mini_repeat_count: int,
+        prompts_per_batch: int,
+        repeat_count: int,
+        start: int = 0,
     ) -> None:
         if plan.num_rows < prompts_per_batch:
             raise ValueError(
                 f"GRPO needs at least {prompts_per_batch} prompts per generation batch, "
                 f"the training set has {plan.num_rows}"
             )
-        self.plan = plan
         self.mini_repeat_count = mini_repeat_count
         self.prompts_per_batch = prompts_per_batch
         self.repeat_count = repeat_count
-        self.epoch = 0
+        self.items_per_group = prompts_per_batch * mini_repeat_count * repeat_count
+        super().__init__(plan, start)
+        if start % self.items_per_group:
+            raise ValueError(f"a GRPO start position must be whole groups of {self.items_per_group} items")
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _groups(self, epoch: int) -> list[list[int]]:
-        order = self.plan.order(epoch)
+    def _plan_epoch_items(self, plan_epoch: int) -> list[int]:
+        order = self.plan.order(plan_epoch)
         size = self.prompts_per_batch
-        return [order[i : i + size] for i in range(0, len(order) - size + 1, size)]
-
-    def __iter__(self) -> Iterator[int]:
-        for group in self._groups(self.epoch):
+        items: list[int] = []
+        for i in range(0, len(order) - size + 1, size):
+            group = order[i : i + size]
             for _ in range(self.repeat_count):
                 for row in group:
-                    yield from [row] * self.mini_repeat_count
+                    items.extend([row] * self.mini_repeat_count)
+        return items
 
-    def __len__(self) -> int:
-        groups = self.plan.num_rows // self.prompts_per_batch
-        return groups * self.prompts_per_batch * self.mini_repeat_count * self.repeat_count
-
-    def item_chunk_ends(self, epoch: int) -> list[int]:
+    def item_chunk_ends(self, epoch: int = 0) -> list[int]:
         """A group belongs to the chunk holding its last row's position."""
-        items_per_group = self.prompts_per_batch * self.mini_repeat_count * self.repeat_count
-        ends = []
-        for end_row in self.plan.bounds[1:]:
-            complete_groups = end_row // self.prompts_per_batch
-            ends.append(complete_groups * items_per_group)
-        return ends
+        return [
+            (end_row // self.prompts_per_batch) * self.items_per_group for end_row in self.plan.bounds[1:]
+        ]
+
+    def aligned(self, position: int) -> int:
+        return position - position % self.items_per_group
+
+
+def make_sampler(trainer_type: str, trainer: Any, plan: ChunkPlan, start: int = 0) -> _PlanSampler:
+    """The chunk sampler for one run's trainer, starting at stream position `start` (aligned down)."""
+    if trainer_type == "GRPO":
+        args = trainer.args
+        sampler: _PlanSampler = GroupedRepeatSampler(
+            plan,
+            mini_repeat_count=trainer.num_generations,
+            prompts_per_batch=args.generation_batch_size // trainer.num_generations,
+            repeat_count=trainer.num_iterations * args.steps_per_generation,
+        )
+    else:
+        sampler = ChunkedSampler(plan)
+    sampler.start = sampler.aligned(start)
+    return sampler

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -61,11 +62,13 @@ class MLflowTracker:
         )
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rapidfire-mlflow")
         self._queued: list[Future] = []
+        self._queue_lock = threading.Lock()  # metrics are queued from run threads too
         self.failed_writes = 0
 
     def _enqueue(self, write, *args) -> None:
-        self._queued = [f for f in self._queued if not f.done()]
-        self._queued.append(self._writer.submit(self._guarded, write, *args))
+        with self._queue_lock:
+            self._queued = [f for f in self._queued if not f.done()]
+            self._queued.append(self._writer.submit(self._guarded, write, *args))
 
     def _guarded(self, write, *args) -> None:
         try:
@@ -76,9 +79,10 @@ class MLflowTracker:
 
     def flush(self) -> None:
         """Wait until every queued write has reached the store."""
-        for future in self._queued:
+        with self._queue_lock:
+            queued, self._queued = self._queued, []
+        for future in queued:
             future.result()
-        self._queued = []
 
     def close(self) -> None:
         self.flush()
@@ -115,8 +119,17 @@ class MLflowTracker:
         self._client.log_batch(mlflow_run_id, metrics=batch)
 
     def end_run(self, mlflow_run_id: str, status: str) -> None:
-        """Queue the end of a run (after its queued metrics). status: 'FINISHED', 'FAILED' or 'KILLED'."""
+        """Queue the end of a run (after its queued metrics). status: 'FINISHED', 'FAILED' or 'KILLED'
+        (a stopped run, RapidFire AI's convention)."""
         self._enqueue(self._client.set_terminated, mlflow_run_id, status)
+
+    def reopen_run(self, mlflow_run_id: str) -> None:
+        """Queue a resumed run's return to RUNNING (its metrics go on in the same MLflow run)."""
+        self._enqueue(self._client.update_run, mlflow_run_id, "RUNNING")
+
+    def delete_run(self, mlflow_run_id: str) -> None:
+        """Queue the deletion of a run (MLflow keeps it restorable in its trash)."""
+        self._enqueue(self._client.delete_run, mlflow_run_id)
 
     def ui_hint(self) -> str:
         if self.tracking_uri.startswith("sqlite:"):

@@ -1,25 +1,26 @@
-"""Trainer callbacks that connect a stock TRL trainer to the chunk scheduler.
+"""Trainer callbacks that connect a stock TRL trainer to the run controller.
 
-`ChunkGate` watches how many items of the current epoch the trainer has consumed. When an
-optimizer step completes a chunk it forces a log and (with an eval set) an evaluation, so all
-runs have comparable numbers after every chunk, then pauses the run at the start of its next
-step. `MetricsForwarder` hands every `Trainer.log` call (loss, learning_rate, grad_norm,
-eval_loss, rewards/* for DPO, reward for GRPO, ...) to the run's metric sink and fails the
-run on a non-finite loss or gradient norm.
+`ChunkGate` tracks the run's position in the shared item stream (see
+`rapidfire_core.scheduler.chunks`). When an optimizer step completes a chunk it forces a log
+and (with an eval set) an evaluation, so all runs have comparable numbers after every chunk.
+At the start of every optimizer step it hands control to the run (`GatedRun.step_boundary`):
+that is where the run gives its turn back at a chunk end, where commands (stop, delete, clone,
+...) take effect, and where an abort unwinds `train()`. `MetricsForwarder` hands every
+`Trainer.log` call (loss, learning_rate, grad_norm, eval_loss, rewards/* for DPO, reward for
+GRPO, ...) to the run's metric sink and fails the run on a non-finite loss or gradient norm.
+
+The callbacks see the run only through the `GatedRun` protocol, so this package does not
+depend on the scheduler.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from transformers import TrainerCallback
 
-from rapidfire_core.scheduler.worker import RunAborted
 from rapidfire_core.trainers.process_state import ProcessState
-
-if TYPE_CHECKING:
-    from rapidfire_core.trainers.execution import RunExecution
 
 _MUST_BE_FINITE = ("loss", "grad_norm", "eval_loss")
 
@@ -28,22 +29,41 @@ class NonFiniteMetric(RuntimeError):
     """A run produced NaN/inf in a loss or gradient norm."""
 
 
+class GatedRun(Protocol):
+    """What the callbacks need of a run in flight."""
+
+    sampler: Any  # a chunk sampler: position(epoch, consumed), chunks_done(position), start
+    chunks_done: int
+    has_eval: bool
+
+    def step_boundary(self, chunk_complete: bool) -> None:
+        """Called at the start of every optimizer step; may pause the run or raise to end it."""
+
+    def on_step(self, global_step: int, max_steps: int) -> None: ...
+
+    def record_metrics(self, step: int, epoch: float | None, logs: dict[str, Any]) -> None: ...
+
+    def evaluate_generations(self, step: int, epoch: float | None) -> None: ...
+
+
 class ChunkGate(TrainerCallback):
-    def __init__(self, run: RunExecution) -> None:
+    def __init__(self, run: GatedRun) -> None:
         self.run = run
         self.items_per_micro_batch = 0
         self.batches_per_epoch = 0
         self.pause_pending = False
         self.state_before_extra_eval: ProcessState | None = None
-        self._reset_position()
-
-    def _reset_position(self) -> None:
         self.epoch = -1
         self.micro_batches = 0
-        self.chunks_seen_in_epoch = 0
+
+    def position(self) -> int:
+        """Items of the stream this run has trained on (at an optimizer-step boundary)."""
+        if self.epoch < 0:
+            return self.run.sampler.start
+        return self.run.sampler.position(self.epoch, self.micro_batches * self.items_per_micro_batch)
 
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
-        self._reset_position()  # train() may restart (auto_find_batch_size)
+        self.epoch, self.micro_batches = -1, 0  # train() may restart (auto_find_batch_size)
         loader = train_dataloader
         # accelerate's DataLoaderShard keeps DataLoader.batch_size; with a batch sampler it is None.
         batch = getattr(loader, "total_batch_size", None) or getattr(loader, "batch_size", None)
@@ -53,24 +73,17 @@ class ChunkGate(TrainerCallback):
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.epoch += 1
         self.micro_batches = 0
-        self.chunks_seen_in_epoch = 0
 
     def on_step_begin(self, args, state, control, **kwargs):
-        if self.run.worker.abort_requested:
-            raise RunAborted(self.run.name)
-        if self.pause_pending:
-            self.pause_pending = False
-            self.run.yield_turn()
-        self.run.chunk_round = self.run.rounds_done + 1  # the round this step trains on
+        chunk_complete, self.pause_pending = self.pause_pending, False
+        self.run.step_boundary(chunk_complete)
 
     def on_substep_end(self, args, state, control, **kwargs):
         self.micro_batches += 1
 
     def on_step_end(self, args, state, control, **kwargs):
         self.micro_batches += 1
-        ends = self.run.sampler.item_chunk_ends(self.epoch)
-        consumed = self.micro_batches * self.items_per_micro_batch
-        self._close_chunks(sum(1 for end in ends if end <= consumed), len(ends))
+        self._close_chunks(self.run.sampler.chunks_done(self.position()))
         finishing = state.max_steps > 0 and state.global_step >= state.max_steps
         if self.pause_pending or finishing:
             self._force_log_and_eval(control)
@@ -81,16 +94,16 @@ class ChunkGate(TrainerCallback):
         # With dataloader_drop_last the epoch's final rows are never consumed, so its last chunk
         # never reaches its end count: the end of the epoch closes every chunk of it. (Only when
         # every batch was consumed: at max_steps the trainer ends the epoch early.)
-        num_chunks = len(self.run.sampler.item_chunk_ends(self.epoch))
-        if self.chunks_seen_in_epoch < num_chunks and self.micro_batches >= self.batches_per_epoch:
-            self._close_chunks(num_chunks, num_chunks)
-            self._force_log_and_eval(control)
+        if self.micro_batches >= self.batches_per_epoch:
+            before = self.run.chunks_done
+            self._close_chunks(self.run.sampler.chunks_done(self.run.sampler.position(self.epoch + 1, 0)))
+            if self.run.chunks_done > before:
+                self._force_log_and_eval(control)
         return control
 
-    def _close_chunks(self, crossed: int, num_chunks: int) -> None:
-        if crossed > self.chunks_seen_in_epoch:
-            self.chunks_seen_in_epoch = crossed
-            self.run.rounds_done = self.epoch * num_chunks + crossed
+    def _close_chunks(self, chunks_done: int) -> None:
+        if chunks_done > self.run.chunks_done:
+            self.run.chunks_done = chunks_done
             self.pause_pending = True
 
     def _force_log_and_eval(self, control) -> None:
@@ -109,7 +122,7 @@ class ChunkGate(TrainerCallback):
 
 
 class MetricsForwarder(TrainerCallback):
-    def __init__(self, run: RunExecution) -> None:
+    def __init__(self, run: GatedRun) -> None:
         self.run = run
 
     def on_log(self, args, state, control, logs=None, **kwargs):

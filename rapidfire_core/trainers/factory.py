@@ -1,20 +1,28 @@
-"""Builds one stock TRL trainer per run, wired to the chunk scheduler.
+"""Builds one stock TRL trainer per run, wired to the run controller through callbacks.
 
 The only change to TRL's trainers is the train sampler: `_get_train_sampler` returns the
-run's chunk sampler (see `rapidfire_core.scheduler.chunks`). Everything else (loss, schedule,
-accumulation, clipping, logging, evaluation) is TRL's own code.
+sampler the controller sets as `rapidfire_sampler` (the run's view of the shared chunk order).
+Everything else (loss, schedule, accumulation, clipping, logging, evaluation) is TRL's own code.
+
+`build_run_trainer` is everything TRL-specific about making one run: its TRL config with the
+engine's overrides, its adapter on the shared base model, its formatted datasets, its trainer
+and its generation-metric evaluator.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from transformers.trainer_callback import PrinterCallback
 from trl import DPOTrainer, GRPOTrainer, SFTTrainer
 
-from rapidfire_core.scheduler.chunks import ChunkedSampler, ChunkPlan, GroupedRepeatSampler
+from rapidfire_core.trainers.datasets import FormattedDatasets
+from rapidfire_core.trainers.generation_eval import make_generation_eval
+from rapidfire_core.trainers.shared_models import ModelRegistry, sharing_constraints
 
 
 class _ChunkSamplerMixin:
@@ -101,13 +109,85 @@ def build_trainer(
     return trainer
 
 
-def make_sampler(trainer_type: str, trainer, plan: ChunkPlan):
-    if trainer_type == "GRPO":
-        args = trainer.args
-        return GroupedRepeatSampler(
-            plan,
-            mini_repeat_count=trainer.num_generations,
-            prompts_per_batch=args.generation_batch_size // trainer.num_generations,
-            repeat_count=trainer.num_iterations * args.steps_per_generation,
+@dataclass
+class RunTrainer:
+    """What `build_run_trainer` makes for one run."""
+
+    trainer: Any
+    model: Any  # the shared PeftModel (LoRA) or the run's own model (full fine-tuning)
+    adapter_name: str | None
+    has_eval: bool
+    generation_eval: Callable[[int, float | None], dict[str, float]] | None
+
+
+@contextlib.contextmanager
+def quiet_dataset_preparation() -> Iterator[None]:
+    """Silence the datasets progress bars TRL prints while it tokenizes a run's data
+    ("Tokenizing / Truncating / ..."): about five per run, between the engine's own lines."""
+    from datasets.utils import logging as ds_logging
+
+    was_enabled = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            ds_logging.enable_progress_bar()
+
+
+def build_run_trainer(
+    spec: Any,
+    *,
+    run_id: int,
+    output_dir: Path,
+    registry: ModelRegistry,
+    formatted: FormattedDatasets,
+    train,
+    evals,
+    callbacks: list,
+) -> RunTrainer:
+    """One run's TRL trainer on its adapter (`run_<run_id>`) of the shared base model."""
+    model_config = spec.create_model_dict()
+    overrides: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        report_to="none",
+        disable_tqdm=True,
+        save_strategy="no",  # the engine saves each run's final adapter itself
+    )
+    if evals is None:
+        overrides["eval_strategy"] = "no"
+    args = spec.training_args(**overrides)
+    attached = registry.attach(
+        model_config,
+        spec.lora_config(),
+        adapter_name=f"run_{run_id}",
+        seed=args.seed,
+        share_key_extra=sharing_constraints(args),
+    )
+    func = model_config.get("formatting_func")
+    with quiet_dataset_preparation():
+        train_ds = formatted.get(train, func)
+        eval_ds = formatted.get(evals, func)
+        trainer = build_trainer(
+            spec.trainer_type,
+            model=attached.model,
+            tokenizer=attached.tokenizer,
+            args=args,
+            adapter_name=attached.adapter_name,
+            train_dataset=train_ds,
+            eval_dataset=eval_ds,
+            reward_funcs=model_config.get("reward_funcs"),
+            callbacks=callbacks,
         )
-    return ChunkedSampler(plan)
+    generation_eval = None
+    compute_metrics = model_config.get("compute_metrics")
+    if compute_metrics is not None and eval_ds is not None:
+        generation_eval = make_generation_eval(
+            attached.model,
+            attached.tokenizer,
+            eval_ds.to_list(),
+            compute_metrics,
+            model_config.get("generation_config"),
+            batch_size=args.per_device_eval_batch_size,
+        )
+    return RunTrainer(trainer, attached.model, attached.adapter_name, eval_ds is not None, generation_eval)

@@ -102,9 +102,12 @@ class ModelRegistry:
             self._bases[key] = (model, tokenizer)
         return AttachedModel(model, tokenizer, adapter_name)
 
-    def remove_adapter(self, model, adapter_name: str) -> None:
-        """Free a failed run's adapter (other runs on the same base are unaffected)."""
-        if adapter_name in getattr(model, "peft_config", {}):
-            others = [name for name in model.peft_config if name != adapter_name]
-            if others:
-                model.delete_adapter(adapter_name)
+    def discard_adapter(self, adapter_name: str) -> None:
+        """Free a failed or deleted run's adapter, wherever it was attached (other runs on the
+        same base are unaffected). PEFT cannot delete a model's last adapter: that one stays,
+        unused, until the base model goes."""
+        for model, _ in self._bases.values():
+            if adapter_name in getattr(model, "peft_config", {}):
+                others = [name for name in model.peft_config if name != adapter_name]
+                if others:
+                    model.delete_adapter(adapter_name)

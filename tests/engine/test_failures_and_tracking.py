@@ -120,20 +120,12 @@ def test_interrupted_run_fit_stops_unfinished_runs_and_ends_their_threads(
 ):
     import threading
 
-    from rapidfire_core.scheduler.progress import ProgressDisplay
+    def interrupt_after_first_turn(controller):
+        raise KeyboardInterrupt  # as if the user pressed stop in the notebook
 
-    turns = {"n": 0}
-    real_end_turn = ProgressDisplay.end_turn
-
-    def interrupt_after_first_turn(self, run, status):
-        real_end_turn(self, run, status)
-        turns["n"] += 1
-        if turns["n"] == 1:
-            raise KeyboardInterrupt  # as if the user pressed stop in the notebook
-
-    monkeypatch.setattr(ProgressDisplay, "end_turn", interrupt_after_first_turn)
     configs = List([_config(tiny_model_dir, learning_rate=List([1e-3, 1e-4]))])
     exp = Experiment("interrupted", experiment_path=tmp_path, verbose=False)
+    exp.controller.hooks.between_turns.append(interrupt_after_first_turn)
     with pytest.raises(KeyboardInterrupt):
         exp.run_fit(
             RFGridSearch(configs, trainer_type="SFT"), create_tiny_model, support_dataset(n=8), num_chunks=2
@@ -161,6 +153,7 @@ def test_runs_left_in_flight_by_a_crashed_process_are_stopped_on_reopen(tmp_path
         from rapidfire_core.control import RunStatus, RunStore
         store = RunStore({str(tmp_path / "crashed" / "runs.db")!r})
         done = store.create_run("a", "SFT", {{}})
+        store.update_run(done, status=RunStatus.ONGOING)
         store.update_run(done, status=RunStatus.COMPLETED)
         live = store.create_run("b", "SFT", {{}})
         store.update_run(live, status=RunStatus.ONGOING)
@@ -201,16 +194,16 @@ def test_mlflow_write_failures_do_not_stop_training(
 def test_an_error_saving_one_runs_adapter_fails_only_that_run(
     tmp_path, tiny_model_dir, create_tiny_model, monkeypatch
 ):
-    import rapidfire_core.experiment as experiment_module
+    import rapidfire_core.scheduler.controller as controller_module
 
-    real_save = experiment_module.save_adapter
+    real_save = controller_module.save_adapter
 
     def save_or_fail(model, adapter_name, out_dir):
         if adapter_name == "run_1":
             raise OSError(28, "No space left on device")
         real_save(model, adapter_name, out_dir)
 
-    monkeypatch.setattr(experiment_module, "save_adapter", save_or_fail)
+    monkeypatch.setattr(controller_module, "save_adapter", save_or_fail)
     configs = List([_config(tiny_model_dir, learning_rate=List([1e-3, 1e-4]))])
     exp = Experiment("disk-full", experiment_path=tmp_path, verbose=False)
     exp.run_fit(

@@ -19,6 +19,7 @@ def test_runs_and_metrics_round_trip(tmp_path):
     store.log_metric_records(
         [MetricRecord(b, 1, 0.1, 1, {"loss": 3.0, "flag": True})]
     )  # bools are not metrics
+    store.update_run(a, status=RunStatus.ONGOING)
     store.update_run(a, status=RunStatus.COMPLETED, global_step=2)
     store.update_run(b, status=RunStatus.FAILED, error="ValueError: bad")
 

@@ -1,0 +1,471 @@
+"""The run controller: owns the runs of one experiment that this process trains.
+
+It is the one place where a run's life happens:
+
+- building a run (`add_runs`, and clones): store row, MLflow run, then a complete `Run`;
+- status transitions, through the store's table of allowed ones (`control.run_status`);
+- turn-taking for the round loop (`turn_takers`, `wants_turn`, `take_turn`), with the
+  memory pool's hooks (`gpu_state_budget`) around each turn;
+- applying commands (IC Ops, `control.command_store`) in order, each once: between turns,
+  and inside a turn at the running run's next optimizer step (the run pauses for them);
+- completion (adapter saved), failure (one run's error never stops the others), interruption;
+- the progress display (its only caller).
+
+Ops and their exact meaning (each takes effect at the affected run's next optimizer-step
+boundary; the other runs are not disturbed: a paused run's process state is restored exactly
+when it gets its next turn):
+
+    stop    NEW/ONGOING -> STOPPED. The run parks where it is (its thread paused, all state
+            kept; with a device budget its state is evicted to the host pool). MLflow: KILLED.
+    resume  STOPPED -> ONGOING. It continues exactly where it stopped. MLflow: RUNNING again.
+    delete  any -> DELETED. Its thread ends, its adapter and pooled state are freed, its MLflow
+            run is deleted; its rows stay in the run store.
+    clone   a new run from the parent's config with `changes` (validated as run_fit validates;
+            a bad edit fails the command, nothing else changes) and the parent's functions.
+            Cold: trains from scratch from the start of the chunk order. Warm (`warm_start`):
+            starts from the parent's adapter (and Adam moments, see `trainers.warm_start`) as
+            they are when the command is applied, at the parent's position in the data, with
+            its own hyperparameters (its learning-rate schedule starts at its own step 0).
+
+A command on a run in a status where it makes no sense fails with the reason; so does one on
+a run this process does not hold (trained by another, ended process).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rapidfire_core.automl.edit import edit_spec
+from rapidfire_core.control import Command, CommandStore, RunStatus, RunStore
+from rapidfire_core.control.command_store import Heartbeat
+from rapidfire_core.control.run_status import IN_FLIGHT
+from rapidfire_core.errors import ConfigError
+from rapidfire_core.memory.residency import RunResidency
+from rapidfire_core.scheduler.loop import LoopHooks, run_rounds
+from rapidfire_core.scheduler.progress import ProgressDisplay
+from rapidfire_core.scheduler.run import FitData, Run, RunHooks, TurnEnd
+from rapidfire_core.tracking.metric_buffer import MetricBuffer
+from rapidfire_core.tracking.mlflow_tracker import MLflowTracker
+from rapidfire_core.trainers.warm_start import WarmStart, capture_parent
+
+# How often a running run looks for commands written by other processes (CLI, dashboard).
+# Commands submitted in this process are seen at the very next step.
+COMMAND_POLL_SECONDS = 0.5
+
+
+class CommandRejected(Exception):
+    """A command that makes no sense for its run now; the message is the reason."""
+
+
+class FitCancelled(Exception):
+    """`FitHandle.cancel()` was called: unfinished runs stop, as on a KeyboardInterrupt."""
+
+
+class RunController:
+    def __init__(
+        self,
+        path: Path,
+        store: RunStore,
+        commands: CommandStore,
+        tracker: MLflowTracker,
+        say: Callable[[str], None],
+    ) -> None:
+        self.path = path
+        self.store = store
+        self.commands = commands
+        self.tracker = tracker
+        self.say = say
+        self.buffer = MetricBuffer(store, tracker)
+        self.hooks = LoopHooks()
+        self.progress = ProgressDisplay([], enabled=False)
+        self.residency: RunResidency | None = None
+        self.runs: dict[int, Run] = {}  # built runs this process holds (parked ones included)
+        self._status: dict[int, RunStatus] = {}  # mirror of the store for the runs above
+        self._specs: dict[int, tuple[Any, FitData]] = {}  # every run made here: clones need them
+        self._heartbeat = Heartbeat(commands)
+        self._last_poll = 0.0
+        self._cancel = threading.Event()
+
+    # ---- building runs -------------------------------------------------------------------------
+    def add_runs(self, specs: Sequence[Any], data: FitData) -> list[int]:
+        """Register and build one run per spec (in order); a run that fails to build is FAILED."""
+        return [self._add(spec, data) for spec in specs]
+
+    def _add(
+        self,
+        spec: Any,
+        data: FitData,
+        parent_run_id: int | None = None,
+        warm: WarmStart | None = None,
+        start_position: int = 0,
+    ) -> int:
+        knobs = dict(spec.knobs)
+        run_id = self.store.create_run("run", spec.trainer_type, knobs, parent_run_id, warm is not None)
+        name = f"run-{run_id}"
+        tags = {"rapidfire.run_id": str(run_id)}
+        params = {"trainer_type": spec.trainer_type, **knobs}
+        if parent_run_id is not None:
+            tags |= {
+                "rapidfire.parent_run_id": str(parent_run_id),
+                "rapidfire.warm_start": str(warm is not None),
+            }
+            params |= {"parent_run_id": parent_run_id, "warm_start": warm is not None}
+        mlflow_id = self.tracker.start_run(name, params, tags=tags)
+        self.store.update_run(run_id, name=name, mlflow_run_id=mlflow_id)
+        self.buffer.register(run_id, mlflow_id)
+        self._specs[run_id] = (spec, data)
+        self._status[run_id] = RunStatus.NEW
+        run_hooks = RunHooks(
+            record=self.buffer.record, on_progress=self.progress_step, should_pause=self.should_pause
+        )
+        try:
+            run = Run(
+                run_id=run_id,
+                name=name,
+                spec=spec,
+                knobs=knobs,
+                mlflow_run_id=mlflow_id,
+                data=data,
+                hooks=run_hooks,
+                output_dir=self.path / "runs" / str(run_id),
+                start_position=start_position,
+                warm_start=warm,
+            )
+        except Exception as exc:  # noqa: BLE001 - one bad run must not stop the others
+            self._fail_unbuilt(run_id, mlflow_id, data, exc, traceback.format_exc())
+            return run_id
+        except BaseException:  # interrupted while building: leave no NEW run or RUNNING MLflow run
+            self.store.update_run(run_id, status=RunStatus.STOPPED, error="run_fit was interrupted")
+            self._status.pop(run_id, None)
+            self.tracker.end_run(mlflow_id, "KILLED")
+            data.registry.discard_adapter(f"run_{run_id}")
+            raise
+        self.runs[run_id] = run
+        if self.residency is not None and self._status[run_id] in IN_FLIGHT:
+            self.residency.add(run)
+        return run_id
+
+    @property
+    def made(self) -> set[int]:
+        """Ids of every run this controller created (any status)."""
+        return set(self._specs)
+
+    def progress_step(self, run: Run) -> None:
+        self.progress.step(run)
+
+    # ---- the round loop's view -------------------------------------------------------------------
+    def turn_takers(self) -> list[Run]:
+        return [run for run_id, run in sorted(self.runs.items()) if self.wants_turn(run)]
+
+    def wants_turn(self, run: Run) -> bool:
+        return self._status.get(run.run_id) in IN_FLIGHT and not run.finished
+
+    def take_turn(self, run: Run, upcoming: Sequence[Run]) -> None:
+        """One turn of `run`: it trains until it completes a chunk or ends; commands arriving
+        meanwhile are applied at its next optimizer step, and the turn goes on if it may."""
+        try:
+            if self.residency is not None:
+                self.residency.before_turn(run, upcoming)
+            self._set_status(run, RunStatus.ONGOING)
+            self.progress.begin_turn(run)
+            while True:
+                end = run.take_turn()
+                if end is not TurnEnd.COMMANDS:
+                    break
+                self.apply_commands()
+                if not self.wants_turn(run):
+                    break  # stopped or deleted during its turn
+            self._end_turn(run, end, upcoming)
+        except FitCancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one run's trouble must not end the others
+            self._fail(run, exc, traceback.format_exc())
+
+    def _end_turn(self, run: Run, end: TurnEnd, upcoming: Sequence[Run]) -> None:
+        self.buffer.flush()
+        status = self._status[run.run_id]
+        if end is TurnEnd.FINISHED and status is RunStatus.ONGOING:
+            if run.worker.error is not None:
+                self._fail(run, run.worker.error, run.worker.error_traceback)
+                return
+            self._complete(run)
+            status = RunStatus.COMPLETED
+        elif status is not RunStatus.DELETED:
+            self.store.update_run(run.run_id, chunks_done=run.chunks_done, global_step=run.global_step)
+        self.progress.end_turn(run, status.value)
+        if self.residency is not None and run.run_id in self.runs:
+            if status is RunStatus.ONGOING:
+                self.residency.after_turn(run, upcoming)
+            elif status is RunStatus.STOPPED:
+                self.residency.park(run)
+
+    def should_pause(self) -> bool:
+        """Asked at every optimizer-step start of the running run (no I/O most of the time)."""
+        if self._cancel.is_set() or self.commands.submitted.is_set():
+            return True
+        now = time.monotonic()
+        if now - self._last_poll < COMMAND_POLL_SECONDS:
+            return False
+        self._last_poll = now
+        return self.commands.has_pending()
+
+    # ---- running -----------------------------------------------------------------------------------
+    def run(self, residency: RunResidency | None, progress: ProgressDisplay) -> None:
+        """Train until no run is NEW or ONGOING (STOPPED runs stay parked for a later resume)."""
+        self.progress = progress
+        self.residency = residency
+        self._cancel.clear()
+        self._heartbeat.start()
+        try:
+            if residency is not None:
+                residency.start(self.turn_takers())
+            run_rounds(self, self.hooks)
+        except BaseException:  # KeyboardInterrupt and cancel included: leave no run thread running
+            self.interrupt("run_fit was interrupted")
+            raise
+        finally:
+            self.buffer.flush()
+            self.tracker.flush()  # the MLflow store is complete when run_fit returns
+            self._heartbeat.stop()
+            if residency is not None:
+                self.residency = None
+                residency.close()
+
+    def cancel(self) -> None:
+        """Ask a running `run` to stop every unfinished run (from any thread)."""
+        self._cancel.set()
+
+    def interrupt(self, reason: str) -> None:
+        """End every run's thread now (KeyboardInterrupt, cancel): runs in flight become STOPPED
+        with `reason`; runs stopped by a command stay STOPPED (neither can resume in-process)."""
+        # The run holding the turn (still training when the interrupt came) stops first, at its
+        # next step: paused runs are only woken, to unwind, once no other run is executing.
+        for run in sorted(self.runs.values(), key=lambda r: not r.worker.has_turn):
+            run.abort()
+            if self._status.get(run.run_id) in IN_FLIGHT:
+                self._set_status(run, RunStatus.STOPPED, error=reason, global_step=run.global_step)
+                self.tracker.end_run(run.mlflow_run_id, "KILLED")
+                self.progress.note(f"run {run.run_id} STOPPED ({reason})")
+            self._forget(run)
+        self.buffer.flush()
+        self.tracker.flush()
+
+    # ---- commands --------------------------------------------------------------------------------
+    def apply_commands(self) -> None:
+        """Apply every pending command, oldest first, each once (claimed atomically)."""
+        if self._cancel.is_set():
+            raise FitCancelled("run_fit was cancelled")
+        self.commands.submitted.clear()
+        self._last_poll = time.monotonic()
+        for command in self.commands.pending():
+            if not self.commands.claim(command.command_id):
+                continue  # another applier took it
+            try:
+                result = self._apply(command)
+            except (CommandRejected, ConfigError) as exc:
+                done = self.commands.finish(command.command_id, error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - the engine's own failure applying it
+                done = self.commands.finish(command.command_id, error=f"{type(exc).__name__}: {exc}")
+            else:
+                done = self.commands.finish(command.command_id, result=result)
+            self._announce(done)
+
+    def _announce(self, command: Command) -> None:
+        what = f"command {command.command_id} ({command.op} run {command.run_id}, from {command.source})"
+        if command.status == "failed":
+            self.progress.note(f"{what} failed: {command.error}")
+        elif command.op == "clone":
+            self.progress.note(f"{what}: new run {command.new_run_id}")
+        else:
+            self.progress.note(f"{what}: applied")
+
+    def _apply(self, command: Command) -> dict[str, Any]:
+        run_id = command.run_id
+        try:
+            status = self.store.status(run_id)
+        except KeyError:
+            raise CommandRejected(f"no run with id {run_id}") from None
+        if status is RunStatus.DELETED:
+            raise CommandRejected(f"run {run_id} is DELETED")
+        op = {"stop": self._stop, "resume": self._resume, "delete": self._delete, "clone": self._clone}
+        return op[command.op](run_id, status, **command.payload)
+
+    def _held(self, run_id: int, op: str) -> Run:
+        run = self.runs.get(run_id)
+        if run is None:
+            raise CommandRejected(
+                f"run {run_id} is not held by this process (it was trained by one that has ended), "
+                f"so it cannot be {op}"
+            )
+        return run
+
+    def _stop(self, run_id: int, status: RunStatus) -> dict[str, Any]:
+        if status not in IN_FLIGHT:
+            raise CommandRejected(f"run {run_id} is {status.value}: only a NEW or ONGOING run can be stopped")
+        run = self._held(run_id, "stopped")
+        self.buffer.flush()
+        self._set_status(run, RunStatus.STOPPED, chunks_done=run.chunks_done, global_step=run.global_step)
+        self.tracker.end_run(run.mlflow_run_id, "KILLED")
+        if self.residency is not None:
+            self.residency.park(run)
+        return {"status": RunStatus.STOPPED.value, "global_step": run.global_step}
+
+    def _resume(self, run_id: int, status: RunStatus) -> dict[str, Any]:
+        if status is not RunStatus.STOPPED:
+            raise CommandRejected(f"run {run_id} is {status.value}: only a STOPPED run can be resumed")
+        run = self._held(run_id, "resumed")
+        self._set_status(run, RunStatus.ONGOING, error=None)
+        self.tracker.reopen_run(run.mlflow_run_id)
+        if self.residency is not None:
+            self.residency.add(run)
+        return {"status": RunStatus.ONGOING.value, "global_step": run.global_step}
+
+    def _delete(self, run_id: int, status: RunStatus) -> dict[str, Any]:
+        run = self.runs.get(run_id)
+        mlflow_id = self.store.get_run(run_id)["mlflow_run_id"]
+        if run is not None:
+            self.buffer.flush()
+            run.abort()
+            if self.residency is not None:
+                self.residency.discard(run)
+            self._remove_adapter(run)
+            self._forget(run)
+        self.store.update_run(run_id, status=RunStatus.DELETED)
+        self._status.pop(run_id, None)
+        if mlflow_id:
+            self.tracker.delete_run(mlflow_id)
+        _free_accelerator_memory()
+        return {"status": RunStatus.DELETED.value}
+
+    def _clone(self, run_id: int, status: RunStatus, changes: dict, warm_start: bool) -> dict[str, Any]:
+        if run_id not in self._specs:
+            raise CommandRejected(
+                f"run {run_id} was made by another process: its config (with its functions) is not "
+                "known here; clone it from a process that has it"
+            )
+        spec, data = self._specs[run_id]
+        new_spec = edit_spec(spec, changes)  # ConfigError names the change and field
+        warm, position = None, 0
+        if warm_start:
+            warm, position = self._capture_warm_start(run_id, status)
+        new_id = self._add(new_spec, data, parent_run_id=run_id, warm=warm, start_position=position)
+        result: dict[str, Any] = {"run_id": new_id, "warm_start": warm_start}
+        if warm is not None:
+            report = warm.report
+            result |= {"start_position": position, "layers_copied": len(report.copied) + len(report.resized)}
+        return result
+
+    def _capture_warm_start(self, run_id: int, status: RunStatus) -> tuple[WarmStart, int]:
+        parent = self.runs.get(run_id)
+        if parent is None or status is RunStatus.FAILED:
+            raise CommandRejected(f"run {run_id} is {status.value}: its weights are gone, clone it cold")
+        if parent.adapter_name is None:
+            raise CommandRejected(f"run {run_id} trains without a LoRA adapter: warm start needs one")
+        optimizer = getattr(parent.trainer, "optimizer", None) if parent.trainer is not None else None
+        if self.residency is not None:
+            self.residency.make_resident(parent)  # an evicted run's views hold no memory
+        layers = capture_parent(parent.model, parent.adapter_name, optimizer)
+        if self.residency is not None and status is RunStatus.STOPPED:
+            self.residency.park(parent)
+        return WarmStart(run_id, layers), parent.position()
+
+    # ---- ends of runs ----------------------------------------------------------------------------
+    def _set_status(self, run: Run, status: RunStatus, **fields: Any) -> None:
+        self.store.update_run(run.run_id, status=status, **fields)  # IllegalTransition if not allowed
+        self._status[run.run_id] = status
+
+    def _complete(self, run: Run) -> None:
+        out = self.path / "runs" / str(run.run_id)
+        if run.adapter_name is not None:
+            save_adapter(run.model, run.adapter_name, out / "adapter")
+        else:  # full fine-tuning: the run's own model
+            run.model.save_pretrained(str(out / "model"))
+        self._set_status(run, RunStatus.COMPLETED, chunks_done=run.chunks_done, global_step=run.global_step)
+        self.tracker.end_run(run.mlflow_run_id, "FINISHED")
+        if self.residency is not None:
+            self.residency.forget(run)
+        run.release()
+
+    def _fail(self, run: Run, exc: BaseException, tb: str | None) -> None:
+        reason = f"{type(exc).__name__}: {exc}"
+        self.buffer.flush()
+        if self._status.get(run.run_id) is not RunStatus.DELETED:
+            self._set_status(run, RunStatus.FAILED, error=reason, global_step=run.global_step)
+            self.tracker.end_run(run.mlflow_run_id, "FAILED")
+        if not run.finished:
+            run.abort()
+        if self.residency is not None:
+            self._release_pooled(run)
+        self._remove_adapter(run)
+        self._forget(run)
+        _free_accelerator_memory()
+        self.progress.note(f"run {run.run_id} FAILED: {reason}")
+        if tb and os.environ.get("RAPIDFIRE_DEBUG"):
+            self.progress.note(tb)
+
+    def _fail_unbuilt(self, run_id: int, mlflow_id: str, data: FitData, exc: Exception, tb: str) -> None:
+        reason = f"{type(exc).__name__}: {exc}"
+        self.store.update_run(run_id, status=RunStatus.FAILED, error=reason)
+        self._status.pop(run_id, None)
+        self.tracker.end_run(mlflow_id, "FAILED")
+        data.registry.discard_adapter(f"run_{run_id}")  # it may have been attached before the error
+        _free_accelerator_memory()
+        self.progress.note(f"run {run_id} FAILED: {reason}")
+        if os.environ.get("RAPIDFIRE_DEBUG"):
+            self.progress.note(tb)
+
+    def _release_pooled(self, run: Run) -> None:
+        """Let a failed run's pooled state go; if even that fails (e.g. out of device memory while
+        restoring it), its state stays in the host pool until the end and the other runs go on."""
+        import warnings
+
+        try:
+            self.residency.discard(run)
+        except Exception as exc:  # noqa: BLE001 - the run has already failed; the others must not
+            warnings.warn(
+                f"run {run.run_id}: its state could not be released from the pool ({exc}); "
+                "it stays in the host arena until run_fit ends",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def _remove_adapter(self, run: Run) -> None:
+        if run.adapter_name is not None:
+            run.data.registry.discard_adapter(run.adapter_name)
+
+    def _forget(self, run: Run) -> None:
+        run.release()
+        self.runs.pop(run.run_id, None)
+
+    def close(self) -> None:
+        """End every parked run's thread (the experiment ends); STOPPED runs stay STOPPED."""
+        for run in list(self.runs.values()):
+            run.abort()
+            self._forget(run)
+
+
+def save_adapter(model, adapter_name: str, out_dir: Path) -> None:
+    """Write one run's adapter so that `PeftModel.from_pretrained(base, out_dir)` loads it."""
+    tmp = out_dir.parent / f".{out_dir.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), selected_adapters=[adapter_name])
+    src = tmp / adapter_name if (tmp / adapter_name).is_dir() else tmp
+    shutil.rmtree(out_dir, ignore_errors=True)
+    shutil.move(str(src), str(out_dir))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _free_accelerator_memory() -> None:
+    import torch
+
+    gc.collect()  # a failed step's tensors may sit in reference cycles (frames, autograd graph)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

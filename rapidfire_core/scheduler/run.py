@@ -1,0 +1,203 @@
+"""One run in flight: its TRL trainer, its training thread, its place in the chunk order.
+
+A `Run` is complete when constructed: it builds its trainer (on its adapter of the shared
+base model), its chunk sampler (from a stream position: 0, or its warm-start parent's) and its
+worker thread, and captures the process state its training starts from. The controller gives
+it turns (`take_turn`); inside a turn the run trains until, at the start of an optimizer step,
+
+    - it has completed a chunk          -> the turn ends (TurnEnd.CHUNK)
+    - commands are waiting              -> it pauses so the controller applies them
+                                           (TurnEnd.COMMANDS); the controller then continues
+                                           the same turn unless a command ended or parked it
+    - the controller aborted it         -> RunAborted unwinds its train()
+    - its train() returns or raises     -> TurnEnd.FINISHED (worker.error holds an exception)
+
+Pausing captures the run's process state (RNG streams, accelerate singletons, TF32) and
+resuming restores it, so a run that is paused for commands, stopped and resumed, or that waits
+while siblings train, follows exactly the trajectory it would have followed alone.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rapidfire_core.scheduler.chunks import ChunkPlan, make_sampler
+from rapidfire_core.scheduler.worker import RunAborted, RunWorker
+from rapidfire_core.trainers.callbacks import ChunkGate, MetricsForwarder
+from rapidfire_core.trainers.datasets import FormattedDatasets
+from rapidfire_core.trainers.factory import build_run_trainer
+from rapidfire_core.trainers.process_state import ProcessState
+from rapidfire_core.trainers.shared_models import ModelRegistry
+from rapidfire_core.trainers.warm_start import WarmStart
+
+
+class TurnEnd(enum.Enum):
+    CHUNK = "chunk"
+    COMMANDS = "commands"
+    FINISHED = "finished"
+
+
+@dataclass
+class FitData:
+    """What the runs of one `run_fit` share: data, chunk order, base models."""
+
+    trainer_type: str
+    plan: ChunkPlan
+    train: Any  # datasets.Dataset
+    evals: Any  # datasets.Dataset or None
+    formatted: FormattedDatasets
+    registry: ModelRegistry
+    num_chunks: int
+
+
+@dataclass
+class RunHooks:
+    """The controller's side of a run: where metrics go, what a step boundary asks."""
+
+    record: Callable[[int, int, float | None, int, dict[str, float]], None]
+    """record(run_id, step, epoch, chunk, metrics): the experiment's metric sink."""
+    on_progress: Callable[[Run], None]
+    should_pause: Callable[[], bool]
+    """True when the running run should pause at this step boundary (commands are waiting)."""
+
+
+class Run:
+    """A run in flight (module docstring). Built in the controller's thread."""
+
+    def __init__(
+        self,
+        *,
+        run_id: int,
+        name: str,
+        spec: Any,
+        knobs: dict[str, Any],
+        mlflow_run_id: str,
+        data: FitData,
+        hooks: RunHooks,
+        output_dir: Path,
+        start_position: int = 0,
+        warm_start: WarmStart | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.name = name
+        self.spec = spec
+        self.knobs = knobs
+        self.mlflow_run_id = mlflow_run_id
+        self.data = data
+        self.hooks = hooks
+        self.warm_start = warm_start
+        self.global_step = 0
+        self.max_steps = 0
+        self.latest: dict[str, float] = {}
+        self.current_chunk = 1  # the chunk (counted across epochs) being trained: labels metrics
+        self._pause_reason = TurnEnd.CHUNK
+
+        self.gate = ChunkGate(self)
+        callbacks = [self.gate, MetricsForwarder(self)]
+        if warm_start is not None:
+            callbacks.append(warm_start.callback())
+        built = build_run_trainer(
+            spec,
+            run_id=run_id,
+            output_dir=output_dir,
+            registry=data.registry,
+            formatted=data.formatted,
+            train=data.train,
+            evals=data.evals,
+            callbacks=callbacks,
+        )
+        self.trainer = built.trainer
+        self.model = built.model
+        self.adapter_name = built.adapter_name
+        self.has_eval = built.has_eval
+        self.generation_eval = built.generation_eval
+        if warm_start is not None:
+            warm_start.apply_weights(self.model, self.adapter_name)
+        self.sampler = make_sampler(spec.trainer_type, self.trainer, data.plan, start_position)
+        self.trainer.rapidfire_sampler = self.sampler
+        self.chunks_done = self.sampler.chunks_done(self.sampler.start)
+        self.current_chunk = self.chunks_done + 1
+        # transformers' Trainer.__init__ re-seeds with args.seed; a stock run starts train() from
+        # the RNG state its trainer's __init__ leaves, so that is the state this run starts from.
+        self.process_state: ProcessState | None = ProcessState.capture()
+        self.worker = RunWorker(name, self._train)
+
+    # ---- the controller's side -----------------------------------------------------------------
+    def take_turn(self) -> TurnEnd:
+        """Train until the next pause (blocks the calling thread); see the module docstring."""
+        self.worker.run_turn()
+        return TurnEnd.FINISHED if self.worker.finished else self._pause_reason
+
+    @property
+    def started(self) -> bool:
+        return self.worker.started
+
+    @property
+    def finished(self) -> bool:
+        return self.worker.finished
+
+    def position(self) -> int:
+        """Items of the shared stream this run has trained on (a warm clone starts here)."""
+        return self.gate.position()
+
+    def abort(self) -> None:
+        """End the run's thread (at once if paused; at its next step if it holds the turn)."""
+        self.worker.abort()
+
+    def release(self) -> None:
+        """Drop the trainer (optimizer state, datasets) once the run is over. An adapter stays on
+        its shared base model (the controller removes it where it must go); a full fine-tuning
+        run's own model is let go."""
+        self.trainer = None
+        self.generation_eval = None
+        if self.adapter_name is None:
+            self.model = None
+
+    # ---- the run's own thread --------------------------------------------------------------------
+    def _train(self) -> None:
+        self._activate()
+        self.trainer.train()
+
+    def _activate(self) -> None:
+        """Make this run's process state and adapter current (it has just got the turn)."""
+        if self.process_state is not None:
+            self.process_state.restore()
+        if self.adapter_name is not None:
+            self.model.set_adapter(self.adapter_name)
+
+    def _pause(self, reason: TurnEnd) -> None:
+        self._pause_reason = reason
+        self.process_state = ProcessState.capture()
+        self.worker.pause()  # raises RunAborted if the controller ends the run meanwhile
+        self._activate()
+
+    def step_boundary(self, chunk_complete: bool) -> None:
+        if self.worker.abort_requested:
+            raise RunAborted(self.name)
+        if chunk_complete:
+            self._pause(TurnEnd.CHUNK)
+        while self.hooks.should_pause():
+            self._pause(TurnEnd.COMMANDS)
+        self.current_chunk = self.chunks_done + 1
+
+    def on_step(self, global_step: int, max_steps: int) -> None:
+        self.global_step = global_step
+        self.max_steps = max_steps
+        self.hooks.on_progress(self)
+
+    def record_metrics(self, step: int, epoch: float | None, logs: dict[str, Any]) -> None:
+        scalars = {
+            k: float(v)
+            for k, v in logs.items()
+            if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        self.latest.update(scalars)
+        self.hooks.record(self.run_id, step, epoch, self.current_chunk, scalars)
+
+    def evaluate_generations(self, step: int, epoch: float | None) -> None:
+        if self.generation_eval is not None:
+            self.record_metrics(step, epoch, self.generation_eval(step, epoch))
