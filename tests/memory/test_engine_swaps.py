@@ -17,7 +17,7 @@ NUM_ROWS, NUM_CHUNKS, SEED = 16, 4, 42
 
 def _variants():
     # Different ranks, targets, optimizers' schedules, dropout and gradient accumulation
-    # (as in tests/engine/test_fidelity_sft.py), all on one shared base model.
+    # (as in tests/trainers/test_fidelity_sft.py), all on one shared base model.
     common = dict(per_device_train_batch_size=2, logging_steps=1, max_length=96)
     return [
         (

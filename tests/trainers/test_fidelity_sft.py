@@ -11,7 +11,7 @@ from rapidfire_core import Experiment
 from rapidfire_core.automl import List, RFGridSearch, RFLoraConfig, RFModelConfig, RFSFTConfig
 from rapidfire_core.demo.data import formatting_function, support_dataset
 from rapidfire_core.scheduler.chunks import ChunkPlan
-from tests.engine.stock_trl import stock_sft_run
+from tests.stock_trl import stock_sft_run
 
 NUM_ROWS, NUM_CHUNKS, SEED = 16, 4, 42
 

@@ -65,7 +65,7 @@ def test_dpo_run_in_chunks_equals_stock_dpo_trainer(tmp_path, tiny_model_dir, cr
     from trl import DPOTrainer
 
     from rapidfire_core.scheduler.chunks import ChunkPlan
-    from tests.engine.stock_trl import stock_run
+    from tests.stock_trl import stock_run
 
     rows = preference_dataset(n=12, seed=4)
     lora = RFLoraConfig(**LORA)
