@@ -3,6 +3,7 @@
 #   make install   venv in $(VENV), torch ($(TORCH_SPEC)) first, then `pip install -e ".[test]"`
 #   make demo      the offline demo job (`rapidfire demo`)
 #   make test      the default test suite (benchmarks deselected)
+#   make system-deps  Debian packages the tests need: chromium (the dashboard's browser test)
 #   make bench     pytest-benchmark suites in benchmarks/
 #   make lint      ruff check + ruff format --check;  make format  fixes what it can
 #   make wheel     dist/rapidfire_core-*.whl (never pulls torch)
@@ -30,7 +31,7 @@ NATIVE_SRCS := CMakeLists.txt $(shell find csrc python -type f \
 	\( -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu' \) 2>/dev/null)
 LINT_PATHS := $(wildcard rapidfire_core tests benchmarks setup.py)
 
-.PHONY: venv install demo test bench lint format wheel clean distclean
+.PHONY: venv install demo test system-deps bench lint format wheel clean distclean
 
 venv: $(PY)
 
@@ -60,6 +61,16 @@ demo: install
 
 test: install
 	$(RUN_ENV) $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# tests/dashboard/test_browser.py drives Debian's chromium (Playwright's own browser download
+# is not reachable from CI). Installed only when missing; needs root or sudo.
+system-deps:
+	@if [ -x /usr/bin/chromium ]; then \
+		echo "system-deps: /usr/bin/chromium is installed"; \
+	else \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$sudo apt-get update && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y chromium; \
+	fi
 
 # Exit 5 is pytest's "no tests collected": not a failure while benchmarks/ fills up.
 bench: install

@@ -2,6 +2,19 @@
 
     rapidfire demo [--model M] [--dataset D] [--experiment-path P] [--num-chunks N] [--max-steps S]
     rapidfire info
+    rapidfire runs EXPERIMENT [--json]
+    rapidfire stop|resume|delete EXPERIMENT RUN [--no-wait | --wait] [--timeout S]
+    rapidfire clone EXPERIMENT RUN [--set KNOB=VALUE ...] [--warm-start] [--no-wait | --wait] [--timeout S]
+    rapidfire dashboard [EXPERIMENTS_PATH] [--host H] [--port P] [--token T]
+
+EXPERIMENT is a name under the experiments root (--experiment-path, default $RF_EXPERIMENT_PATH
+or ./rapidfire_experiments) or a path to an experiment directory.
+
+Steering commands (stop, resume, delete, clone) become rows in the experiment's command store;
+the process training the experiment applies them at a run's next optimizer step. Exit status:
+0 applied (or queued, with --no-wait), 1 the command failed (its error is printed), 2 a usage
+error (unknown experiment or run, bad --set), 3 not applied in time, or no process is training
+the experiment now (the command stays pending; --wait waits for one anyway).
 
 Heavy imports (torch, transformers, TRL) happen inside the subcommands, so
 ``rapidfire --help`` is instant.
@@ -11,8 +24,32 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_FAILED, EXIT_USAGE, EXIT_NOT_APPLIED = 1, 2, 3
+STEERING_OPS = ("stop", "resume", "delete", "clone")
+DEFAULT_TIMEOUT = 120.0
+DEFAULT_PORT = 8765
+
+
+_EXIT_HELP = (
+    "The process training the experiment applies the command at the run's next optimizer step. "
+    "Exit status: 0 applied (or queued, with --no-wait); 1 the command failed (its error is printed); "
+    "2 usage error (unknown experiment or run, bad --set); 3 not applied within --timeout, or no "
+    "process is training the experiment now (the command stays pending; --wait waits anyway)."
+)
+
+
+class CliError(Exception):
+    """A user error: printed as one line (no traceback), exit status `code`."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _positive_int(text: str) -> int:
@@ -88,7 +125,93 @@ def build_parser() -> argparse.ArgumentParser:
             "Print rapidfire_core's native build info, torch/trl/transformers/peft versions and GPU status."
         ),
     )
+    _add_steering_parsers(sub)
     return parser
+
+
+def _experiment_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "experiment", metavar="EXPERIMENT", help="experiment name under the root, or its directory"
+    )
+    parser.add_argument(
+        "--experiment-path",
+        default=None,
+        metavar="ROOT",
+        help="root folder of experiments (default: $RF_EXPERIMENT_PATH or ./rapidfire_experiments)",
+    )
+
+
+def _add_steering_parsers(sub) -> None:
+    runs = sub.add_parser(
+        "runs",
+        help="list an experiment's runs: status, progress, the knobs that vary, latest losses",
+        description="List the runs of an experiment (it may be training right now).",
+    )
+    _experiment_args(runs)
+    runs.add_argument("--json", action="store_true", help="print the runs as JSON")
+
+    verbs = {
+        "stop": "park a run where it is (it can be resumed)",
+        "resume": "continue a STOPPED run exactly where it stopped",
+        "delete": "end a run and free its state (its metrics stay)",
+        "clone": "start a new run from a run's config with edited knobs (optionally warm-started)",
+    }
+    for op, text in verbs.items():
+        cmd = sub.add_parser(op, help=text, description=f"{text[0].upper()}{text[1:]}.", epilog=_EXIT_HELP)
+        _experiment_args(cmd)
+        cmd.add_argument("run_id", metavar="RUN", type=_positive_int, help="run id (see `rapidfire runs`)")
+        if op == "clone":
+            cmd.add_argument(
+                "--set",
+                dest="changes",
+                action="append",
+                default=[],
+                metavar="KNOB=VALUE",
+                help=(
+                    "a knob of the new run, by full name (train.learning_rate, peft.r) or short name "
+                    "(learning_rate, r); VALUE is read as JSON when it parses (1e-4, 16, true, "
+                    '["q_proj"]), else as a string. Repeatable.'
+                ),
+            )
+            cmd.add_argument(
+                "--warm-start", action="store_true", help="start from the parent run's current weights"
+            )
+        waiting = cmd.add_mutually_exclusive_group()
+        waiting.add_argument("--no-wait", action="store_true", help="submit the command and return at once")
+        waiting.add_argument(
+            "--wait",
+            action="store_true",
+            help="wait even when no process is training the experiment now (one may be starting)",
+        )
+        cmd.add_argument(
+            "--timeout",
+            type=float,
+            default=DEFAULT_TIMEOUT,
+            metavar="S",
+            help=f"seconds to wait for the command to be applied (default: {DEFAULT_TIMEOUT:g})",
+        )
+
+    dash = sub.add_parser(
+        "dashboard",
+        help="serve the live dashboard (runs, metric charts, stop/resume/delete/clone) in a browser",
+        description=(
+            "Serve the live dashboard over every experiment under EXPERIMENTS_PATH. It listens on "
+            "127.0.0.1 unless --host says otherwise; on any other address every request must carry a "
+            "token: --token, or one generated and printed in the URL."
+        ),
+    )
+    dash.add_argument(
+        "experiments_path",
+        nargs="?",
+        default=None,
+        metavar="EXPERIMENTS_PATH",
+        help="root folder of experiments (default: $RF_EXPERIMENT_PATH or ./rapidfire_experiments)",
+    )
+    dash.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    dash.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT}; 0 picks a free one)"
+    )
+    dash.add_argument("--token", default=None, help="require this token on every request")
 
 
 def _version(module: str) -> str:
@@ -157,8 +280,201 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "info":
         _print_info(collect_info())
         return 0
+    handlers = {"runs": _cmd_runs, "dashboard": _cmd_dashboard, **dict.fromkeys(STEERING_OPS, _cmd_steer)}
+    if args.command in handlers:
+        try:
+            return handlers[args.command](args)
+        except CliError as exc:
+            print(f"rapidfire {args.command}: {exc}", file=sys.stderr)
+            return exc.code
     parser.print_help()
     return 2
+
+
+# ---- runs, stop / resume / delete / clone, dashboard --------------------------------------------
+def parse_assignments(items: Sequence[str]) -> dict:
+    """`--set` items `KNOB=VALUE` -> {KNOB: value}; a value is JSON when it parses (1e-4 -> float,
+    16 -> int, true, [..]), else the string as written. CliError for an item without `=`."""
+    changes = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise CliError(f"--set expects KNOB=VALUE (e.g. --set learning_rate=1e-4), got {item!r}")
+        try:
+            changes[key] = json.loads(text)
+        except ValueError:
+            changes[key] = text
+    return changes
+
+
+def _open_experiment(args):
+    from rapidfire_core.control import CommandStore, RunStore
+    from rapidfire_core.dashboard import experiments
+
+    root = Path(args.experiment_path) if args.experiment_path else experiments.default_root()
+    try:
+        path = experiments.resolve_experiment(args.experiment, root)
+    except experiments.ExperimentNotFound as exc:
+        raise CliError(str(exc)) from None
+    db = path / experiments.DB_NAME
+    return path, RunStore(db), CommandStore(db)
+
+
+def _cmd_runs(args) -> int:
+    from rapidfire_core.dashboard.summary import LatestMetrics, finite, run_rows
+
+    path, runs, commands = _open_experiment(args)
+    table = run_rows(runs, LatestMetrics())
+    alive = commands.controller_alive()
+    if args.json:
+        body = {"experiment": str(path.resolve()), "controller_alive": alive, **table}
+        print(json.dumps(finite(body), indent=2))
+        return 0
+    state = "a process is training it now" if alive else "no process is training it now"
+    print(f"experiment {path.name} ({path.resolve()}): {state}")
+    if not table["runs"]:
+        print("no runs yet")
+        return 0
+    print(format_runs(table["runs"], table["varying_knobs"]))
+    return 0
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def format_runs(runs: list[dict], varying: list[str]) -> str:
+    """The `rapidfire runs` table: one line per run, the knobs that vary as columns."""
+    from rapidfire_core.dashboard.summary import HEADLINE_METRICS
+
+    metrics = [m for m in HEADLINE_METRICS if any(m in r["latest"] for r in runs)] or ["loss"]
+    header = ["id", "status", "chunks", "step", "origin", *(k.split(".")[-1] for k in varying), *metrics]
+    lines = [header]
+    for run in runs:
+        origin = "-"
+        if run["parent_run_id"] is not None:
+            origin = f"clone of {run['parent_run_id']} ({'warm' if run['warm_start'] else 'cold'})"
+        step = f"{run['global_step']}/{run['max_steps']}" if run["max_steps"] else str(run["global_step"])
+        lines.append([
+            str(run["run_id"]), run["status"], str(run["chunks_done"]), step, origin,
+            *(_cell(run["knobs"].get(k)) for k in varying), *(_cell(run["latest"].get(m)) for m in metrics),
+        ])  # fmt: skip
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines]
+    errors = [f"  run {r['run_id']}: {r['error'].strip().splitlines()[-1]}" for r in runs if r["error"]]
+    return "\n".join(out + (["errors:", *errors] if errors else []))
+
+
+_DONE = {
+    "stop": "run {run} stopped",
+    "resume": "run {run} resumed",
+    "delete": "run {run} deleted",
+    "clone": "run {run} cloned: new run {new}",
+}
+
+
+def _cmd_steer(args) -> int:
+    from rapidfire_core.control import CommandError
+
+    path, runs, commands = _open_experiment(args)
+    name = path.name
+    try:
+        runs.get_run(args.run_id)
+    except KeyError:
+        known = [r["run_id"] for r in runs.runs()]
+        raise CliError(f"experiment {name} has no run {args.run_id} (its runs: {known or 'none'})") from None
+    if args.timeout <= 0:
+        raise CliError(f"--timeout must be positive, got {args.timeout:g}")
+    payload = {}
+    if args.command == "clone":
+        payload = {"changes": parse_assignments(args.changes), "warm_start": args.warm_start}
+    try:
+        command = commands.submit(args.command, args.run_id, payload, source="cli")
+    except CommandError as exc:
+        raise CliError(str(exc)) from None
+    label = f"command {command.command_id} ({args.command} run {args.run_id})"
+    idle = (
+        f"no process is training experiment {name} now; the command stays pending and is applied"
+        " when one does"
+    )
+    alive = commands.controller_alive()
+    if args.no_wait:
+        print(f"{label} submitted" + ("" if alive else f"; {idle}"))
+        return 0
+    if not alive and not args.wait:
+        print(f"{label} submitted; {idle}", file=sys.stderr)
+        return EXIT_NOT_APPLIED
+    print(f"{label} submitted; waiting for it to be applied ...", file=sys.stderr)
+    done = _wait(commands, command.command_id, args.timeout, stop_if_idle=not args.wait)
+    if done is None:
+        print(f"{label} is still pending after {args.timeout:g} s; it stays queued", file=sys.stderr)
+        return EXIT_NOT_APPLIED
+    if done == "idle":
+        print(f"{label}: {idle}", file=sys.stderr)
+        return EXIT_NOT_APPLIED
+    if done.status == "failed":
+        print(f"{label} failed: {done.error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(_DONE[args.command].format(run=args.run_id, new=done.new_run_id))
+    return 0
+
+
+def _wait(commands, command_id: int, timeout: float, stop_if_idle: bool, poll: float = 0.1):
+    """The finished command; None on timeout; "idle" if the training process went away."""
+    deadline = time.monotonic() + timeout
+    next_liveness = time.monotonic() + 1.0
+    while True:
+        command = commands.get(command_id)
+        if command.done:
+            return command
+        now = time.monotonic()
+        if now >= deadline:
+            return None
+        if stop_if_idle and now >= next_liveness:
+            if not commands.controller_alive():
+                return "idle"
+            next_liveness = now + 1.0
+        time.sleep(poll)
+
+
+def _cmd_dashboard(args) -> int:
+    import secrets
+
+    from rapidfire_core.dashboard.experiments import default_root
+    from rapidfire_core.dashboard.server import is_loopback, serve
+
+    root = Path(args.experiments_path) if args.experiments_path else default_root()
+    token = args.token
+    if token is not None and not token.strip():
+        raise CliError("--token must not be empty")
+    generated = token is None and not is_loopback(args.host)
+    if generated:
+        # Anyone who can reach a non-loopback address could stop or delete runs: require a secret.
+        token = secrets.token_urlsafe(18)
+    if not root.is_dir():
+        print(f"note: {root} does not exist yet; experiments appear once one is made there", file=sys.stderr)
+
+    def announce(url: str) -> None:
+        print(f"RapidFire dashboard for the experiments under {root.resolve()}")
+        print(f"  open {url}")
+        if generated:
+            print(f"  (--host {args.host} is not a loopback address: every request must carry this token)")
+        print("  Ctrl-C stops it", flush=True)
+
+    try:
+        serve(root, host=args.host, port=args.port, token=token, announce=announce)
+    except OSError as exc:
+        raise CliError(str(exc)) from None
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 if __name__ == "__main__":

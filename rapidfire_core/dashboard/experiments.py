@@ -1,0 +1,97 @@
+"""Experiments under a root folder, and resolving a name (from a URL or the CLI) to one.
+
+An experiment is a direct child directory of the root that holds a `runs.db` (the run and
+command stores, `rapidfire_core.control`). Names that come from a request must name such a
+child: no separators, no `.`/`..`, nothing hidden, so a URL can never reach outside the root.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+# The same variable as rapidfire_core.experiment.DEFAULT_ROOT_ENV; not imported from there
+# because that module pulls in torch and TRL (seconds), and the CLI and the server need none.
+ROOT_ENV = "RF_EXPERIMENT_PATH"
+DEFAULT_ROOT = "rapidfire_experiments"
+DB_NAME = "runs.db"
+
+
+class ExperimentNotFound(LookupError):
+    """No experiment of that name (or path); the message says where it looked."""
+
+
+def default_root() -> Path:
+    """$RF_EXPERIMENT_PATH, else ./rapidfire_experiments (as `Experiment` uses)."""
+    return Path(os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
+
+
+def is_experiment_dir(path: Path) -> bool:
+    return (path / DB_NAME).is_file()
+
+
+def list_experiments(root: Path) -> list[dict[str, Any]]:
+    """Experiments directly under `root`, most recently written first:
+    [{"name", "path", "updated_at"}]; [] if the root does not exist (yet)."""
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        if child.name.startswith(".") or not child.is_dir() or not is_experiment_dir(child):
+            continue
+        db = child / DB_NAME
+        # The WAL file changes on every write; the main file only at checkpoints.
+        wal = child / (DB_NAME + "-wal")
+        mtime = max(db.stat().st_mtime, wal.stat().st_mtime if wal.exists() else 0.0)
+        found.append({"name": child.name, "path": str(child.resolve()), "updated_at": mtime})
+    found.sort(key=lambda e: (-e["updated_at"], e["name"]))
+    return found
+
+
+def check_name(name: str) -> str:
+    """`name` if it can only mean a direct child of a root; ValueError otherwise."""
+    if (
+        not name
+        or name in (".", "..")
+        or name.startswith(".")
+        or any(sep in name for sep in ("/", "\\", "\0"))
+        or (os.altsep and os.altsep in name)
+    ):
+        raise ValueError(f"invalid experiment name {name!r}: expected the name of a folder in the root")
+    return name
+
+
+def experiment_dir(root: Path, name: str) -> Path:
+    """The experiment `name` under `root` (ValueError for a name that is not a plain child,
+    ExperimentNotFound when there is no such experiment)."""
+    path = root / check_name(name)
+    if not is_experiment_dir(path):
+        raise ExperimentNotFound(_not_found(name, root))
+    return path
+
+
+def resolve_experiment(arg: str, root: Path) -> Path:
+    """An experiment named on the command line: a path to an experiment directory (when `arg`
+    has a separator), else a name under `root`, else a directory of that name here."""
+    if os.sep in arg or (os.altsep and os.altsep in arg):
+        path = Path(arg).expanduser()
+        if not is_experiment_dir(path):
+            raise ExperimentNotFound(f"{arg} is not an experiment directory (it holds no {DB_NAME})")
+        return path
+    try:
+        return experiment_dir(root, arg)
+    except ValueError as exc:
+        raise ExperimentNotFound(str(exc)) from None
+    except ExperimentNotFound:
+        if is_experiment_dir(Path(arg)):
+            return Path(arg)
+        raise
+
+
+def _not_found(name: str, root: Path) -> str:
+    names = [e["name"] for e in list_experiments(root)]
+    where = f"under {root.resolve()}"
+    if not names:
+        return f"no experiment {name!r} {where} (there are none there)"
+    return f"no experiment {name!r} {where}; there are: {', '.join(sorted(names))}"
