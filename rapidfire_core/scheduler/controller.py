@@ -339,7 +339,7 @@ class RunController:
             self._remove_adapter(run)
             self._forget(run)
         self.store.update_run(run_id, status=RunStatus.DELETED)
-        self._status.pop(run_id, None)
+        self._status[run_id] = RunStatus.DELETED
         if mlflow_id:
             self.tracker.delete_run(mlflow_id)
         _free_accelerator_memory()

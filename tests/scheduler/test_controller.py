@@ -1,0 +1,136 @@
+"""The run controller applies commands in order, each once; a bad command fails with its
+reason and changes nothing; delete frees a run; the loop's seams; run_fit's background form."""
+
+from __future__ import annotations
+
+import threading
+
+from mlflow.tracking import MlflowClient
+
+from rapidfire_core import Experiment
+from rapidfire_core.automl import List, RFGridSearch, RFLoraConfig, RFModelConfig, RFSFTConfig
+from rapidfire_core.demo.data import formatting_function, support_dataset
+
+
+def _configs(model_dir, learning_rates=(1e-3, 1e-4), max_steps=4):
+    return RFModelConfig(
+        model_name=model_dir,
+        peft_config=RFLoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]),
+        training_args=RFSFTConfig(
+            per_device_train_batch_size=2,
+            max_length=64,
+            logging_steps=1,
+            max_steps=max_steps,
+            learning_rate=List(list(learning_rates)),
+        ),
+        formatting_func=formatting_function,
+    )
+
+
+def test_commands_apply_in_order_and_bad_ones_fail_with_their_reason(
+    tmp_path, tiny_model_dir, create_tiny_model
+):
+    exp = Experiment("ops", experiment_path=tmp_path, verbose=False)
+    submitted = []
+    seen = {}
+
+    def look_after_delete(controller):
+        if submitted and "adapters" not in seen:  # the first turn after the commands applied
+            seen["adapters"] = set(controller.runs[1].model.peft_config)
+            seen["threads"] = {t.name for t in threading.enumerate()}
+
+    def after_first_round(controller, round_number):
+        if submitted:
+            return
+        submitted.extend([
+            exp.resume_run(2),                                  # ONGOING: not resumable
+            exp.stop_run(99),                                   # no such run
+            exp.clone_run(1, {"bogus_knob": 1}),                # not a field
+            exp.clone_run(1, {"learning_rate": "fast"}),        # wrong type, named
+            exp.clone_run(2, {"learning_rate": 5e-4}),          # accepted before the delete: applies
+            exp.delete_run(2),
+            exp.stop_run(2),                                    # DELETED by now
+            exp.clone_run(2, {}),                               # DELETED by now
+        ])  # fmt: skip
+
+    exp.controller.hooks.round_end.append(after_first_round)
+    exp.controller.hooks.between_turns.append(look_after_delete)
+    exp.run_fit(RFGridSearch(_configs(tiny_model_dir), trainer_type="SFT"), create_tiny_model,
+                support_dataset(n=8), num_chunks=2)  # fmt: skip
+    done = [exp.wait_for(c, timeout=1) for c in submitted]
+    assert [c.status for c in done] == ["failed"] * 4 + ["applied"] * 2 + ["failed"] * 2
+    assert "run 2 is ONGOING: only a STOPPED run can be resumed" in done[0].error
+    assert done[1].error == "no run with id 99"
+    assert "bogus_knob" in done[2].error
+    assert "learning_rate" in done[3].error and "expected float" in done[3].error
+    assert done[4].new_run_id == 3
+    assert done[6].error == "run 2 is DELETED" and done[7].error == "run 2 is DELETED"
+    applied_at = [c.applied_at for c in done]
+    assert applied_at == sorted(applied_at)  # in command order, one pass
+    assert exp.get_commands()["status"].tolist() == [c.status for c in done]
+
+    info = exp.get_runs_info().set_index("run_id")
+    assert info["status"].to_dict() == {1: "COMPLETED", 2: "DELETED", 3: "COMPLETED"}  # no other run made
+    assert info.loc[3, "parent_run_id"] == 2
+    assert exp.get_results().query("run_id == 2")["loss"].count() == 2  # a deleted run's rows stay
+    # delete freed the run: its adapter is gone from the shared base model and its thread ended
+    assert "run_2" not in seen["adapters"] and "run_1" in seen["adapters"]
+    assert "rapidfire-run-2" not in seen["threads"]
+    client = MlflowClient(exp.tracking_uri)
+    assert client.get_run(info.loc[2, "mlflow_run_id"]).info.lifecycle_stage == "deleted"
+    assert client.get_run(info.loc[3, "mlflow_run_id"]).data.tags["rapidfire.parent_run_id"] == "2"
+
+    # After run_fit: a COMPLETED run cannot be resumed, and nothing changes.
+    late = exp.resume_run(1)
+    exp.continue_fit()
+    assert exp.wait_for(late, timeout=1).error == "run 1 is COMPLETED: only a STOPPED run can be resumed"
+    assert exp.get_runs_info().set_index("run_id")["status"].to_dict() == {
+        1: "COMPLETED",
+        2: "DELETED",
+        3: "COMPLETED",
+    }
+    exp.end()
+
+
+def test_stop_and_resume_update_mlflow_and_a_background_fit_can_be_cancelled(
+    tmp_path, tiny_model_dir, create_tiny_model
+):
+    exp = Experiment("background", experiment_path=tmp_path, verbose=False)
+    handle = exp.run_fit(RFGridSearch(_configs(tiny_model_dir, max_steps=400), trainer_type="SFT"),
+                         create_tiny_model, support_dataset(n=8), num_chunks=2, background=True)  # fmt: skip
+    stop = exp.wait_for(exp.stop_run(1), timeout=120)
+    assert stop.status == "applied"
+    client = MlflowClient(exp.tracking_uri)
+    mlflow_id = exp.get_runs_info().set_index("run_id").loc[1, "mlflow_run_id"]
+    exp.controller.tracker.flush()
+    assert client.get_run(mlflow_id).info.status == "KILLED"
+    assert exp.wait_for(exp.resume_run(1), timeout=120).status == "applied"
+    exp.controller.tracker.flush()
+    assert client.get_run(mlflow_id).info.status == "RUNNING"
+    assert not handle.done
+    handle.cancel()
+    import pytest
+
+    from rapidfire_core.scheduler.controller import FitCancelled
+
+    with pytest.raises(FitCancelled):
+        handle.wait(timeout=120)
+    info = exp.get_runs_info()
+    assert info["status"].tolist() == ["STOPPED", "STOPPED"]
+    assert set(info["error"]) == {"run_fit was interrupted"}
+    assert not [t for t in threading.enumerate() if t.name.startswith(("rapidfire-run-", "rapidfire-fit"))]
+    assert {client.get_run(m).info.status for m in info["mlflow_run_id"]} == {"KILLED"}
+    exp.end()
+
+
+def test_num_shards_is_an_alias_of_num_chunks(tmp_path, tiny_model_dir, create_tiny_model):
+    import pytest
+
+    exp = Experiment("shards", experiment_path=tmp_path, verbose=False)
+    with pytest.raises(ValueError, match="num_chunks=2 and num_shards=3 disagree"):
+        exp.run_fit(RFGridSearch(_configs(tiny_model_dir), trainer_type="SFT"), create_tiny_model,
+                    support_dataset(n=8), num_chunks=2, num_shards=3)  # fmt: skip
+    exp.run_fit(RFGridSearch(_configs(tiny_model_dir, learning_rates=(1e-3,)), trainer_type="SFT"),
+                create_tiny_model, support_dataset(n=8), num_shards=2)  # fmt: skip
+    assert exp.get_results()["chunk"].tolist() == [1, 1, 2, 2]
+    exp.end()
