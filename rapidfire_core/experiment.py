@@ -194,10 +194,12 @@ class Experiment:
 
     def _train(self, controller: RunController, state_budget: int | None, progress: ProgressDisplay) -> None:
         residency = RunResidency(state_budget) if state_budget is not None else None
+        self._say(
+            f"Watch and steer it live: rapidfire dashboard {self.path.parent}  "
+            f"(or rapidfire runs|stop|resume|delete|clone {self.path})"
+        )
         controller.run(residency, progress)
         self._summarize()
-        if self.verbose:
-            self._say(f"Steer runs live: rapidfire dashboard {self.path.parent}")
 
     # ---- steering (IC Ops) ----------------------------------------------------------------------
     def stop_run(self, run_id: int) -> Command:
