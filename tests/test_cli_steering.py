@@ -194,3 +194,74 @@ def test_steering_commands_are_listed_in_help_and_cli_stays_light(root):
     )
     for name in ("runs", "stop", "resume", "delete", "clone", "dashboard"):
         assert name in help_text.stdout
+
+
+@pytest.fixture
+def training_process(tmp_path, tiny_model_dir):
+    """A separate process training the real 3-run sweep (tests/dashboard/live_sweep.py)."""
+    import os
+    import time
+    from pathlib import Path
+
+    from .dashboard import live_sweep
+
+    repo = Path(__file__).resolve().parents[1]
+    log = open(tmp_path / "sweep.log", "w+")  # read back if the process fails to start
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.dashboard.live_sweep", str(tmp_path), tiny_model_dir],
+        cwd=repo, env=dict(os.environ, PYTHONPATH=str(repo)), stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    exp_dir = tmp_path / live_sweep.NAME
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                live_sweep.wait_until_training(exp_dir, timeout=1)
+                break
+            except TimeoutError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    pytest.fail(
+                        f"the training process did not start (rc {proc.poll()}):\n{log.read()[-4000:]}"
+                    )
+        yield tmp_path, proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=60)
+        log.close()
+
+
+def test_end_to_end_against_a_training_process(training_process, capsys):
+    root, proc = training_process
+    name = "live-sweep"
+    assert run_cli(root, "runs", name) == 0
+    out = capsys.readouterr().out
+    assert "a process is training it now" in out and out.count("ONGOING") == 3
+
+    assert run_cli(root, "stop", name, "2") == 0
+    assert "run 2 stopped" in capsys.readouterr().out
+    store = RunStore(root / name / "runs.db")
+    assert store.status(2) == RunStatus.STOPPED
+
+    assert run_cli(root, "clone", name, "1", "--set", "learning_rate=5e-4", "--set", "r=8") == 0
+    assert "new run 4" in capsys.readouterr().out
+    clone = store.get_run(4)
+    assert clone["parent_run_id"] == 1
+    assert (clone["knobs"]["train.learning_rate"], clone["knobs"]["peft.r"]) == (5e-4, 8)
+
+    assert run_cli(root, "clone", name, "1", "--set", "learning_rate=fast") == 1
+    err = capsys.readouterr().err
+    assert "learning_rate" in err and "expected float" in err
+
+    assert run_cli(root, "resume", name, "2") == 0
+    assert run_cli(root, "delete", name, "3") == 0
+    assert store.status(3) == RunStatus.DELETED
+    # with every run parked, run_fit returns and the training process ends
+    for run_id in ("1", "2", "4"):
+        assert run_cli(root, "stop", name, run_id) == 0
+    assert proc.wait(timeout=60) == 0
+    assert [r["status"] for r in store.runs()] == ["STOPPED", "STOPPED", "DELETED", "STOPPED"]
+    capsys.readouterr()
+    assert run_cli(root, "resume", name, "1") == 3
+    assert "no process is training experiment live-sweep now" in capsys.readouterr().err

@@ -31,6 +31,9 @@ def is_loopback(host: str) -> bool:
 
 
 def dashboard_url(host: str, port: int, token: str | None) -> str:
+    """The URL to open (a wildcard address is shown as this machine's name)."""
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}/" + (f"?token={quote(token, safe='')}" if token else "")
 

@@ -145,13 +145,8 @@ class FakeEngine:
             )
             if full is None:
                 raise ValueError(f"clone of run {parent['run_id']}: unknown knob {key!r}")
-            if full == "train.learning_rate" and (
-                isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
-            ):
-                raise ValueError(
-                    f"configs[{parent['run_id']}].training_args.learning_rate: must be a positive number, "
-                    f"got {value!r}"
-                )
+            if full == "train.learning_rate":
+                _check_learning_rate(key, value)
             knobs[full] = value
         warm = payload["warm_start"]
         name = f"run-{len(self.runs.runs()) + 1}"
@@ -159,3 +154,16 @@ class FakeEngine:
         if warm:
             self._offset[run_id] = parent["global_step"] + self._offset.get(parent["run_id"], 0)
         return run_id
+
+
+def _check_learning_rate(key: str, value) -> None:
+    """The engine's config validation, as far as these tests need it (its message shape)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(
+            f"clone change {key}={value!r}: RFSFTConfig.learning_rate: expected float, got "
+            f"{type(value).__name__} {value!r}"
+        )
+    if value <= 0:
+        raise ValueError(
+            f"clone change {key}={value!r}: RFSFTConfig.learning_rate: must be > 0, got {value!r}"
+        )

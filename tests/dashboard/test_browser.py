@@ -22,6 +22,7 @@ from rapidfire_core.control import CommandStore, RunStore
 from rapidfire_core.control.run_store import MetricRecord
 from rapidfire_core.dashboard.server import DashboardServer
 
+from . import live_sweep
 from .fake_engine import FakeEngine, make_experiment
 
 CHROMIUM = os.environ.get("RF_CHROMIUM", "/usr/bin/chromium")
@@ -164,7 +165,7 @@ def test_clone_editor_submits_edits_and_shows_errors_inline(page, sweep):
         page.wait_for_function(
             "() => document.querySelector('#editor-error').textContent.includes('learning_rate')"
         )
-        assert "must be a positive number" in page.locator("#editor-error").text_content()
+        assert "learning_rate: must be > 0, got -1" in page.locator("#editor-error").text_content()
         assert editor.is_visible()
 
         # a malformed request (here forged on its way out): the server's 400, inline
@@ -246,7 +247,7 @@ def test_screenshot(page, tmp_path):
     commands.submit("clone", 1, {"changes": {"learning_rate": 5e-4}, "warm_start": True}, source="dashboard")
     engine.apply_commands()
     engine.step_all(50)
-    commands.submit("clone", 2, {"changes": {"learning_rate": -1}}, source="cli")
+    commands.submit("clone", 2, {"changes": {"learning_rate": "fast"}}, source="cli")
     engine.apply_commands()
     with engine, DashboardServer(tmp_path) as server:
         _open(page, server)
@@ -256,3 +257,54 @@ def test_screenshot(page, tmp_path):
         page.screenshot(path=str(target), full_page=True)
     assert target.stat().st_size > 20_000
     assert RunStore(tmp_path / "sft-sweep" / "runs.db").get_run(5)["parent_run_id"] == 1
+
+
+def test_end_to_end_against_a_real_background_sweep(page, tmp_path, tiny_model_dir, create_tiny_model):
+    """The real engine (tiny model, 3 runs, run_fit(background=True)) steered from the page."""
+    from rapidfire_core import Experiment
+
+    exp = Experiment(live_sweep.NAME, experiment_path=tmp_path, verbose=False)
+    handle = live_sweep.start(exp, tiny_model_dir, create_tiny_model)
+    try:
+        live_sweep.wait_until_training(exp.path)
+        with DashboardServer(tmp_path) as server:
+            _open(page, server, live_sweep.NAME)
+            assert page.locator("#controller").get_attribute("data-alive") == "yes"
+            page.wait_for_selector('.chart-card[data-metric="loss"] path.line[data-run="3"]')
+            page.wait_for_selector(
+                '.chart-card[data-metric="eval_loss"] path.line[data-run="1"]', timeout=30_000
+            )
+            before = _line_length(page, "loss", 1)
+            page.wait_for_function(
+                'n => document.querySelector(\'.chart-card[data-metric="loss"] path.line[data-run="1"]\')'
+                ".getAttribute('d').length > n",
+                arg=before,
+            )
+
+            page.locator('#runs-table tbody tr[data-run="2"] button[data-action="stop"]').click()
+            page.wait_for_selector(
+                '#runs-table tbody tr[data-run="2"][data-status="STOPPED"]', timeout=30_000
+            )
+
+            page.click('#runs-table tbody tr[data-run="1"] button[data-action="clone"]')
+            # a wrong type: the engine's validation fails the command, its error shows inline
+            page.click("#add-knob")
+            page.fill(".knob-row.extra .extra-name", "learning_rate")
+            page.fill(".knob-row.extra .extra-value", "fast")
+            page.click("#editor-submit")
+            page.wait_for_function(
+                "() => document.querySelector('#editor-error').textContent.includes('expected float')",
+                timeout=30_000,
+            )
+            page.click(".knob-row.extra button.icon")  # drop the bad row, edit the real knob
+            page.fill('.knob-row[data-knob="train.learning_rate"] input', "5e-4")
+            page.click("#editor-submit")
+            page.wait_for_selector("#editor", state="hidden", timeout=30_000)
+            page.wait_for_selector('#runs-table tbody tr[data-run="4"]')
+            page.wait_for_selector('.chart-card[data-metric="loss"] path.line[data-run="4"]', timeout=30_000)
+            clone = RunStore(exp.path / "runs.db").get_run(4)
+            assert clone["parent_run_id"] == 1 and clone["knobs"]["train.learning_rate"] == 5e-4
+    finally:
+        handle.cancel()
+        handle.wait(timeout=120, raise_errors=False)
+        exp.end()

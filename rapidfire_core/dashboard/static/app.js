@@ -288,7 +288,7 @@
       knobs.map((k) => h("td", { class: "knob", title: `${k} = ${JSON.stringify(run.knobs[k])}` },
         k in run.knobs ? knobText(run.knobs[k]) : "—")),
       h("td", { class: "progress" }, h("div", null, `step ${steps}`,
-        h("span", { class: "muted" }, ` · chunk ${run.chunks_done}`)), frac !== null ? bar : null),
+        h("span", { class: "muted" }, ` · ${run.chunks_done} chunk${run.chunks_done === 1 ? "" : "s"}`)), frac !== null ? bar : null),
       metrics.map((m) => h("td", { class: "num" }, m in run.latest ? formatNumber(run.latest[m]) : "–")),
       h("td", null, origin),
       h("td", { class: "actions" }, button("stop", "Stop"), button("resume", "Resume"),

@@ -98,8 +98,15 @@ class LineChart {
     this.svg = svgEl("svg", { class: "chart", role: "img", "aria-label": `${title} by step` });
     this.card.append(head, this.svg, this.readout);
     container.appendChild(this.card);
-    this.svg.addEventListener("mousemove", (ev) => this.hover(ev));
-    this.svg.addEventListener("mouseleave", () => this.unhover());
+    this.hoverX = null; // the pointer's clientX while it is over the chart
+    this.svg.addEventListener("mousemove", (ev) => {
+      this.hoverX = ev.clientX;
+      this.hover();
+    });
+    this.svg.addEventListener("mouseleave", () => {
+      this.hoverX = null;
+      this.unhover();
+    });
   }
 
   series(runId) {
@@ -201,13 +208,14 @@ class LineChart {
     this.svg.appendChild(lines);
     this.cursor = svgEl("line", { class: "chart-cursor", y1: top, y2: top + plotH, visibility: "hidden" });
     this.svg.appendChild(this.cursor);
+    if (this.hoverX !== null) this.hover(); // new data arrived under the pointer: keep the read-out
   }
 
-  hover(ev) {
-    if (!this.geometry) return;
+  hover() {
+    if (!this.geometry || this.hoverX === null) return;
     const { ext, left, plotW, sx } = this.geometry;
     const rect = this.svg.getBoundingClientRect();
-    const px = ((ev.clientX - rect.left) / rect.width) * this.svg.viewBox.baseVal.width;
+    const px = ((this.hoverX - rect.left) / rect.width) * this.svg.viewBox.baseVal.width;
     const step = ext.x0 + ((px - left) / plotW) * (ext.x1 - ext.x0);
     const rows = [];
     let at = null;
