@@ -10,6 +10,7 @@
             apply pending commands                       # seam 1: stop / resume / delete / clone
             hooks.between_turns(controller)
         hooks.round_end(controller, round)               # seam 2: automatic searches
+        apply pending commands                           # what they decided takes effect now
         round += 1
 
 The set of takers is read again every round, so runs join (clones, resumed runs) and leave
@@ -68,4 +69,5 @@ def run_rounds(controller: Controller, hooks: LoopHooks | None = None) -> None:
                 hook(controller)
         for hook in hooks.round_end:
             hook(controller, round_number)
+        controller.apply_commands()
         round_number += 1

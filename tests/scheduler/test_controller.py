@@ -134,3 +134,64 @@ def test_num_shards_is_an_alias_of_num_chunks(tmp_path, tiny_model_dir, create_t
                 create_tiny_model, support_dataset(n=8), num_shards=2)  # fmt: skip
     assert exp.get_results()["chunk"].tolist() == [1, 1, 2, 2]
     exp.end()
+
+
+def _clone_after_first_round(exp, commands, *requests):
+    def hook(controller, round_number):
+        if not commands:
+            commands.extend(
+                exp.clone_run(run_id, changes, warm_start=warm) for run_id, changes, warm in requests
+            )
+
+    exp.controller.hooks.round_end.append(hook)
+
+
+def test_dpo_clones_edit_beta_and_loss_type_cold_and_warm(tmp_path, tiny_model_dir, create_tiny_model):
+    from rapidfire_core.demo.data import preference_dataset
+    from tests.small_configs import dpo_two_betas
+
+    exp = Experiment("dpo-clones", experiment_path=tmp_path, verbose=False)
+    commands = []
+    _clone_after_first_round(
+        exp, commands, (1, {"beta": 0.3, "loss_type": "ipo"}, False), (2, {"learning_rate": 1e-3}, True),
+        (1, {"beta": "high"}, False),
+    )  # fmt: skip
+    exp.run_fit(RFGridSearch(dpo_two_betas(tiny_model_dir), trainer_type="DPO"), create_tiny_model,
+                preference_dataset(n=8, seed=1), num_chunks=2, seed=0)  # fmt: skip
+    cold, warm, bad = (exp.wait_for(c, timeout=1) for c in commands)
+    assert (cold.status, warm.status, bad.status) == ("applied", "applied", "failed")
+    assert "beta" in bad.error
+    info = exp.get_runs_info().set_index("run_id")
+    assert info["status"].tolist() == ["COMPLETED"] * 4, info["error"].tolist()
+    assert (info.loc[3, "train.beta"], info.loc[3, "train.loss_type"]) == (0.3, "ipo")
+    results = exp.get_results()
+    # The cold clone starts from a fresh adapter: its first IPO loss is the fresh policy's.
+    # The warm clone starts from run 2's adapter after its first chunk (2 steps): not at log(2).
+    first = results[results.step == 1].set_index("run_id")["loss"]
+    assert abs(first[2] - 0.6931) < 1e-3 and abs(first[4] - 0.6931) > 1e-3
+    assert (
+        "rewards/margins" in results.columns and results.query("run_id == 4")["rewards/margins"].notna().all()
+    )
+    exp.end()
+
+
+def test_grpo_clone_keeps_the_parents_reward_functions(tmp_path, tiny_model_dir, create_tiny_model):
+    from rapidfire_core.demo.data import math_prompt_dataset
+    from tests.small_configs import grpo_two_learning_rates
+
+    exp = Experiment("grpo-clones", experiment_path=tmp_path, verbose=False)
+    commands = []
+    _clone_after_first_round(exp, commands, (1, {"num_generations": 4, "max_completion_length": 4}, True))
+    exp.run_fit(RFGridSearch(grpo_two_learning_rates(tiny_model_dir), trainer_type="GRPO"), create_tiny_model,
+                math_prompt_dataset(n=8), num_chunks=2)  # fmt: skip
+    clone = exp.wait_for(commands[0], timeout=1)
+    assert clone.status == "applied", clone.error
+    info = exp.get_runs_info().set_index("run_id")
+    assert info["status"].tolist() == ["COMPLETED"] * 3, info["error"].tolist()
+    assert info.loc[3, "train.num_generations"] == 4
+    results = exp.get_results().query("run_id == 3")
+    assert (
+        results["rewards/answer_reward/mean"].notna().any()
+        and results["rewards/format_reward/mean"].notna().any()
+    )
+    exp.end()
