@@ -8,14 +8,16 @@
                                                      "controller_alive"}
     GET  /api/experiments/{name}/metrics?after=N&limit=M
                                                     {"rows": [[row_id, run_id, step, epoch, chunk, name,
-                                                     value, ts], ...], "last": row id, "more": bool}
+                                                     value, ts], ...], "last": row id, "more": bool,
+                                                     "store_id"}
     GET  /api/experiments/{name}/commands           {"commands": [...], "controller_alive"}
     GET  /api/experiments/{name}/commands/{id}      one command
     POST /api/experiments/{name}/commands           {"op", "run_id", "payload"} -> 201 the command, source
                                                     "dashboard"; 400 {"error"} for a malformed request
 
 Metric polling is incremental: a client passes the last row id it has and gets only newer
-rows (`more` says another page is waiting). Non-finite numbers (a NaN loss) go out as null.
+rows (`more` says another page is waiting); a changed `store_id` means the experiment was
+deleted and made again, so row ids start over. Non-finite numbers (a NaN loss) go out as null.
 
 Security: with no token the app answers only requests whose Host is a loopback name (the
 server binds 127.0.0.1; this also defeats DNS rebinding). With a token every request must
@@ -77,12 +79,21 @@ def _json(content: Any, status: int = 200) -> JSONResponse:
 
 
 class _OpenExperiment:
-    """The stores of one experiment, opened once per server (connections are thread-safe)."""
+    """The stores of one experiment, opened once per server (connections are thread-safe).
 
-    def __init__(self, path: Path) -> None:
+    `store_id` is the inode of runs.db: an experiment deleted and made again under the same
+    name is a new file (the old one stays allocated while this connection holds it open, so
+    the number differs), which the server reopens and the page sees as a reason to refetch."""
+
+    def __init__(self, path: Path, store_id: int) -> None:
+        self.store_id = store_id
         self.runs = RunStore(path / DB_NAME)
         self.commands = CommandStore(path / DB_NAME)
         self.latest = LatestMetrics()
+
+    def close(self) -> None:
+        self.runs.close()
+        self.commands.close()
 
 
 class DashboardState:
@@ -101,16 +112,22 @@ class DashboardState:
             raise ApiError(400, str(exc)) from None
         except ExperimentNotFound as exc:
             raise ApiError(404, str(exc)) from None
+        try:
+            store_id = (path / DB_NAME).stat().st_ino
+        except FileNotFoundError:
+            raise ApiError(404, f"experiment {name!r} was removed") from None
         with self._lock:
-            if name not in self._open:
-                self._open[name] = _OpenExperiment(path)
-            return self._open[name]
+            opened = self._open.get(name)
+            if opened is None or opened.store_id != store_id:
+                # A replaced experiment: the old stores are dropped, not closed, as another
+                # request may still be reading them (the connections close when collected).
+                opened = self._open[name] = _OpenExperiment(path, store_id)
+            return opened
 
     def close(self) -> None:
         with self._lock:
             for opened in self._open.values():
-                opened.runs.close()
-                opened.commands.close()
+                opened.close()
             self._open.clear()
 
 
@@ -127,7 +144,10 @@ def _presented_token(request: Request) -> tuple[str | None, str]:
 def _refusal(request: Request, token: str | None) -> tuple[int, str] | None:
     """(status, reason) if the request may not proceed, else None."""
     if token is None:
-        host = (urlsplit("//" + request.headers.get("host", "")).hostname or "").lower()
+        try:
+            host = (urlsplit("//" + request.headers.get("host", "")).hostname or "").lower()
+        except ValueError:  # e.g. an unclosed "[::1"
+            host = request.headers.get("host", "")
         if host not in LOOPBACK_HOSTS:
             return 403, f"this dashboard answers only loopback host names, not {host!r}"
     else:
@@ -136,7 +156,7 @@ def _refusal(request: Request, token: str | None) -> tuple[int, str] | None:
             return 401, "missing or wrong token: open the URL the server printed (it holds ?token=...)"
     if request.method not in ("GET", "HEAD"):
         origin = request.headers.get("origin")
-        if origin and urlsplit(origin).netloc != request.headers.get("host"):
+        if origin and origin.split("://", 1)[-1].rstrip("/") != request.headers.get("host"):
             return 403, f"cross-origin request from {origin} refused"
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             return 415, "send the request body as application/json"
@@ -194,6 +214,7 @@ def runs(request: Request) -> Response:
     opened = _state(request).experiment(request.path_params["name"])
     body = run_rows(opened.runs, opened.latest)
     body["controller_alive"] = opened.commands.controller_alive()
+    body["store_id"] = opened.store_id
     return _json(body)
 
 
@@ -203,7 +224,7 @@ def metrics(request: Request) -> Response:
     limit = _int_param(request, "limit", METRIC_PAGE, 1, METRIC_PAGE)
     rows = opened.runs.metric_rows(after=after, limit=limit)
     last = rows[-1][0] if rows else after
-    return _json({"rows": rows, "last": last, "more": len(rows) == limit})
+    return _json({"rows": rows, "last": last, "more": len(rows) == limit, "store_id": opened.store_id})
 
 
 def commands(request: Request) -> Response:

@@ -74,7 +74,8 @@ def test_metrics_are_polled_incrementally(client, root):
     assert any(r[5] == "grad_norm" and r[6] is None for r in body["rows"])
 
     again = client.get(f"/api/experiments/sweep/metrics?after={last}").json()
-    assert again == {"rows": [], "last": last, "more": False}
+    assert (again["rows"], again["last"], again["more"]) == ([], last, False)
+    assert again["store_id"] == body["store_id"]
 
     from rapidfire_core.control import RunStore
 
@@ -250,3 +251,18 @@ def test_oversized_bodies_are_refused(client):
         "/api/experiments/sweep/commands", content=big, headers={"content-type": "application/json"}
     )
     assert resp.status_code == 413
+
+
+def test_an_experiment_made_again_under_the_same_name_is_reread(client, root):
+    import shutil
+
+    first = client.get("/api/experiments/sweep/metrics").json()
+    shutil.rmtree(root / "sweep")
+    runs, _ = make_experiment(root, "sweep", [{"peft.r": 4}])
+    runs.log_metric_records([MetricRecord(1, 1, 0.1, 1, {"loss": 9.0})])
+    listed = client.get("/api/experiments/sweep/runs").json()
+    assert [r["knobs"]["peft.r"] for r in listed["runs"]] == [4]
+    assert listed["runs"][0]["latest"] == {"loss": 9.0}
+    again = client.get("/api/experiments/sweep/metrics").json()
+    assert again["store_id"] != first["store_id"]
+    assert [r[5:7] for r in again["rows"]] == [["loss", 9.0]]

@@ -234,6 +234,20 @@ def test_experiment_picker_lists_every_experiment(page, sweep):
             "() => document.querySelectorAll('#runs-table tbody tr[data-run]').length === 1"
         )
         assert page.url.endswith("#exp=dpo-sweep")
+        runs = RunStore(root / "dpo-sweep" / "runs.db")
+        runs.log_metric_records(
+            [MetricRecord(1, step, 0.0, 1, {"loss": 3.0 - step / 10}) for step in (1, 2, 3)]
+        )
+        page.wait_for_selector('.chart-card[data-metric="loss"] path.line[data-run="1"]')
+
+        # deleted and made again under the same name: the page drops the old rows, reads the new
+        runs.close()
+        shutil.rmtree(root / "dpo-sweep")
+        fresh, _ = make_experiment(root, "dpo-sweep", [{}, {}])
+        fresh.log_metric_records([MetricRecord(2, 1, 0.0, 1, {"reward": 0.5})])
+        page.wait_for_selector('.chart-card[data-metric="reward"] circle.dot')
+        assert page.locator('.chart-card[data-metric="loss"]').count() == 0
+        assert page.locator("#runs-table tbody tr[data-run]").count() == 2
 
 
 def test_screenshot(page, tmp_path):

@@ -28,6 +28,7 @@
     exp: null,
     epoch: 0, // bumped when the experiment changes: late answers for the old one are dropped
     lastRow: 0,
+    storeId: null, // runs.db's identity: row ids are only comparable within one
     charts: new Map(), // metric name -> LineChart
     runs: [],
     varying: [],
@@ -143,6 +144,14 @@
     for (;;) {
       const data = await api(expPath(`metrics?after=${S.lastRow}`));
       if (epoch !== S.epoch) return;
+      if (S.storeId !== null && data.store_id !== S.storeId) {
+        // The experiment was deleted and made again: its row ids start over.
+        clearCharts();
+        S.storeId = data.store_id;
+        dirty.clear();
+        continue;
+      }
+      S.storeId = data.store_id;
       for (const [, runId, step, , , name, value] of data.rows) {
         chart(name).series(runId).add(step, value);
         dirty.add(name);
@@ -175,6 +184,13 @@
     // Keep the cards in metric order (appendChild moves an existing node).
     for (const n of [...S.charts.keys()].sort(compareMetrics)) $("charts").appendChild(S.charts.get(n).card);
     return c;
+  }
+
+  function clearCharts() {
+    S.lastRow = 0;
+    S.charts.clear();
+    $("charts").replaceChildren();
+    $("charts-empty").hidden = false;
   }
 
   function renderCharts() {
@@ -557,10 +573,8 @@
     if (name === S.exp) return;
     S.exp = name;
     S.epoch += 1;
-    S.lastRow = 0;
-    S.charts.clear();
-    $("charts").replaceChildren();
-    $("charts-empty").hidden = false;
+    S.storeId = null;
+    clearCharts();
     S.runs = [];
     S.hidden.clear();
     S.seen.clear();
