@@ -23,6 +23,7 @@ Heavy imports (torch, transformers, TRL) happen inside the subcommands, so
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import sys
@@ -308,7 +309,9 @@ def parse_assignments(items: Sequence[str]) -> dict:
     return changes
 
 
+@contextlib.contextmanager
 def _open_experiment(args):
+    """(experiment dir, RunStore, CommandStore) of args.experiment; CliError if there is none."""
     from rapidfire_core.control import CommandStore, RunStore
     from rapidfire_core.dashboard import experiments
 
@@ -317,14 +320,22 @@ def _open_experiment(args):
         path = experiments.resolve_experiment(args.experiment, root)
     except experiments.ExperimentNotFound as exc:
         raise CliError(str(exc)) from None
-    db = path / experiments.DB_NAME
-    return path, RunStore(db), CommandStore(db)
+    runs, commands = RunStore(path / experiments.DB_NAME), CommandStore(path / experiments.DB_NAME)
+    try:
+        yield path, runs, commands
+    finally:
+        runs.close()
+        commands.close()
 
 
 def _cmd_runs(args) -> int:
+    with _open_experiment(args) as (path, runs, commands):
+        return _print_runs(args, path, runs, commands)
+
+
+def _print_runs(args, path, runs, commands) -> int:
     from rapidfire_core.dashboard.summary import LatestMetrics, finite, run_rows
 
-    path, runs, commands = _open_experiment(args)
     table = run_rows(runs, LatestMetrics())
     alive = commands.controller_alive()
     if args.json:
@@ -381,10 +392,13 @@ _DONE = {
 
 
 def _cmd_steer(args) -> int:
+    with _open_experiment(args) as (path, runs, commands):
+        return _steer(args, path.name, runs, commands)
+
+
+def _steer(args, name: str, runs, commands) -> int:
     from rapidfire_core.control import CommandError
 
-    path, runs, commands = _open_experiment(args)
-    name = path.name
     try:
         runs.get_run(args.run_id)
     except KeyError:
