@@ -54,6 +54,9 @@ class FakeEngine:
         self._thread = threading.Thread(target=self._loop, name="fake-engine", daemon=True)
 
     def __enter__(self) -> FakeEngine:
+        self._started = time.time()
+        if self.alive:
+            self.commands.beat(self._started)  # live before the first command can be sent
         self._thread.start()
         return self
 
@@ -64,10 +67,9 @@ class FakeEngine:
             self.commands.clear_beat()
 
     def _loop(self) -> None:
-        started = time.time()
         while not self._stop.is_set():
             if self.alive:
-                self.commands.beat(started)
+                self.commands.beat(self._started)
                 self.apply_commands()
             if self.train:
                 self.step_all()
