@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rapidfire_core.control.sqlite_file import SQLiteFile
+
 OPS = ("stop", "resume", "delete", "clone")
 SOURCES = ("python", "cli", "dashboard", "automl")
 PENDING, APPLYING, APPLIED, FAILED = "pending", "applying", "applied", "failed"
@@ -127,20 +129,13 @@ class CommandStore:
     """The commands table of one experiment's `runs.db` (thread-safe; any process)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        self._file = SQLiteFile(path, _SCHEMA)
+        self.path, self._lock, self._db = self._file.path, self._file.lock, self._file.db
         # Set by submit() in this process: the controller's per-step probe is then free of I/O.
         self.submitted = threading.Event()
-        with self._lock, self._db:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._file.close()
 
     # ---- submitting and reading ----------------------------------------------------------------
     def submit(

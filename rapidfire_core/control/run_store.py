@@ -19,8 +19,6 @@ process takes one lock, and the connection is opened with `check_same_thread=Fal
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 
 from rapidfire_core.control.run_status import RunStatus, check_transition
+from rapidfire_core.control.sqlite_file import SQLiteFile
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -71,20 +70,11 @@ class RunStore:
     """SQLite-backed store of runs and their logged metrics (thread-safe)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        # timeout: another process (CLI, dashboard, a second notebook) may hold the write lock.
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
-        with self._lock, self._db:
-            # WAL + NORMAL: a metric write is an append, not an fsync of the whole file.
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+        self._file = SQLiteFile(path, _SCHEMA)
+        self.path, self._lock, self._db = self._file.path, self._file.lock, self._file.db
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._file.close()
 
     # ---- runs ---------------------------------------------------------------------------------
     def create_run(
