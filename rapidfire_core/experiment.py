@@ -126,6 +126,10 @@ class Experiment:
             raise TypeError(
                 "create_model must be a callable create_model(model_config) -> (model, tokenizer)"
             )
+        # An automatic search (ASHA, Optuna, PBT) decides at round ends: see automl/policy.py.
+        policy = config_group.search_policy() if hasattr(config_group, "search_policy") else None
+        if policy is not None:
+            policy.bind(self.path)
         specs = config_group.expand()  # raises ConfigError naming the field and config
         if not specs:
             raise ValueError("the config group expanded to no runs")
@@ -150,6 +154,8 @@ class Experiment:
             if trainer_type == "GRPO":
                 _check_grpo_prompts(spec, len(train), self.path)
 
+        if policy is not None:
+            policy.check(has_eval=evals is not None)
         data = FitData(trainer_type, plan, train, evals, formatted, ModelRegistry(create_model), num_chunks)
         shown = varying_keys([s.knobs for s in specs])
         self._say(
@@ -159,8 +165,16 @@ class Experiment:
         def fit(controller: RunController) -> None:
             progress = ProgressDisplay(shown, enabled=self.verbose)
             controller.progress = progress
-            controller.add_runs(specs, data)
-            self._train(controller, state_budget, progress)
+            run_ids = controller.add_runs(specs, data)
+            if policy is None:
+                self._train(controller, state_budget, progress)
+                return
+            policy.start(run_ids)
+            controller.hooks.round_end.append(policy.round_end)
+            try:
+                self._train(controller, state_budget, progress)
+            finally:
+                controller.hooks.round_end.remove(policy.round_end)
 
         return self._start(fit, background)
 

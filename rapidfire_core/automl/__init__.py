@@ -6,8 +6,11 @@
   may hold knobs (``configs.py``, ``rf_config.py``, ``translate.py``)
 - searches: ``RFGridSearch``, ``RFRandomSearch`` -> ``expand()`` -> ``list[RunSpec]``
   (``search.py`` states the contract the engine relies on)
+- automatic searches, deciding at chunk-round ends with stop / clone commands (``policy.py``):
+  ``RFSuccessiveHalving`` (ASHA, ``asha.py``)
 """
 
+from rapidfire_core.automl.asha import RFSuccessiveHalving
 from rapidfire_core.automl.configs import RFDPOConfig, RFGRPOConfig, RFLoraConfig, RFSFTConfig
 from rapidfire_core.automl.knobs import List, Range
 from rapidfire_core.automl.model_config import RFModelConfig
@@ -22,6 +25,7 @@ __all__ = [
     "RFModelConfig",
     "RFRandomSearch",
     "RFSFTConfig",
+    "RFSuccessiveHalving",
     "Range",
     "RunSpec",
 ]

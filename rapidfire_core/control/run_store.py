@@ -213,6 +213,24 @@ class RunStore:
                 (int(after), int(limit)),
             ).fetchall()
 
+    def metric_at_chunk(self, run_id: int, name: str, chunk: int) -> float | None:
+        """The last value of metric `name` that run `run_id` logged in chunk `chunk`, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT value FROM metrics WHERE run_id = ? AND name = ? AND chunk = ?"
+                " ORDER BY step DESC, rowid DESC LIMIT 1",
+                (run_id, name, chunk),
+            ).fetchone()
+        return None if row is None else row[0]
+
+    def metric_names(self, run_id: int) -> list[str]:
+        """The names of the metrics a run has logged (sorted)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT name FROM metrics WHERE run_id = ? ORDER BY name", (run_id,)
+            ).fetchall()
+        return [row[0] for row in rows]
+
     def results_frame(self) -> pd.DataFrame:
         """One row per (run_id, step): columns run_id, step, epoch, chunk, then every metric name.
 
