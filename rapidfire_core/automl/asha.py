@@ -111,6 +111,6 @@ class RFSuccessiveHalving(RFGridSearch):
     def __repr__(self) -> str:
         return (
             f"RFSuccessiveHalving({len(self.configs)} configs, trainer_type={self.trainer_type!r}, "
-            f"objective='{self.objective.direction}:{self.objective.metric}', grace_period={self.grace_period}, "
-            f"reduction_factor={self.reduction_factor})"
+            f"objective='{self.objective.direction}:{self.objective.metric}', "
+            f"grace_period={self.grace_period}, reduction_factor={self.reduction_factor})"
         )
