@@ -59,7 +59,7 @@ class Objective:
 
     def value_at(self, store: Any, run_id: int, chunk: int) -> float:
         """The run's value at chunk `chunk` (module docstring); MissingObjective if not logged."""
-        value = store.metric_at_chunk(run_id, self.metric, chunk)
+        value = store.last_metric(run_id, self.metric, chunk)
         if value is None:
             logged = store.metric_names(run_id)
             raise MissingObjective(

@@ -213,13 +213,15 @@ class RunStore:
                 (int(after), int(limit)),
             ).fetchall()
 
-    def metric_at_chunk(self, run_id: int, name: str, chunk: int) -> float | None:
-        """The last value of metric `name` that run `run_id` logged in chunk `chunk`, or None."""
+    def last_metric(self, run_id: int, name: str, chunk: int | None = None) -> float | None:
+        """The last value of metric `name` that run `run_id` logged (in chunk `chunk`, if given),
+        or None if it logged none there."""
+        where, params = "run_id = ? AND name = ?", [run_id, name]
+        if chunk is not None:
+            where, params = where + " AND chunk = ?", [*params, chunk]
         with self._lock:
             row = self._db.execute(
-                "SELECT value FROM metrics WHERE run_id = ? AND name = ? AND chunk = ?"
-                " ORDER BY step DESC, rowid DESC LIMIT 1",
-                (run_id, name, chunk),
+                f"SELECT value FROM metrics WHERE {where} ORDER BY step DESC, rowid DESC LIMIT 1", params
             ).fetchone()
         return None if row is None else row[0]
 
