@@ -1,0 +1,252 @@
+"""Time to a decision: how long until a sweep has found a config as good as the full grid's best.
+
+    pytest -m bench benchmarks/bench_time_to_decision.py -s     # prints the table; RTD_MODEL=path
+
+The seeds' claim ("16-24x higher experimentation throughput") is about this: comparable numbers
+after every chunk, so poor configs can be stopped early. Measured here, side by side in one
+process on the same data and configs:
+
+- sequential stock TRL: each config trained to the end, one after another (load the model,
+  build an SFTTrainer, train), evaluating at the same points as the engine's chunk ends;
+- the engine, every config to the end (RFGridSearch);
+- the engine with ASHA (RFSuccessiveHalving, grace 1 chunk, reduction factor 2);
+- the engine with RFOptuna (TPE over the same learning rates as a log range, median pruning,
+  4 trials at a time, budget 8).
+
+The space: 8 SFT configs (LoRA r=8 on q,v), learning rates 1e-6 ... 3e-1: the lowest barely
+move and the highest diverge. The target is the best final eval loss over the whole grid
+(from the all-to-the-end runs, which equal stock TRL); a method has *decided* at the first
+moment the best eval loss it has logged is within 1% of it. Reported per method: wall seconds
+and optimizer steps (all runs) at that moment and at the method's end, each as a ratio to
+sequential stock TRL. Sequential depends on the order of the configs: the grid order and the
+mean over 2000 random orders (computed from its per-config timelines) are both given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+from rapidfire_core import Experiment
+from rapidfire_core.automl import (
+    List,
+    Range,
+    RFGridSearch,
+    RFLoraConfig,
+    RFModelConfig,
+    RFOptuna,
+    RFSFTConfig,
+    RFSuccessiveHalving,
+)
+from rapidfire_core.demo.data import formatting_function, support_dataset
+from rapidfire_core.demo.tiny_model import demo_assets
+
+pytestmark = pytest.mark.bench
+
+LEARNING_RATES = [1e-6, 1e-5, 1e-4, 5e-4, 1e-3, 2e-3, 5e-3, 3e-1]
+ROWS, EVAL_ROWS, BATCH, CHUNKS, STEPS = 128, 24, 4, 4, 32  # one epoch; a chunk = 8 steps
+LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+TOLERANCE = 1.01
+
+
+@dataclass
+class Timeline:
+    """(seconds since the method started, optimizer steps of all runs so far, eval_loss) events."""
+
+    evals: list[tuple[float, int, float]] = field(default_factory=list)
+    end_seconds: float = 0.0
+    end_steps: int = 0
+
+    def decision(self, target: float) -> tuple[float, int] | None:
+        best = float("inf")
+        for seconds, steps, loss in sorted(self.evals):
+            best = min(best, loss)
+            if best <= target:
+                return seconds, steps
+        return None
+
+
+def create_model(model_config):
+    model = AutoModelForCausalLM.from_pretrained(model_config["model_name"])
+    tokenizer = AutoTokenizer.from_pretrained(model_config["model_name"])
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _train_args(**kw):
+    return dict(
+        per_device_train_batch_size=BATCH, max_steps=STEPS, max_length=256, logging_steps=1, seed=0, **kw
+    )
+
+
+def _config(model_dir, learning_rate):
+    return RFModelConfig(
+        model_name=model_dir,
+        peft_config=RFLoraConfig(**LORA),
+        training_args=RFSFTConfig(**_train_args(learning_rate=learning_rate)),
+        formatting_func=formatting_function,
+    )
+
+
+def _engine(model_dir, tmp_path, name, search) -> Timeline:
+    exp = Experiment(name, experiment_path=tmp_path, verbose=False)
+    start = time.time()
+    exp.run_fit(
+        search, create_model, support_dataset(ROWS), support_dataset(EVAL_ROWS, seed=7), num_chunks=CHUNKS
+    )
+    end = time.time()
+    results = exp.get_results()
+    rows = exp._store.metric_rows(limit=10**7)  # (row_id, run_id, step, epoch, chunk, name, value, ts)
+    exp.end()
+    steps_by_time = sorted(ts for _, _, _, _, _, name, _, ts in rows if name == "loss")
+    timeline = Timeline(end_seconds=end - start, end_steps=len(steps_by_time))
+    for _, _, _, _, _, name, value, ts in rows:
+        if name == "eval_loss":
+            done = sum(1 for t in steps_by_time if t <= ts)
+            timeline.evals.append((ts - start, done, value))
+    assert results["loss"].notna().sum() == timeline.end_steps
+    return timeline
+
+
+class _EvalClock(TrainerCallback):
+    def __init__(self, start: float, steps_before: int, sink: list) -> None:
+        self.start, self.steps_before, self.sink = start, steps_before, sink
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.sink.append(
+            (time.time() - self.start, self.steps_before + state.global_step, metrics["eval_loss"])
+        )
+
+
+def _sequential(model_dir, tmp_path) -> tuple[Timeline, list[tuple[float, list]]]:
+    """All configs one after another; also each config's own (duration, [(t, steps, loss)])."""
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    drop = ["instruction", "response", "intent", "category"]
+    train = support_dataset(ROWS).map(formatting_function, remove_columns=drop)
+    evals = support_dataset(EVAL_ROWS, seed=7).map(formatting_function, remove_columns=drop)
+    timeline, per_config, steps = Timeline(), [], 0
+    start = time.time()
+    for i, lr in enumerate(LEARNING_RATES):
+        t0 = time.time()
+        model, tokenizer = create_model({"model_name": model_dir})
+        own: list = []
+        args = SFTConfig(
+            output_dir=str(tmp_path / f"stock-{i}"), report_to="none", save_strategy="no", disable_tqdm=True,
+            use_cpu=True, bf16=False, eval_strategy="steps", eval_steps=STEPS // CHUNKS,
+            **_train_args(learning_rate=lr),
+        )  # fmt: skip
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=train, eval_dataset=evals, processing_class=tokenizer,
+            peft_config=LoraConfig(**LORA), callbacks=[_EvalClock(t0, 0, own)],
+        )  # fmt: skip
+        trainer.train()
+        duration = time.time() - t0
+        offset = t0 - start
+        timeline.evals += [(offset + t, steps + s, loss) for t, s, loss in own]
+        steps += trainer.state.global_step
+        per_config.append((duration, own, trainer.state.global_step))
+    timeline.end_seconds, timeline.end_steps = time.time() - start, steps
+    return timeline, per_config
+
+
+def _random_orders(per_config, target, n=2000, seed=0) -> tuple[float, float]:
+    """Mean (seconds, steps) to a decision over random orders of the sequential configs."""
+    rng = random.Random(seed)
+    total_s = total_steps = 0.0
+    for _ in range(n):
+        order = rng.sample(range(len(per_config)), len(per_config))
+        offset_s, offset_steps, best, done = 0.0, 0, float("inf"), None
+        for i in order:
+            duration, evals, steps = per_config[i]
+            for t, s, loss in evals:
+                best = min(best, loss)
+                if best <= target and done is None:
+                    done = (offset_s + t, offset_steps + s)
+            offset_s += duration
+            offset_steps += steps
+            if done is not None:
+                break
+        total_s += done[0]
+        total_steps += done[1]
+    return total_s / n, total_steps / n
+
+
+def test_time_to_decision(tmp_path):
+    model_dir = os.environ.get("RTD_MODEL") or str(demo_assets().model_path)
+    grid = List([_config(model_dir, lr) for lr in LEARNING_RATES])
+    optuna_space = RFModelConfig(
+        model_name=model_dir,
+        peft_config=RFLoraConfig(**LORA),
+        training_args=RFSFTConfig(**_train_args(learning_rate=Range(1e-6, 3e-1, log=True))),
+        formatting_func=formatting_function,
+    )
+    sequential, per_config = _sequential(model_dir, tmp_path)
+    methods = {
+        "engine, every config to the end": _engine(
+            model_dir, tmp_path, "grid", RFGridSearch(grid, trainer_type="SFT")
+        ),
+        "engine + ASHA": _engine(
+            model_dir,
+            tmp_path,
+            "asha",
+            RFSuccessiveHalving(grid, trainer_type="SFT", objective="minimize:eval_loss"),
+        ),
+        "engine + RFOptuna": _engine(
+            model_dir,
+            tmp_path,
+            "optuna",
+            RFOptuna(
+                optuna_space,
+                trainer_type="SFT",
+                n_initial=4,
+                budget=8,
+                sampler="tpe",
+                pruner="median",
+                seed=0,
+            ),
+        ),  # fmt: skip
+    }
+    full_grid = methods["engine, every config to the end"]
+    best = min(loss for _, _, loss in full_grid.evals + sequential.evals)
+    target = best * TOLERANCE
+    seq_decision = sequential.decision(target)
+    mean_s, mean_steps = _random_orders(per_config, target)
+    rows = [
+        ("sequential stock TRL (grid order)", seq_decision, sequential),
+        ("sequential stock TRL (mean of random orders)", (mean_s, mean_steps), None),
+    ] + [(name, timeline.decision(target), timeline) for name, timeline in methods.items()]
+    lines = [
+        f"target: eval_loss <= {target:.4f} (full-grid best {best:.4f} + 1%)",
+        "| method | decision: s | steps | vs sequential (s / steps) | end: s | steps |",
+        "|---|---|---|---|---|---|",
+    ]
+    report = {"target": target, "best": best, "methods": {}}
+    for name, decision, timeline in rows:
+        end = f"{timeline.end_seconds:.1f} | {timeline.end_steps}" if timeline else "- | -"
+        if decision is None:
+            lines.append(f"| {name} | not reached | - | - | {end} |")
+            report["methods"][name] = None
+            continue
+        seconds, steps = decision
+        ratio = f"{seconds / seq_decision[0]:.2f} / {steps / seq_decision[1]:.2f}"
+        lines.append(f"| {name} | {seconds:.1f} | {steps:.0f} | {ratio} | {end} |")
+        report["methods"][name] = {
+            "decision_seconds": seconds,
+            "decision_steps": steps,
+            "end_seconds": timeline.end_seconds if timeline else None,
+            "end_steps": timeline.end_steps if timeline else None,
+        }
+    print("\n" + "\n".join(lines))
+    print(json.dumps(report))
+    asha = methods["engine + ASHA"]
+    assert asha.end_steps < full_grid.end_steps  # early stopping really stopped runs
+    assert asha.decision(target) is not None
