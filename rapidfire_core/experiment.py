@@ -75,9 +75,14 @@ class Experiment:
         self.verbose = verbose
         self._store = RunStore(self.path / "runs.db")
         self._commands = CommandStore(self.path / "runs.db")
-        orphans = self._store.stop_orphaned_runs("the process ended while the run was in flight")
-        if orphans:
-            self._say(f"Runs {orphans} were left in flight by an earlier process; marked STOPPED")
+        # Runs left NEW/ONGOING are orphans only if no live process trains them (its heartbeat):
+        # a second process that opens the experiment to read results must not stop them.
+        if self._commands.controller_alive():
+            self._say("Another process is training this experiment now: its runs are left as they are")
+        else:
+            orphans = self._store.stop_orphaned_runs("the process ended while the run was in flight")
+            if orphans:
+                self._say(f"Runs {orphans} were left in flight by an earlier process; marked STOPPED")
         self._tracker: MLflowTracker | None = None
         self._controller: RunController | None = None
         self._fit: FitHandle | None = None
