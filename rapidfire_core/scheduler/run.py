@@ -1,9 +1,10 @@
 """One run in flight: its TRL trainer, its training thread, its place in the chunk order.
 
 A `Run` is complete when constructed: it builds its trainer (on its adapter of the shared
-base model), its chunk sampler (from a stream position: 0, or its warm-start parent's) and its
-worker thread, and captures the process state its training starts from. The controller gives
-it turns (`take_turn`); inside a turn the run trains until, at the start of an optimizer step,
+base model), its chunk sampler (over the rows its trainer kept, from a position in plan rows:
+0, or its warm-start parent's; see `scheduler.chunks`) and its worker thread, and captures the
+process state its training starts from. The controller gives it turns (`take_turn`); inside a
+turn the run trains until, at the start of an optimizer step,
 
     - it has completed a chunk          -> the turn ends (TurnEnd.CHUNK)
     - commands are waiting              -> it pauses so the controller applies them
@@ -109,6 +110,7 @@ class Run:
             train=data.train,
             evals=data.evals,
             callbacks=callbacks,
+            engine_events=self.gate,
         )
         self.trainer = built.trainer
         self.model = built.model
@@ -117,9 +119,12 @@ class Run:
         self.generation_eval = built.generation_eval
         if warm_start is not None:
             warm_start.apply_weights(self.model, self.adapter_name)
-        self.sampler = make_sampler(spec.trainer_type, self.trainer, data.plan, start_position)
+        self.sampler = make_sampler(
+            spec.trainer_type, self.trainer, data.plan, start_position, source_rows=built.source_rows
+        )
         self.trainer.rapidfire_sampler = self.sampler
-        self.chunks_done = self.sampler.chunks_done(self.sampler.start)
+        # A run whose trainer dropped the first chunk(s) whole has completed them already.
+        self.chunks_done = self.sampler.chunks_done(self.sampler.start_position)
         self.current_chunk = self.chunks_done + 1
         # transformers' Trainer.__init__ re-seeds with args.seed; a stock run starts train() from
         # the RNG state its trainer's __init__ leaves, so that is the state this run starts from.
@@ -141,7 +146,7 @@ class Run:
         return self.worker.finished
 
     def position(self) -> int:
-        """Items of the shared stream this run has trained on (a warm clone starts here)."""
+        """The run's place in the shared chunk order, in plan rows (a warm clone starts here)."""
         return self.gate.position()
 
     def abort(self) -> None:

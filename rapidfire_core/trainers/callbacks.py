@@ -1,8 +1,10 @@
 """Trainer callbacks that connect a stock TRL trainer to the run controller.
 
-`ChunkGate` tracks the run's position in the shared item stream (see
+`ChunkGate` tracks the run's position in the shared chunk order, in plan rows (see
 `rapidfire_core.scheduler.chunks`). When an optimizer step completes a chunk it forces a log
-and (with an eval set) an evaluation, so all runs have comparable numbers after every chunk.
+and (with an eval set) an evaluation, so all runs have comparable numbers after every chunk;
+`engine_log` / `engine_eval` say when that log or evaluation is one stock TRL would not have
+made (the user's own callbacks are not shown those, `trainers.user_callbacks`).
 At the start of every optimizer step it hands control to the run (`GatedRun.step_boundary`):
 that is where the run gives its turn back at a chunk end, where commands (stop, delete, clone,
 ...) take effect, and where an abort unwinds `train()`. `MetricsForwarder` hands every
@@ -32,7 +34,7 @@ class NonFiniteMetric(RuntimeError):
 class GatedRun(Protocol):
     """What the callbacks need of a run in flight."""
 
-    sampler: Any  # a chunk sampler: position(epoch, consumed), chunks_done(position), start
+    sampler: Any  # a chunk sampler: position(epoch, consumed), chunks_done(position)
     chunks_done: int
     has_eval: bool
 
@@ -55,11 +57,13 @@ class ChunkGate(TrainerCallback):
         self.state_before_extra_eval: ProcessState | None = None
         self.epoch = -1
         self.micro_batches = 0
+        self.engine_log = False  # this step's training log is one the engine forced
+        self.engine_eval = False  # this step's evaluation is one the engine forced
 
     def position(self) -> int:
-        """Items of the stream this run has trained on (at an optimizer-step boundary)."""
+        """The run's position in plan rows (at an optimizer-step boundary; see the chunks module)."""
         if self.epoch < 0:
-            return self.run.sampler.start
+            return self.run.sampler.position(0, 0)
         return self.run.sampler.position(self.epoch, self.micro_batches * self.items_per_micro_batch)
 
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
@@ -75,6 +79,7 @@ class ChunkGate(TrainerCallback):
         self.micro_batches = 0
 
     def on_step_begin(self, args, state, control, **kwargs):
+        self.engine_log = self.engine_eval = False
         chunk_complete, self.pause_pending = self.pause_pending, False
         self.run.step_boundary(chunk_complete)
 
@@ -94,6 +99,8 @@ class ChunkGate(TrainerCallback):
         # With dataloader_drop_last the epoch's final rows are never consumed, so its last chunk
         # never reaches its end count: the end of the epoch closes every chunk of it. (Only when
         # every batch was consumed: at max_steps the trainer ends the epoch early.)
+        # The last step's forced log/evaluation is over; an epoch-end one is TRL's own unless forced here.
+        self.engine_log = self.engine_eval = False
         if self.micro_batches >= self.batches_per_epoch:
             before = self.run.chunks_done
             self._close_chunks(self.run.sampler.chunks_done(self.run.sampler.position(self.epoch + 1, 0)))
@@ -107,8 +114,10 @@ class ChunkGate(TrainerCallback):
             self.pause_pending = True
 
     def _force_log_and_eval(self, control) -> None:
+        self.engine_log = self.engine_log or not control.should_log
         control.should_log = True
         if self.run.has_eval and not control.should_evaluate:
+            self.engine_eval = True
             # An evaluation stock TRL would not run here. It draws from the global RNG (each eval
             # DataLoader iterator takes a seed), so the run's state is put back after it
             # (`on_evaluate`): training continues exactly as it would have without it.

@@ -5,8 +5,14 @@ sampler the controller sets as `rapidfire_sampler` (the run's view of the shared
 Everything else (loss, schedule, accumulation, clipping, logging, evaluation) is TRL's own code.
 
 `build_run_trainer` is everything TRL-specific about making one run: its TRL config with the
-engine's overrides, its adapter on the shared base model, its formatted datasets, its trainer
-and its generation-metric evaluator.
+engine's overrides, its adapter on the shared base model, its formatted datasets, its trainer,
+the user's own callbacks (a fresh copy per run) and its generation-metric evaluator.
+
+Which rows the trainer kept. TRL drops rows while it prepares a run's dataset (see
+`rapidfire_core.scheduler.chunks`). The training set goes to TRL with one extra column, the
+source row of each row; once the trainer is built the column is read (the source row of each
+row TRL kept, in order) and removed, so the trainer trains on exactly the columns stock TRL
+would have: `RunTrainer.source_rows`.
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ from trl import DPOTrainer, GRPOTrainer, SFTTrainer
 from rapidfire_core.trainers.datasets import FormattedDatasets
 from rapidfire_core.trainers.generation_eval import make_generation_eval
 from rapidfire_core.trainers.shared_models import ModelRegistry, sharing_constraints
+from rapidfire_core.trainers.user_callbacks import EngineEvents, callback_list, run_callbacks
+
+# The source row of each training row, carried through TRL's dataset preparation (module docstring).
+SOURCE_ROW_COLUMN = "rapidfire_source_row"
 
 
 class _ChunkSamplerMixin:
@@ -118,6 +128,7 @@ class RunTrainer:
     adapter_name: str | None
     has_eval: bool
     generation_eval: Callable[[int, float | None], dict[str, float]] | None
+    source_rows: list[int] | None = None  # source row of each row the trainer kept; None: all, in place
 
 
 @contextlib.contextmanager
@@ -135,6 +146,61 @@ def quiet_dataset_preparation() -> Iterator[None]:
             ds_logging.enable_progress_bar()
 
 
+def run_args(spec: Any, output_dir: Path, has_eval: bool) -> Any:
+    """The run's TRL config: the user's, with the engine's overrides."""
+    overrides: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        report_to="none",
+        disable_tqdm=True,
+        save_strategy="no",  # the engine saves each run's final adapter itself
+    )
+    if not has_eval:
+        overrides["eval_strategy"] = "no"
+    return spec.training_args(**overrides)
+
+
+def preload_base(spec: Any, registry: ModelRegistry, output_dir: Path, has_eval: bool) -> None:
+    """Create the base model `spec`'s run will attach to, now (see `ModelRegistry.preload`)."""
+    args = run_args(spec, output_dir, has_eval)
+    registry.preload(spec.create_model_dict(), spec.lora_config(), seed=args.seed,
+                     share_key_extra=sharing_constraints(args))  # fmt: skip
+
+
+def user_callbacks(spec: Any) -> list[Any]:
+    """The user's callbacks of a run: RFModelConfig.callbacks, then the training config's."""
+    model_config = spec.model_config
+    return callback_list(getattr(model_config, "callbacks", None)) + callback_list(
+        getattr(model_config.training_args, "callbacks", None)
+    )
+
+
+def _with_source_rows(dataset):
+    return dataset.add_column(SOURCE_ROW_COLUMN, list(range(len(dataset))))
+
+
+def _take_source_rows(trainer, num_rows: int, trainer_type: str) -> list[int] | None:
+    """The source row of each training row the trainer kept (None: every row, in place); the
+    marker column is removed, so the trainer trains on the columns stock TRL would."""
+    dataset = trainer.train_dataset
+    if SOURCE_ROW_COLUMN in dataset.column_names:
+        rows = list(dataset[SOURCE_ROW_COLUMN])
+        trainer.train_dataset = dataset.remove_columns([SOURCE_ROW_COLUMN])
+    elif len(dataset) == num_rows:
+        rows = list(range(num_rows))
+    else:  # a TRL that drops the column and rows: the engine cannot tell which rows remain
+        raise RuntimeError(
+            f"{type(trainer).__name__} changed the training set from {num_rows} to {len(dataset)} rows "
+            "in a way the engine cannot follow (its source-row column was removed)"
+        )
+    if not rows:
+        max_length = getattr(trainer.args, "max_length", None)
+        raise ValueError(
+            f"{trainer_type}: TRL dropped all {num_rows} training rows while preparing them (with "
+            f"max_length={max_length!r} no row keeps a token to train on); raise max_length"
+        )
+    return None if rows == list(range(num_rows)) else rows
+
+
 def build_run_trainer(
     spec: Any,
     *,
@@ -145,18 +211,19 @@ def build_run_trainer(
     train,
     evals,
     callbacks: list,
+    engine_events: EngineEvents | None = None,
 ) -> RunTrainer:
-    """One run's TRL trainer on its adapter (`run_<run_id>`) of the shared base model."""
+    """One run's TRL trainer on its adapter (`run_<run_id>`) of the shared base model.
+
+    callbacks: the engine's; the user's own follow them, each a fresh copy for this run that is
+    not shown the events `engine_events` (the run's ChunkGate) marks as the engine's."""
     model_config = spec.create_model_dict()
-    overrides: dict[str, Any] = dict(
-        output_dir=str(output_dir),
-        report_to="none",
-        disable_tqdm=True,
-        save_strategy="no",  # the engine saves each run's final adapter itself
-    )
-    if evals is None:
-        overrides["eval_strategy"] = "no"
-    args = spec.training_args(**overrides)
+    args = run_args(spec, output_dir, evals is not None)
+    mine = user_callbacks(spec)
+    if mine:
+        if engine_events is None:
+            raise ValueError("the run has its own callbacks: build_run_trainer needs engine_events")
+        callbacks = list(callbacks) + run_callbacks(mine, engine_events)
     attached = registry.attach(
         model_config,
         spec.lora_config(),
@@ -166,7 +233,7 @@ def build_run_trainer(
     )
     func = model_config.get("formatting_func")
     with quiet_dataset_preparation():
-        train_ds = formatted.get(train, func)
+        train_ds = _with_source_rows(formatted.get(train, func))
         eval_ds = formatted.get(evals, func)
         trainer = build_trainer(
             spec.trainer_type,
@@ -179,6 +246,7 @@ def build_run_trainer(
             reward_funcs=model_config.get("reward_funcs"),
             callbacks=callbacks,
         )
+    source_rows = _take_source_rows(trainer, len(train), spec.trainer_type)
     generation_eval = None
     compute_metrics = model_config.get("compute_metrics")
     if compute_metrics is not None and eval_ds is not None:
@@ -190,4 +258,6 @@ def build_run_trainer(
             model_config.get("generation_config"),
             batch_size=args.per_device_eval_batch_size,
         )
-    return RunTrainer(trainer, attached.model, attached.adapter_name, eval_ds is not None, generation_eval)
+    return RunTrainer(
+        trainer, attached.model, attached.adapter_name, eval_ds is not None, generation_eval, source_rows
+    )

@@ -10,6 +10,13 @@ get a model of their own.
 Adapter initialisation matches stock TRL: TRL's trainers call `set_seed(args.seed)` and then
 `get_peft_model`, so an adapter created here under `set_seed(args.seed)` has the same initial
 weights.
+
+`create_model` must return `(model, tokenizer)`: a `torch.nn.Module` and a tokenizer or
+processor (or None: TRL then loads the model's own). Anything else is a
+`CreateModelContractError` naming what came back (a swapped pair says so). `preload` makes the
+first base model before any run is built, so `run_fit` raises that error itself, before any
+run exists; an ordinary exception of `create_model` there is kept for the run that needs the
+model, which then fails with it (one bad model must not stop the other runs).
 """
 
 from __future__ import annotations
@@ -63,21 +70,82 @@ def base_model_key(model_config: dict[str, Any], extra: dict[str, Any] | None = 
     )
 
 
+class CreateModelContractError(TypeError):
+    """`create_model` returned something other than `(model, tokenizer)`."""
+
+
+def _is_tokenizer(value: Any) -> bool:
+    from transformers import PreTrainedTokenizerBase, ProcessorMixin
+
+    return isinstance(value, (PreTrainedTokenizerBase, ProcessorMixin))
+
+
+def check_created(created: Any) -> tuple[Any, Any]:
+    """`created` as `(model, tokenizer)`, or a CreateModelContractError saying what it is."""
+    import torch
+
+    expected = "create_model(model_config) must return (model, tokenizer)"
+    if not (isinstance(created, (tuple, list)) and len(created) == 2):
+        got = f"a {len(created)}-tuple" if isinstance(created, (tuple, list)) else type(created).__name__
+        raise CreateModelContractError(f"{expected}, got {got}")
+    model, tokenizer = created
+    names = f"({type(model).__name__}, {type(tokenizer).__name__})"
+    if _is_tokenizer(model) and isinstance(tokenizer, torch.nn.Module):
+        raise CreateModelContractError(f"{expected}, got (tokenizer, model) {names}: swap them")
+    if not isinstance(model, torch.nn.Module):
+        raise CreateModelContractError(f"{expected}: the model is not a torch.nn.Module, got {names}")
+    if tokenizer is not None and not _is_tokenizer(tokenizer):
+        raise CreateModelContractError(
+            f"{expected}: the tokenizer is not a transformers tokenizer or processor (or None), got {names}"
+        )
+    return model, tokenizer
+
+
 class ModelRegistry:
     """Creates each distinct base model once and attaches run adapters to it."""
 
     def __init__(self, create_model: Callable[[dict[str, Any]], tuple[Any, Any]]) -> None:
         self._create_model = create_model
         self._bases: dict[str, tuple[Any, Any]] = {}
+        self._preloaded_own: dict[str, tuple[Any, Any]] = {}  # full fine-tuning models made early
+        self._preload_errors: dict[str, Exception] = {}  # create_model's error, for the run it was for
 
     def _create(self, model_config: dict[str, Any]) -> tuple[Any, Any]:
-        created = self._create_model(model_config)
-        if not (isinstance(created, (tuple, list)) and len(created) == 2):
-            raise TypeError(
-                "create_model(model_config) must return a (model, tokenizer) tuple, "
-                f"got {type(created).__name__}"
-            )
-        return created[0], created[1]
+        return check_created(self._create_model(model_config))
+
+    def preload(self, model_config: dict[str, Any], lora_config, seed: int, share_key_extra: dict) -> None:
+        """Make the model the run (`model_config`, `lora_config`, `seed`) will attach to, now.
+
+        The next `attach` of that run takes it (or raises the error `create_model` raised
+        here); a CreateModelContractError is raised at once (module docstring)."""
+        from transformers import set_seed
+
+        key = (
+            self._own_key(model_config, seed, share_key_extra)
+            if lora_config is None
+            else (base_model_key(model_config, share_key_extra))
+        )
+        if key in self._bases or key in self._preloaded_own or key in self._preload_errors:
+            return
+        try:
+            if lora_config is None:
+                set_seed(seed)  # as attach makes a full fine-tuning model: same weights
+                self._preloaded_own[key] = self._create(model_config)
+            else:
+                self._bases[key] = self._create(model_config)
+        except CreateModelContractError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the run that needs this model fails with it
+            self._preload_errors[key] = exc
+
+    @staticmethod
+    def _own_key(model_config: dict[str, Any], seed: int, share_key_extra: dict) -> str:
+        return "own:" + base_model_key(model_config, {**share_key_extra, "seed": seed})
+
+    def _raise_preload_error(self, key: str) -> None:
+        error = self._preload_errors.pop(key, None)
+        if error is not None:
+            raise error  # once: a later run on the same model calls create_model again
 
     def attach(
         self, model_config: dict[str, Any], lora_config, adapter_name: str, seed: int, share_key_extra: dict
@@ -86,11 +154,17 @@ class ModelRegistry:
         from transformers import set_seed
 
         if lora_config is None:  # full fine-tuning: a model of its own
-            set_seed(seed)
-            model, tokenizer = self._create(model_config)
+            own_key = self._own_key(model_config, seed, share_key_extra)
+            self._raise_preload_error(own_key)
+            preloaded = self._preloaded_own.pop(own_key, None)
+            if preloaded is None:
+                set_seed(seed)
+                preloaded = self._create(model_config)
+            model, tokenizer = preloaded
             return AttachedModel(model, tokenizer, None)
 
         key = base_model_key(model_config, share_key_extra)
+        self._raise_preload_error(key)
         if key not in self._bases:
             self._bases[key] = self._create(model_config)
         model, tokenizer = self._bases[key]
