@@ -10,6 +10,10 @@ changes. Materialize a concrete config (no knobs left) with:
 
 Any exception from the library's own ``__post_init__`` becomes a ``ConfigError`` that names
 the RF config class.
+
+The training configs also take the engine's own fields (``ENGINE_FIELDS``), which are knobs
+like any field but go to the run's trainer, not to the TRL config: ``callbacks`` (TrainerCallback
+instances or classes, after ``RFModelConfig.callbacks``; see ``trainers.user_callbacks``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import peft
 import trl
 
 from rapidfire_core.automl.knobs import clone_value
+from rapidfire_core.automl.model_config import CALLBACKS_ANNOTATION
 from rapidfire_core.automl.rf_config import RFConfigBase, find_knob
 from rapidfire_core.automl.translate import legacy_fields_for, training_kwargs
 from rapidfire_core.errors import ConfigError, ConfigTranslationWarning
@@ -64,12 +69,17 @@ class RFLoraConfig(RFConfigBase, peft.LoraConfig):
         return _build(self, _concrete_kwargs(self))
 
 
+# field -> annotation: accepted by every RF training config, passed to the trainer, not to TRL's config
+ENGINE_FIELDS: dict[str, Any] = {"callbacks": CALLBACKS_ANNOTATION}
+
+
 class _RFTrainingConfig(RFConfigBase):
     """Shared ``to_trl`` of the three TRL training configs."""
 
     @classmethod
     def _rf_legacy_fields(cls, library_fields: set[str]) -> dict[str, Any]:
-        return legacy_fields_for(cls._rf_kind, library_fields)
+        engine = {name: ann for name, ann in ENGINE_FIELDS.items() if name not in library_fields}
+        return legacy_fields_for(cls._rf_kind, library_fields) | engine
 
     def _rf_after_from_library(self, obj: Any) -> None:
         # TRL resolves an unset bf16 to ``not fp16``; that derived value is not a user choice.
@@ -81,9 +91,8 @@ class _RFTrainingConfig(RFConfigBase):
     def trl_kwargs(self, gpu: bool | None = None, **overrides: Any) -> tuple[dict[str, Any], list[str]]:
         """``(kwargs, messages)`` ``to_trl`` would use, without building the TRL object."""
         _require_concrete(self, "to_trl")
-        return training_kwargs(
-            type(self).__name__, self._rf_kind, self._rf_parent, _concrete_kwargs(self), overrides, gpu=gpu
-        )
+        user = {k: v for k, v in _concrete_kwargs(self).items() if k not in ENGINE_FIELDS}
+        return training_kwargs(type(self).__name__, self._rf_kind, self._rf_parent, user, overrides, gpu=gpu)
 
     def to_trl(self, **overrides: Any) -> Any:
         """The concrete TRL config: legacy translations, ``overrides``, CPU fallbacks (translate.py).

@@ -12,7 +12,8 @@ Keys (the ``RunSpec.knobs`` naming):
 
 Values: None / bool / int / float / str as they are; enums by value; callables by
 ``__name__`` (``functools.partial`` by its function's name); lists and tuples as lists;
-``torch.dtype`` and any other object as ``str(value)``.
+an object without a ``__str__`` / ``__repr__`` of its own (a trainer callback instance) by its
+class name; ``torch.dtype`` and any other object as ``str(value)``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def jsonable(value: Any) -> Any:
         return jsonable(value.func)
     if callable(value):
         return getattr(value, "__name__", type(value).__name__)
+    cls = type(value)
+    if cls.__str__ is object.__str__ and cls.__repr__ is object.__repr__:
+        return cls.__name__  # "<MyCallback object at 0x7f...>" would differ in every process
     return str(value)
 
 

@@ -224,8 +224,9 @@ def is_knob(value: Any) -> bool:
 def clone_value(value: Any, memo: dict | None = None) -> Any:
     """Deep copy that shares callables (functions, reward models, metric fns) and classes.
 
-    Containers, knobs and configs are copied; a function, a callable object or a class
-    is the same object in the copy (copying a reward model or a closure is never wanted).
+    Containers, knobs and configs are copied; a function, a callable object, a class or a
+    trainer callback is the same object in the copy (copying a reward model or a closure is
+    never wanted; each run makes its own copy of a callback when its trainer is built).
     """
     if memo is None:
         memo = {}
@@ -239,9 +240,15 @@ def clone_value(value: Any, memo: dict | None = None) -> Any:
         return copy.deepcopy(value, memo)
     if getattr(value, "_rf_is_config", False):
         return value.copy()
-    if isinstance(value, type) or callable(value):
+    if isinstance(value, type) or callable(value) or _is_trainer_callback(value):
         return value
     return copy.deepcopy(value, memo)
+
+
+def _is_trainer_callback(value: Any) -> bool:
+    from transformers import TrainerCallback
+
+    return isinstance(value, TrainerCallback)
 
 
 __all__ = ["List", "Range", "clone_value", "is_knob"]

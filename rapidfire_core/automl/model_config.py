@@ -4,7 +4,12 @@ Fields, in declaration order (the grid-expansion order, see ``search.py``)::
 
     model_name, tokenizer, tokenizer_kwargs, formatting_func, compute_metrics,
     peft_config, training_args, model_type, model_kwargs, ref_model_name,
-    ref_model_type, ref_model_kwargs, reward_funcs, generation_config, num_gpus
+    ref_model_type, ref_model_kwargs, reward_funcs, generation_config, num_gpus,
+    callbacks
+
+``callbacks``: ``transformers.TrainerCallback`` instances or subclasses (one, or a list), passed
+to the run's trainer before the training config's own ``callbacks``; each run gets its own copy
+(``rapidfire_core.trainers.user_callbacks``). A ``List`` of lists chooses between sets.
 
 Any field may hold a ``List`` (``peft_config=List([RFLoraConfig(r=8), RFLoraConfig(r=32)])``),
 and knobs may sit deeper (inside ``model_kwargs`` values, inside the RF configs). Types are
@@ -24,12 +29,15 @@ from typing import Any
 
 import peft
 import trl
+from transformers import TrainerCallback
 
 from rapidfire_core.automl.knobs import clone_value
 from rapidfire_core.automl.rf_config import type_error, unknown_field_error
 from rapidfire_core.automl.typecheck import matches
 
 _RewardFunc = Callable | str
+_Callback = TrainerCallback | type[TrainerCallback]
+CALLBACKS_ANNOTATION = _Callback | list[_Callback] | tuple[_Callback, ...] | None
 _FIELDS: dict[str, Any] = {
     "model_name": str | os.PathLike | None,
     "tokenizer": Any,  # a hub id / path, or a tokenizer object
@@ -46,6 +54,7 @@ _FIELDS: dict[str, Any] = {
     "reward_funcs": _RewardFunc | list[_RewardFunc] | tuple[_RewardFunc, ...] | None,
     "generation_config": Any,  # dict of generate() kwargs or a transformers GenerationConfig
     "num_gpus": int | None,
+    "callbacks": CALLBACKS_ANNOTATION,
 }
 _DEFAULTS: dict[str, Any] = {name: None for name in _FIELDS} | {"model_type": "causal_lm"}
 KWARGS_FIELDS = ("tokenizer_kwargs", "model_kwargs", "ref_model_kwargs")
@@ -74,6 +83,7 @@ class RFModelConfig:
         reward_funcs: Any = None,
         generation_config: Any = None,
         num_gpus: int | None = None,
+        callbacks: Any = None,
         **unknown: Any,
     ) -> None:
         if unknown:

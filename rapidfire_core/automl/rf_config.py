@@ -9,8 +9,9 @@ Instead:
   fresh ``default_factory()``), overlaid by the user's keyword arguments;
 - the names the user set are remembered, in the order set (``user_kwargs()``); only they
   are passed to the library at materialization, so the library keeps its own defaults;
-- a keyword must be a field of the library class or a *legacy* field we translate (see
-  ``translate.py``), else ``ConfigError`` naming field, class and the closest names;
+- a keyword must be a field of the library class, a *legacy* field we translate (see
+  ``translate.py``) or an engine field (``configs.ENGINE_FIELDS``: ``callbacks``), else
+  ``ConfigError`` naming field, class and the closest names;
 - a value must match the field's annotation (``typecheck.matches``); ``List`` / ``Range``
   are checked element-wise; a mismatch is a ``ConfigError`` naming field, class, expected
   and got;

@@ -32,7 +32,8 @@ them (Lists may nest). A ``List`` anywhere inside expands (see ``expand.py``):
   ``10 * num_runs`` draws is a ConfigError.
 
 ``expand()`` validates each run (``validate.py``) and raises one ConfigError listing every
-invalid run by its index in the expansion and the knobs that distinguish it.
+invalid run by its index in the expansion and the knobs that distinguish it, each problem named
+by its path from the search's configs: ``run 2 {peft.r=0}: configs[1].peft_config.r: ...``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from rapidfire_core.automl.expand import fingerprint, grid, sample
 from rapidfire_core.automl.flatten import flatten_knobs
 from rapidfire_core.automl.knobs import List
 from rapidfire_core.automl.model_config import RFModelConfig
-from rapidfire_core.automl.validate import check_run, prepare_run, run_label, varying_keys
+from rapidfire_core.automl.validate import FieldErrors, check_run, prepare_run, run_label, varying_keys
 from rapidfire_core.errors import ConfigError
 
 TRAINER_TYPES = ("SFT", "DPO", "GRPO")
@@ -135,22 +136,29 @@ class _ConfigGroup(abc.ABC):
     def _candidates(self) -> list[RFModelConfig]:
         """The concrete model configs this search yields, in order."""
 
+    def _located_candidates(self) -> list[tuple[str, RFModelConfig]]:
+        """``(origin, config)`` per candidate: the origin (``configs[1]``) names it in errors."""
+        return [("configs", mc) for mc in self._candidates()]
+
     def expand(self) -> list[RunSpec]:
         """The validated runs (module docstring); ConfigError naming every invalid run."""
-        candidates = [mc.copy() for mc in self._candidates()]
+        located = [(origin, mc.copy()) for origin, mc in self._located_candidates()]
+        candidates = [mc for _, mc in located]
         problems: dict[int, str] = {}
-        for i, mc in enumerate(candidates):
+        for i, (origin, mc) in enumerate(located):
             try:
                 prepare_run(mc, self.trainer_type)  # normalises in place
             except ConfigError as exc:
-                problems[i] = str(exc)
+                problems[i] = f"{origin}: {exc}"
         all_knobs = [flatten_knobs(mc) for mc in candidates]
-        for i, mc in enumerate(candidates):
+        for i, (origin, mc) in enumerate(located):
             if i not in problems:
                 try:
                     check_run(mc, self.trainer_type)
+                except FieldErrors as exc:
+                    problems[i] = "; ".join(exc.located(origin))
                 except ConfigError as exc:
-                    problems[i] = str(exc)
+                    problems[i] = f"{origin}: {exc}"
         if problems:
             self._raise(problems, all_knobs, len(candidates))
         pairs = zip(candidates, all_knobs, strict=True)
@@ -173,7 +181,15 @@ class RFGridSearch(_ConfigGroup):
     """Every combination of every ``List`` (and discrete ``Range``), in the documented order."""
 
     def _candidates(self) -> list[RFModelConfig]:
-        return grid(List(self.configs), "configs")
+        return [mc for _, mc in self._located_candidates()]
+
+    def _located_candidates(self) -> list[tuple[str, RFModelConfig]]:
+        # grid(List(configs)) is each config's grid in turn: expanded one by one, each keeps its index.
+        return [
+            (f"configs[{i}]", mc)
+            for i, config in enumerate(self.configs)
+            for mc in grid(config, f"configs[{i}]")
+        ]
 
 
 class RFRandomSearch(_ConfigGroup):
@@ -189,18 +205,24 @@ class RFRandomSearch(_ConfigGroup):
         self.seed = seed
 
     def _candidates(self) -> list[RFModelConfig]:
+        return [mc for _, mc in self._located_candidates()]
+
+    def _located_candidates(self) -> list[tuple[str, RFModelConfig]]:
         rng = random.Random(self.seed)
-        space = List(self.configs)
-        runs: list[RFModelConfig] = []
+        runs: list[tuple[str, RFModelConfig]] = []
         seen: set[Any] = set()
         attempts = 0
         while len(runs) < self.num_runs and attempts < 10 * self.num_runs:
             attempts += 1
-            draw = sample(space, rng)
+            # sample(List(configs), rng) draws the config, then samples it: the same draws, and
+            # the index of the config drawn names it in errors.
+            config = rng.choice(self.configs)
+            index = next(i for i, c in enumerate(self.configs) if c is config)
+            draw = sample(config, rng)
             key = fingerprint(draw)
             if key not in seen:
                 seen.add(key)
-                runs.append(draw)
+                runs.append((f"configs[{index}]", draw))
         if len(runs) < self.num_runs:
             raise ConfigError(
                 f"RFRandomSearch: only {len(runs)} distinct configs in {attempts} draws, "

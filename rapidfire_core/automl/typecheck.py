@@ -3,9 +3,9 @@
 ``matches(value, annotation)`` answers "would this field accept this value" for the
 annotations TRL, transformers and peft use: ``int``, ``float`` (an int is fine), ``str``,
 ``bool``, ``None``, ``X | Y`` / ``Optional`` / ``Union``, ``Literal[...]``, enums (a member
-or its value), ``list[T]`` / ``tuple[...]`` / ``dict[K, V]`` (element-wise) and plain
-classes (``isinstance``). A ``List`` knob matches when every one of its values matches; a
-``Range`` matches when its bounds (in its dtype) do. Unknown annotation forms are
+or its value), ``list[T]`` / ``tuple[...]`` / ``dict[K, V]`` (element-wise), ``type[C]`` (a
+subclass of C) and plain classes (``isinstance``). A ``List`` knob matches when every one of
+its values matches; a ``Range`` matches when its bounds (in its dtype) do. Unknown annotation forms are
 accepted rather than guessed at: the TRL materialization step still validates them.
 
 Two leniencies follow what the libraries themselves accept:
@@ -86,6 +86,8 @@ def _matches_concrete(value: Any, ann: Any) -> bool:
             keys_ok = all(matches(k, key_ann) for k in value)
             return keys_ok and all(matches(v, value_ann) for v in value.values())
         return True
+    if origin is type:
+        return isinstance(value, type) and (not args or issubclass(value, args[0]))
     if origin is collections.abc.Callable or ann is collections.abc.Callable:
         return callable(value)
     if ann is os.PathLike:

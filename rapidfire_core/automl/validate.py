@@ -9,9 +9,19 @@
 - ``model_name`` is required; GRPO requires ``reward_funcs`` (a callable, a reward-model
   id, or a non-empty list of them).
 
-``check_run`` then applies the GRPO batch rule (below) and materializes the run once
-(``training_args.to_trl(output_dir=<tmp>, report_to="none")``, ``peft_config.to_peft()``)
-so TRL's and peft's own validation errors surface now.
+``check_run`` then applies the value rules (``values.py``: ``r >= 1``, ``learning_rate >= 0``,
+...), checks the user's callbacks, applies the GRPO batch rule (below) and materializes the run
+once (``training_args.to_trl(output_dir=<tmp>, report_to="none")``, ``peft_config.to_peft()``)
+so TRL's and peft's own validation errors surface now. Its errors are ``FieldErrors``: each
+problem has a path inside the run's RFModelConfig (``peft_config.r``, ``training_args``, or
+``training_args.warmup_steps`` when the library's message names one field the user set), so
+``expand()`` can name it from the search's configs (``configs[1].peft_config.r``) and a clone
+edit from its changes.
+
+Callbacks (``RFModelConfig.callbacks`` and the training config's ``callbacks``): each is a
+``transformers.TrainerCallback`` instance, which must survive ``copy.deepcopy`` (every run gets
+its own copy, ``trainers.user_callbacks``), or a TrainerCallback subclass that can be made with
+no arguments.
 
 GRPO batch rule (TRL 1.x ``GRPOConfig.__post_init__``, one process): the generation batch
 is ``generation_batch_size`` if set, else ``per_device_train_batch_size *
@@ -23,7 +33,10 @@ or num_generations``.
 
 from __future__ import annotations
 
+import copy
+import inspect
 import os
+import re
 import tempfile
 from typing import Any
 
@@ -32,9 +45,22 @@ import peft
 from rapidfire_core.automl.configs import LIBRARY_TRAINING_CONFIGS, TRAINING_CONFIGS, RFLoraConfig
 from rapidfire_core.automl.model_config import RFModelConfig
 from rapidfire_core.automl.rf_config import RFConfigBase
+from rapidfire_core.automl.values import field_problems
 from rapidfire_core.errors import ConfigError
 
 VALIDATION_OUTPUT_DIR = os.path.join(tempfile.gettempdir(), "rapidfire_core-validate")
+
+
+class FieldErrors(ConfigError):
+    """Problems of one run, each ``(path inside its RFModelConfig, message)``."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(f"{path}: {message}" for path, message in self.problems))
+
+    def located(self, origin: str) -> list[str]:
+        """Each problem as one line with its full path: ``configs[1].peft_config.r: ...``."""
+        return [f"{origin}.{path}: {message}" for path, message in self.problems]
 
 
 def prepare_run(mc: RFModelConfig, trainer_type: str) -> RFModelConfig:
@@ -114,18 +140,76 @@ def check_grpo_eval_batches(ta: Any) -> None:
         )
 
 
+def _callback_problems(value: Any, path: str) -> list[tuple[str, str]]:
+    from transformers import TrainerCallback
+
+    from rapidfire_core.trainers.user_callbacks import callback_list
+
+    problems = []
+    for i, callback in enumerate(callback_list(value)):
+        where = f"{path}[{i}]"
+        if isinstance(callback, type):
+            if not issubclass(callback, TrainerCallback):
+                problems.append((where, f"{callback.__name__} is not a transformers.TrainerCallback"))
+                continue
+            try:
+                inspect.signature(callback).bind()
+            except TypeError:
+                problems.append((where, f"{callback.__name__} needs arguments: pass an instance"))
+            except ValueError:
+                pass  # no signature to inspect: the trainer will try
+        elif not isinstance(callback, TrainerCallback):
+            problems.append(
+                (where, f"expected a transformers.TrainerCallback, got {type(callback).__name__}")
+            )
+        else:
+            try:
+                copy.deepcopy(callback)
+            except Exception as exc:  # noqa: BLE001 - named with the callback below
+                problems.append((
+                    where,
+                    f"{type(callback).__name__} cannot be copied for each run ({type(exc).__name__}: {exc}); "
+                    "pass its class, or make it deep-copyable",
+                ))  # fmt: skip
+    return problems
+
+
+def _library_problem(field: str, cfg: Any, exc: ConfigError) -> tuple[str, str]:
+    """A materialization error, at the one field the library's message names (if one)."""
+    text = str(exc.__cause__ or exc)
+    named = [name for name in cfg.user_kwargs() if re.search(rf"\b{re.escape(name)}\b", text)]
+    return (f"{field}.{named[0]}" if len(named) == 1 else field), str(exc)
+
+
 def check_run(mc: RFModelConfig, trainer_type: str) -> None:
-    """GRPO batch rule, then one materialization of the training and LoRA configs."""
-    if trainer_type == "GRPO":
-        check_grpo_batches(mc.training_args)
-    if trainer_type == "SFT" and getattr(mc.training_args, "packing", False):
-        raise ConfigError(
-            f"{type(mc.training_args).__name__}.packing=True is not supported: the engine's chunks are "
-            "sets of training rows and packing merges rows into new ones; use packing=False"
-        )
-    mc.training_args.to_trl(output_dir=VALIDATION_OUTPUT_DIR, report_to="none")
-    if mc.peft_config is not None:
-        mc.peft_config.to_peft()
+    """Value rules and callbacks, the GRPO batch rule, then one materialization of the training and
+    LoRA configs (module docstring); FieldErrors listing every problem found."""
+    ta, pc = mc.training_args, mc.peft_config
+    problems = [] if pc is None else [(f"peft_config.{name}", msg) for name, msg in field_problems(pc)]
+    problems += [(f"training_args.{name}", msg) for name, msg in field_problems(ta)]
+    problems += _callback_problems(getattr(mc, "callbacks", None), "callbacks")
+    problems += _callback_problems(getattr(ta, "callbacks", None), "training_args.callbacks")
+    if problems:
+        raise FieldErrors(problems)
+    try:
+        if trainer_type == "GRPO":
+            check_grpo_batches(ta)
+        if trainer_type == "SFT" and getattr(ta, "packing", False):
+            raise ConfigError(
+                f"{type(ta).__name__}.packing=True is not supported: the engine's chunks are "
+                "sets of training rows and packing merges rows into new ones; use packing=False"
+            )
+    except ConfigError as exc:
+        raise FieldErrors([("training_args", str(exc))]) from None
+    try:
+        ta.to_trl(output_dir=VALIDATION_OUTPUT_DIR, report_to="none")
+    except ConfigError as exc:
+        raise FieldErrors([_library_problem("training_args", ta, exc)]) from exc
+    if pc is not None:
+        try:
+            pc.to_peft()
+        except ConfigError as exc:
+            raise FieldErrors([_library_problem("peft_config", pc, exc)]) from exc
 
 
 def run_label(index: int, knobs: dict[str, Any], varying: list[str]) -> str:
@@ -147,6 +231,7 @@ def varying_keys(all_knobs: list[dict[str, Any]]) -> list[str]:
 
 
 __all__ = [
+    "FieldErrors",
     "check_grpo_batches",
     "check_grpo_eval_batches",
     "check_run",

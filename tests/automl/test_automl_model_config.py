@@ -25,6 +25,7 @@ def test_fields_match_rapidfire_order_and_defaults():
         "reward_funcs",
         "generation_config",
         "num_gpus",
+        "callbacks",  # ours, after RapidFire AI's fields (TRL trainer callbacks, issue 8)
     )
     mc = RFModelConfig("m")  # model_name is the first positional parameter
     assert mc.model_name == "m" and mc.model_type == "causal_lm" and mc.peft_config is None
