@@ -37,6 +37,7 @@ import pandas as pd
 
 from rapidfire_core.automl.validate import check_grpo_eval_batches, varying_keys
 from rapidfire_core.control import Command, CommandStore, RunStore
+from rapidfire_core.control.experiment_name import check_experiment_name
 from rapidfire_core.memory.residency import RunResidency, budget_bytes
 from rapidfire_core.scheduler.chunks import ChunkPlan
 from rapidfire_core.scheduler.controller import RunController
@@ -44,6 +45,7 @@ from rapidfire_core.scheduler.progress import ProgressDisplay
 from rapidfire_core.scheduler.run import FitData
 from rapidfire_core.tracking.mlflow_tracker import MLflowTracker, default_tracking_uri
 from rapidfire_core.trainers.datasets import FormattedDatasets, as_dataset
+from rapidfire_core.trainers.factory import preload_base
 from rapidfire_core.trainers.shared_models import ModelRegistry
 
 DEFAULT_ROOT_ENV = "RF_EXPERIMENT_PATH"
@@ -60,9 +62,9 @@ class Experiment:
     ) -> None:
         """experiment_path: the root folder of experiments (default $RF_EXPERIMENT_PATH or
         ./rapidfire_experiments); this experiment lives in <root>/<experiment_name>.
-        tracking_uri: an MLflow tracking URI; default an SQLite store inside the experiment dir."""
-        if not isinstance(experiment_name, str) or not experiment_name.strip():
-            raise ValueError("experiment_name must be a non-empty string")
+        tracking_uri: an MLflow tracking URI; default an SQLite store inside the experiment dir.
+        experiment_name must be one folder name (`control.experiment_name`): ValueError otherwise."""
+        check_experiment_name(experiment_name)
         if mode != "fit":
             raise ValueError(
                 f"mode={mode!r} is not supported: rapidfire_core runs training experiments (mode='fit')"
@@ -162,6 +164,9 @@ class Experiment:
         if policy is not None:
             policy.check(has_eval=evals is not None)
         data = FitData(trainer_type, plan, train, evals, formatted, ModelRegistry(create_model), num_chunks)
+        # The first model now, so a create_model that returns the wrong thing raises here, before
+        # any run exists (its ordinary errors fail only the run that needs the model).
+        preload_base(specs[0], data.registry, self.path / "runs", evals is not None)
         shown = varying_keys([s.knobs for s in specs])
         self._say(
             f"{len(specs)} {trainer_type} configuration(s), {len(train)} training rows in {num_chunks} chunks"

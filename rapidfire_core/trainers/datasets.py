@@ -40,10 +40,17 @@ def as_dataset(data: Any, argument: str) -> Dataset | None:
         return None
     if isinstance(data, Dataset):
         dataset = data
-    elif isinstance(data, list):
-        dataset = Dataset.from_list(data)
-    elif hasattr(data, "to_dict") and hasattr(data, "columns"):
-        dataset = Dataset.from_pandas(data, preserve_index=False)
+    elif isinstance(data, list) or (hasattr(data, "to_dict") and hasattr(data, "columns")):
+        try:
+            dataset = (
+                Dataset.from_list(data)
+                if isinstance(data, list)
+                else Dataset.from_pandas(data, preserve_index=False)
+            )
+        except Exception as exc:  # pyarrow's errors: a column whose values are of different types
+            raise ValueError(
+                f"{argument}: these rows cannot be one dataset ({type(exc).__name__}: {exc})"
+            ) from exc
     else:
         raise TypeError(
             f"{argument} must be a datasets.Dataset, a list of dicts or a pandas DataFrame, "
