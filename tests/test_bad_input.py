@@ -65,7 +65,6 @@ def test_bad_config_values(tmp_path, tiny_model_dir, counted, lora, train, match
         ({"seed": -3}, r"seed .* got -3"),
         ({"num_chunks": True}, r"num_chunks must be a positive integer, got True"),
         ({"num_shards": True}, r"num_chunks must be a positive integer, got True"),
-        ({"num_chunks": 2.0}, r"num_chunks must be a positive integer, got 2.0"),
     ],
 )
 def test_bad_run_fit_arguments(tmp_path, tiny_model_dir, counted, fit, match):
@@ -174,10 +173,12 @@ def test_experiment_names_must_be_one_folder_in_the_root(tmp_path, name):
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing made anywhere
 
 
-def test_unicode_and_spaces_keep_working(tmp_path):
+def test_unicode_and_spaces_keep_working_where_a_path_does_not(tmp_path):
     for name in ("sft sweep 2", "réglage fin — 実験", "lr=1e-3,r:8"):
         exp = Experiment(name, experiment_path=tmp_path, verbose=False)
         assert exp.path == (tmp_path / name).resolve() and (exp.path / "runs.db").is_file()
         exp.end()
-    with pytest.raises(ValueError, match="experiment_name must be a non-empty string"):
-        Experiment("  ", experiment_path=tmp_path)
+    for name in ("sweep/2", "../sweep 2", "  "):
+        with pytest.raises(ValueError, match="experiment_name"):
+            Experiment(name, experiment_path=tmp_path / "inner", verbose=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lr=1e-3,r:8", "réglage fin — 実験", "sft sweep 2"]

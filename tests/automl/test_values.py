@@ -127,8 +127,14 @@ def test_a_clone_edit_is_held_to_the_same_rules():
     assert spec.model_config.peft_config.r == 8  # untouched
 
 
-def test_good_edges_pass():
-    edges = _config(lora={"r": 1, "lora_dropout": 0.0, "lora_alpha": 1},
-                    learning_rate=0.0, max_steps=1, num_train_epochs=0, seed=2**32 - 1, adam_beta1=0.0,
-                    max_length=None, logging_steps=0.5)  # fmt: skip
-    assert len(RFGridSearch(edges).expand()) == 1
+def test_the_edges_of_each_range_pass_and_one_step_past_them_is_refused():
+    edges = dict(learning_rate=0.0, max_steps=1, num_train_epochs=0, seed=2**32 - 1, adam_beta1=0.0,
+                 max_length=None, logging_steps=0.5)  # fmt: skip
+    lora = {"r": 1, "lora_dropout": 0.0, "lora_alpha": 1}
+    assert len(RFGridSearch(_config(lora=lora, **edges)).expand()) == 1
+    past = {"learning_rate": -1e-9, "seed": 2**32, "adam_beta1": 1.0, "logging_steps": 0}
+    for field, value in past.items():
+        assert f"configs[0].training_args.{field}: " in _refused(
+            _config(lora=lora, **{**edges, field: value})
+        )
+    assert "configs[0].peft_config.lora_dropout: " in _refused(_config(lora={**lora, "lora_dropout": 1.0}))

@@ -149,10 +149,9 @@ def test_too_few_kept_rows_are_a_clear_error():
         ChunkedSampler(plan, [2, 1])
 
 
-@pytest.mark.parametrize("bad", [True, "4", None])
-def test_num_chunks_must_be_an_int_not_a_bool(bad):
-    with pytest.raises(ValueError, match=f"num_chunks must be a positive integer, got {bad!r}"):
-        ChunkPlan(10, bad, seed=0)
+def test_num_chunks_must_be_an_int_not_a_bool():
+    with pytest.raises(ValueError, match="num_chunks must be a positive integer, got True"):
+        ChunkPlan(10, True, seed=0)  # a bool is an int to Python: it was taken as 1 chunk
 
 
 @pytest.mark.parametrize("bad", ["x", -1, 2**32, 1.5, True])
