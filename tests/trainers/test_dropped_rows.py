@@ -207,3 +207,23 @@ def test_a_grpo_warm_clone_with_another_batch_structure_starts_at_the_parents_ro
     child = exp.get_results().query("run_id == 2").reset_index(drop=True)
     assert child.loc[0, "chunk"] == 2
     exp.end()
+
+
+def test_a_run_whose_trainer_drops_every_row_fails_alone_with_the_reason(
+    tmp_path, tiny_model_dir, create_tiny_model
+):
+    # max_length=8 is shorter than every prompt (system prompt included): stock TRL would have
+    # nothing to train on either. That run fails with the reason; the other trains.
+    config = RFModelConfig(model_name=tiny_model_dir, peft_config=RFLoraConfig(**LORA), formatting_func=formatting_function,
+                           training_args=RFSFTConfig(max_length=List([8, 64]), max_steps=2, per_device_train_batch_size=2))  # fmt: skip
+    exp = Experiment("all-dropped", experiment_path=tmp_path, verbose=False)
+    exp.run_fit(
+        RFGridSearch(config, trainer_type="SFT"), create_tiny_model, support_dataset(n=8), num_chunks=2
+    )
+    info = exp.get_runs_info()
+    assert info["status"].tolist() == ["FAILED", "COMPLETED"]
+    assert info["error"][0] == (
+        "ValueError: SFT: TRL dropped all 8 training rows while preparing them (with max_length=8 no row keeps "
+        "a token to train on); raise max_length"
+    )
+    exp.end()
