@@ -199,6 +199,15 @@ def check_run(mc: RFModelConfig, trainer_type: str) -> None:
                 f"{type(ta).__name__}.packing=True is not supported: the engine's chunks are "
                 "sets of training rows and packing merges rows into new ones; use packing=False"
             )
+        if getattr(ta, "load_best_model_at_end", False):
+            # It needs checkpoints (save_strategy) and the engine saves each run's final adapter
+            # itself; the run would fail when its trainer is built. (transformers'
+            # EarlyStoppingCallback requires it: a callback can stop training without it.)
+            raise ConfigError(
+                f"{type(ta).__name__}.load_best_model_at_end=True is not supported: the engine keeps "
+                "no checkpoints to reload (it saves each run's final adapter); to stop early, use a "
+                "callback that sets control.should_training_stop"
+            )
     except ConfigError as exc:
         raise FieldErrors([("training_args", str(exc))]) from None
     try:

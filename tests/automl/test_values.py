@@ -116,6 +116,11 @@ def test_checks_trl_and_transformers_make_are_reused_and_located():
     # engine checks are located too
     message = _refused(_config(packing=True))
     assert "configs[0].training_args: RFSFTConfig.packing=True is not supported" in message
+    best = dict(
+        load_best_model_at_end=True, eval_strategy="steps", save_strategy="steps", eval_steps=2, save_steps=2
+    )
+    message = _refused(_config(**best))  # the run's trainer (no checkpoints) would fail when built
+    assert "configs[0].training_args: RFSFTConfig.load_best_model_at_end=True is not supported" in message
 
 
 def test_a_clone_edit_is_held_to_the_same_rules():
