@@ -19,7 +19,7 @@ are the rules here, each stating what the library or torch will require::
                 num_train_epochs                       a finite number >= 0, > 0 when max_steps is -1
                 weight_decay, adam_epsilon             a finite number >= 0
                 adam_beta1, adam_beta2                 in [0, 1)
-                logging_steps, eval_steps              > 0 (None for eval_steps)
+                logging_steps, eval_steps              >= 0 (transformers refuses 0 where it is used)
                 seed, data_seed                        an integer in [0, 2**32) (numpy's seed range)
     SFT, DPO    max_length                             None or an integer >= 1
     DPO         beta                                   a finite number > 0
@@ -129,13 +129,15 @@ RULES: list[Rule] = [
     *_rules(
         _TRAINING, _unit(False, True), "in [0, 1) (the optimizer refuses others)", "adam_beta1", "adam_beta2"
     ),
+    # 0 is legal for transformers where no step strategy uses it (eval_steps=0: logging_steps' value);
+    # where one does, transformers refuses it itself. A negative interval it would take silently.
     *_rules(
         _TRAINING,
-        _real_at_least(0, strict=True),
-        "a number > 0 (a float < 1 is a fraction of the steps)",
+        _real_at_least(0),
+        "a number >= 0 (a float < 1 is a fraction of the steps)",
         "logging_steps",
         "eval_steps",
-    ),  # fmt: skip
+    ),
     *_rules(_TRAINING, _seed, "an integer in [0, 2**32) (numpy's seed range)", "seed", "data_seed"),
     *_rules({"SFT", "DPO"}, _int_at_least(1), "None or an integer >= 1 (tokens)", "max_length"),
     *_rules({"DPO"}, _real_at_least(0, strict=True), "a finite number > 0", "beta"),

@@ -73,7 +73,7 @@ def _refused(configs, trainer_type="SFT") -> str:
         ("SFT", None, {"adam_beta2": 1.0}, "training_args.adam_beta2", "in [0, 1)"),
         ("SFT", None, {"weight_decay": -0.1}, "training_args.weight_decay", "got -0.1"),
         ("SFT", None, {"max_length": 0}, "training_args.max_length", "None or an integer >= 1 (tokens)"),
-        ("SFT", None, {"logging_steps": -1}, "training_args.logging_steps", "a number > 0"),
+        ("SFT", None, {"logging_steps": -1}, "training_args.logging_steps", "a number >= 0"),
         ("DPO", None, {"beta": 0.0}, "training_args.beta", "RFDPOConfig.beta must be a finite number > 0"),
         ("GRPO", None, {"temperature": 0.0}, "training_args.temperature", "a finite number > 0"),
         ("GRPO", None, {"top_p": 0.0}, "training_args.top_p", "in (0, 1]"),
@@ -143,3 +143,5 @@ def test_the_edges_of_each_range_pass_and_one_step_past_them_is_refused():
             _config(lora=lora, **{**edges, field: value})
         )
     assert "configs[0].peft_config.lora_dropout: " in _refused(_config(lora={**lora, "lora_dropout": 1.0}))
+    # eval_steps=0 means "as logging_steps" to transformers: legal, so not refused
+    assert len(RFGridSearch(_config(eval_strategy="steps", eval_steps=0)).expand()) == 1
