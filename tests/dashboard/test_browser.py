@@ -299,6 +299,7 @@ def test_end_to_end_against_a_real_background_sweep(page, tmp_path, tiny_model_d
             page.wait_for_selector(
                 '#runs-table tbody tr[data-run="2"][data-status="STOPPED"]', timeout=30_000
             )
+            stopped_at = RunStore(exp.path / "runs.db").get_run(2)["global_step"]
 
             page.click('#runs-table tbody tr[data-run="1"] button[data-action="clone"]')
             # a wrong type: the engine's validation fails the command, its error shows inline
@@ -318,6 +319,9 @@ def test_end_to_end_against_a_real_background_sweep(page, tmp_path, tiny_model_d
             page.wait_for_selector('.chart-card[data-metric="loss"] path.line[data-run="4"]', timeout=30_000)
             clone = RunStore(exp.path / "runs.db").get_run(4)
             assert clone["parent_run_id"] == 1 and clone["knobs"]["train.learning_rate"] == 5e-4
+            # the stopped run logged nothing after its stop while the others (and the clone) trained
+            rows = RunStore(exp.path / "runs.db").metric_rows(limit=10**6)
+            assert max(step for _, run, step, *_ in rows if run == 2) <= stopped_at
     finally:
         handle.cancel()
         handle.wait(timeout=120, raise_errors=False)
