@@ -3,10 +3,12 @@
     Objective.parse("minimize:eval_loss")            # or "maximize:rewards/accuracies"
     Objective.parse("eval_loss")                     # a bare name minimizes
 
-The value of a run at chunk c is the last value of the metric logged while the run trained
-its chunk c (counted across epochs): with an eval set the engine evaluates at every chunk end,
-so `eval_*` metrics are the chunk-end evaluation. A run that has not logged the metric there
-is a `MissingObjective` error naming the metric, the run, the chunk and what was logged.
+The value of a run at chunk c is the last value of the metric it logged up to the end of its
+chunk c (chunks counted across epochs): with an eval set the engine evaluates at every chunk
+end, so `eval_*` metrics are the evaluation at the end of chunk c. ("Up to" and not "in": a run
+whose trainer dropped every row of chunk c completes it with the chunk before and logs nothing
+in it.) A run that has logged no value of the metric by then is a `MissingObjective` error
+naming the metric, the run, the chunk and what was logged.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class Objective:
         if value is None:
             logged = store.metric_names(run_id)
             raise MissingObjective(
-                f"objective metric {self.metric!r} was not logged by run {run_id} in chunk {chunk}; "
-                f"it logged {logged}"
+                f"objective metric {self.metric!r} was not logged by run {run_id} by the end of chunk "
+                f"{chunk}; it logged {logged}"
             )
         return value

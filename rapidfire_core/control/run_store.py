@@ -214,11 +214,11 @@ class RunStore:
             ).fetchall()
 
     def last_metric(self, run_id: int, name: str, chunk: int | None = None) -> float | None:
-        """The last value of metric `name` that run `run_id` logged (in chunk `chunk`, if given),
-        or None if it logged none there."""
+        """The last value of metric `name` that run `run_id` logged (up to chunk `chunk`, if
+        given), or None if it logged none."""
         where, params = "run_id = ? AND name = ?", [run_id, name]
         if chunk is not None:
-            where, params = where + " AND chunk = ?", [*params, chunk]
+            where, params = where + " AND chunk <= ?", [*params, chunk]
         with self._lock:
             row = self._db.execute(
                 f"SELECT value FROM metrics WHERE {where} ORDER BY step DESC, rowid DESC LIMIT 1", params

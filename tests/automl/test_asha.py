@@ -102,11 +102,24 @@ def test_runs_that_finish_before_a_rung_are_not_judged_there_but_count_at_earlie
     assert sweep.round_end(3) == [late]
 
 
+def test_a_run_that_logged_nothing_in_a_rung_chunk_is_judged_by_its_last_value_before_it(tmp_path):
+    sweep = _Sweep(tmp_path, 2)
+    a, b = sweep.ids
+    sweep.chunk({a: 1.0, b: 2.0})
+    sweep.store.update_run(b, status=RunStatus.COMPLETED)  # b stays as a standard at rung 1
+    sweep.round_end()
+    # a's trainer dropped every row of chunk 2: it completes chunk 2 with chunk 1, logging nothing
+    sweep.store.update_run(a, chunks_done=2)
+    assert sweep.round_end(2) == []
+    assert sweep.policy.recorded[2] == {a: 1.0}
+
+
 def test_a_missing_objective_names_the_metric_and_what_was_logged(tmp_path):
     sweep = _Sweep(tmp_path, 1)
     sweep.chunk({sweep.ids[0]: 1.0}, name="loss")
     with pytest.raises(
-        MissingObjective, match=r"'eval_loss' was not logged by run 1 in chunk 1; it logged \['loss'\]"
+        MissingObjective,
+        match=r"'eval_loss' was not logged by run 1 by the end of chunk 1; it logged \['loss'\]",
     ):
         sweep.round_end()
 
