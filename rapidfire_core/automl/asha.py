@@ -26,15 +26,8 @@ from __future__ import annotations
 from typing import Any
 
 from rapidfire_core.automl.objective import Objective
-from rapidfire_core.automl.policy import SearchPolicy
+from rapidfire_core.automl.policy import SearchPolicy, positive_int
 from rapidfire_core.automl.search import RFGridSearch
-from rapidfire_core.errors import ConfigError
-
-
-def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 class SuccessiveHalvingPolicy(SearchPolicy):
@@ -99,9 +92,9 @@ class RFSuccessiveHalving(RFGridSearch):
     ) -> None:
         super().__init__(configs, trainer_type)
         self.objective = Objective.parse(objective)
-        self.grace_period = _positive_int(grace_period, "grace_period")
-        self.reduction_factor = _positive_int(reduction_factor, "reduction_factor", minimum=2)
-        self.max_rungs = None if max_rungs is None else _positive_int(max_rungs, "max_rungs")
+        self.grace_period = positive_int(grace_period, "grace_period")
+        self.reduction_factor = positive_int(reduction_factor, "reduction_factor", minimum=2)
+        self.max_rungs = None if max_rungs is None else positive_int(max_rungs, "max_rungs")
 
     def search_policy(self) -> SuccessiveHalvingPolicy:
         return SuccessiveHalvingPolicy(

@@ -38,7 +38,7 @@ from rapidfire_core.automl.flatten import flatten_knobs
 from rapidfire_core.automl.knobs import List, Range
 from rapidfire_core.automl.model_config import RFModelConfig
 from rapidfire_core.automl.objective import Objective
-from rapidfire_core.automl.policy import SearchPolicy
+from rapidfire_core.automl.policy import SearchPolicy, positive_int
 from rapidfire_core.automl.search import RunSpec, _ConfigGroup
 from rapidfire_core.automl.validate import check_run, prepare_run
 from rapidfire_core.errors import ConfigError
@@ -196,8 +196,7 @@ class RFOptuna(_ConfigGroup):
     ) -> None:
         super().__init__(configs, trainer_type)
         for name, value in (("n_initial", n_initial), ("budget", budget), ("min_peers", min_peers)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"RFOptuna: {name} must be a positive int, got {value!r}")
+            positive_int(value, f"RFOptuna: {name}")
         if budget < n_initial:
             raise ConfigError(f"RFOptuna: budget ({budget}) must be at least n_initial ({n_initial})")
         if sampler not in SAMPLERS:

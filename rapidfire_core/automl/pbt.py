@@ -28,7 +28,7 @@ from typing import Any
 
 from rapidfire_core.automl.knobs import List, Range
 from rapidfire_core.automl.objective import Objective
-from rapidfire_core.automl.policy import SearchPolicy
+from rapidfire_core.automl.policy import SearchPolicy, positive_int
 from rapidfire_core.automl.search import RFGridSearch
 from rapidfire_core.errors import ConfigError
 
@@ -132,10 +132,7 @@ class RFPopulationBased(RFGridSearch):
     ) -> None:
         super().__init__(configs, trainer_type)
         self.objective = Objective.parse(objective)
-        if isinstance(perturbation_interval, bool) or not isinstance(perturbation_interval, int):
-            raise ConfigError(f"perturbation_interval must be a positive int, got {perturbation_interval!r}")
-        if perturbation_interval < 1:
-            raise ConfigError(f"perturbation_interval must be a positive int, got {perturbation_interval!r}")
+        positive_int(perturbation_interval, "perturbation_interval")
         if not (isinstance(quantile, (int, float)) and 0 < quantile <= 0.5):
             raise ConfigError(f"quantile must be in (0, 0.5], got {quantile!r}")
         if not (isinstance(resample_probability, (int, float)) and 0 <= resample_probability <= 1):

@@ -25,6 +25,14 @@ from typing import Any
 
 from rapidfire_core.automl.objective import Objective
 from rapidfire_core.control.run_status import IN_FLIGHT, RunStatus
+from rapidfire_core.errors import ConfigError
+
+
+def positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    """A search setting that must be an int >= minimum (ConfigError naming it otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
 
 
 class SearchPolicy(abc.ABC):
