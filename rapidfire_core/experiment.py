@@ -77,6 +77,10 @@ class Experiment:
         self.verbose = verbose
         self._store = RunStore(self.path / "runs.db")
         self._commands = CommandStore(self.path / "runs.db")
+        self._tracker: MLflowTracker | None = None
+        self._controller: RunController | None = None
+        self._fit: FitHandle | None = None
+        self._open = True
         # Runs left NEW/ONGOING are orphans only if no live process trains them (its heartbeat):
         # a second process that opens the experiment to read results must not stop them.
         if self._commands.controller_alive():
@@ -85,10 +89,7 @@ class Experiment:
             orphans = self._store.stop_orphaned_runs("the process ended while the run was in flight")
             if orphans:
                 self._say(f"Runs {orphans} were left in flight by an earlier process; marked STOPPED")
-        self._tracker: MLflowTracker | None = None
-        self._controller: RunController | None = None
-        self._fit: FitHandle | None = None
-        self._open = True
+                self._end_orphaned_mlflow_runs(orphans)
         self._say(f"Experiment '{experiment_name}' at {self.path}")
 
     # ---- training -----------------------------------------------------------------------------
@@ -316,6 +317,17 @@ class Experiment:
                 self.path, self._store, self._commands, self._get_tracker(), self._say
             )
         return self._controller
+
+    def _end_orphaned_mlflow_runs(self, run_ids: list[int]) -> None:
+        """The MLflow runs of runs a dead process left in flight end as KILLED, like runs.db's."""
+        mlflow_ids = [self._store.get_run(r)["mlflow_run_id"] for r in run_ids]
+        mlflow_ids = [m for m in mlflow_ids if m]
+        if not mlflow_ids:
+            return
+        tracker = self._get_tracker()
+        for mlflow_id in mlflow_ids:
+            tracker.end_run(mlflow_id, "KILLED")
+        tracker.flush()
 
     def _summarize(self) -> None:
         runs = [r for r in self._store.runs() if r["run_id"] in self._controller.made]

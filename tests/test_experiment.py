@@ -266,3 +266,21 @@ def test_opening_an_experiment_another_live_process_trains_leaves_its_runs_alone
     reopened = Experiment("live", experiment_path=tmp_path, verbose=False)  # the trainer is gone now
     assert reopened.get_runs_info()["status"].tolist() == ["STOPPED"]
     reopened.end()
+
+
+def test_mlflow_runs_left_running_by_a_dead_process_end_killed_on_reopen(tmp_path):
+    from rapidfire_core.control import RunStatus, RunStore
+    from rapidfire_core.tracking.mlflow_tracker import MLflowTracker, default_tracking_uri
+
+    path = tmp_path / "dead"
+    store = RunStore(path / "runs.db")
+    tracker = MLflowTracker("dead", default_tracking_uri(path))
+    run = store.create_run("a", "SFT", {})
+    mlflow_id = tracker.start_run("run-1", {"train.learning_rate": 1e-3})
+    store.update_run(run, status=RunStatus.ONGOING, mlflow_run_id=mlflow_id)
+    tracker.close()  # the process "dies" here: runs.db says ONGOING, MLflow says RUNNING
+    assert MlflowClient(default_tracking_uri(path)).get_run(mlflow_id).info.status == "RUNNING"
+    exp = Experiment("dead", experiment_path=tmp_path, verbose=False)
+    assert exp.get_runs_info()["status"].tolist() == ["STOPPED"]
+    assert MlflowClient(exp.tracking_uri).get_run(mlflow_id).info.status == "KILLED"
+    exp.end()
