@@ -285,7 +285,6 @@ class GroupedRepeatSampler(_PlanSampler):
         self.prompts_per_batch = prompts_per_batch
         self.repeat_count = repeat_count
         self.group_size = prompts_per_batch * mini_repeat_count * repeat_count
-        self.items_per_group = self.group_size
         super().__init__(plan, source_rows, start)
 
     def _groups_in(self, num_kept: int) -> int:
