@@ -3,7 +3,8 @@
 The changes to TRL's trainers: the train sampler (`_get_train_sampler` returns the sampler
 the controller sets as `rapidfire_sampler`, the run's view of the shared chunk order), and,
 only while a run trains in a fused cohort, its model call and backward handed to the cohort
-(`trainers.fused_step`). Everything else (loss, schedule, accumulation, clipping, logging, evaluation) is TRL's own code.
+(`trainers.fused_step`). Everything else (loss, schedule, accumulation, clipping, logging,
+evaluation) is TRL's own code.
 
 `build_run_trainer` is everything TRL-specific about making one run: its TRL config with the
 engine's overrides, its adapter on the shared base model, its formatted datasets, its trainer,

@@ -6,6 +6,7 @@ import pytest
 
 from rapidfire_core import Experiment
 from rapidfire_core.automl import List, RFGridSearch, RFLoraConfig
+from rapidfire_core.demo.data import support_dataset
 from tests.trainers.test_fidelity_sft import (
     NUM_CHUNKS,
     NUM_ROWS,
@@ -14,7 +15,6 @@ from tests.trainers.test_fidelity_sft import (
     _model_config,
     _sft_args,
 )
-from rapidfire_core.demo.data import support_dataset
 
 
 @pytest.fixture
