@@ -95,6 +95,8 @@ class RunController:
         self._last_poll = 0.0
         self._cancel = threading.Event()
         self.fused_steps = 0  # fused cohort forwards run by this controller (all cohorts)
+        # DPO reference log-probs of fused cohorts: [sequences computed, sequences served]
+        self.reference_sequences = [0, 0]
 
     # ---- building runs -------------------------------------------------------------------------
     def add_runs(self, specs: Sequence[Any], data: FitData) -> list[int]:
@@ -232,6 +234,8 @@ class RunController:
             turn.run()
         finally:  # every member stands at a step boundary (or has ended): it may train sliced next
             self.fused_steps += turn.fused_steps
+            self.reference_sequences[0] += turn.references.computed
+            self.reference_sequences[1] += turn.references.served
             for run in turn.state:
                 if run.trainer is not None:
                     run.trainer.rapidfire_slot = None
