@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from rapidfire_core.scheduler.chunks import ChunkPlan, make_sampler
 from rapidfire_core.scheduler.worker import RunAborted, RunWorker
 from rapidfire_core.trainers.callbacks import ChunkGate, MetricsForwarder
@@ -142,6 +144,10 @@ class Run:
         # transformers' Trainer.__init__ re-seeds with args.seed; a stock run starts train() from
         # the RNG state its trainer's __init__ leaves, so that is the state this run starts from.
         self.process_state: ProcessState | None = ProcessState.capture()
+        # torch's intra-op thread count is per OS thread: a new thread would start at the default
+        # (all cores), not at what the caller set (`torch.set_num_threads`). The run's thread
+        # uses the caller's, as the same code run without the engine would.
+        self.intra_op_threads = torch.get_num_threads()
         self.worker = RunWorker(name, self._train)
 
     def _plan_fusion(self, execution: str) -> str | None:
@@ -198,6 +204,7 @@ class Run:
 
     # ---- the run's own thread --------------------------------------------------------------------
     def _train(self) -> None:
+        torch.set_num_threads(self.intra_op_threads)
         bind_run_thread(self.trainer)
         self._activate()
         self.trainer.train()
