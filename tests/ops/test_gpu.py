@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from rapidfire_core.lora import LoraBatch, MultiLoraLinear, lora_batch
-from rapidfire_core.ops import lora_backend
+from rapidfire_core.ops import triton_kernels
 from tests.ops.helpers import assert_within_torch_error, make_problem
 from tests.ops.test_kernels import GRADS, forward_backward
 
@@ -93,7 +93,7 @@ def test_layer_triton_equals_torch_path_under_autocast():
         )  # fmt: skip
         x = torch.randn(612, 1024, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
         upstream = torch.randn(612, 512, device="cuda", generator=gen)
-        with lora_backend(backend), lora_batch(batch), torch.autocast("cuda", torch.bfloat16):
+        with triton_kernels(backend == "triton"), lora_batch(batch), torch.autocast("cuda", torch.bfloat16):
             out = layer(x)
         (out.float() * upstream).sum().backward()
         grads = [p.grad.float() for p in (*layer.lora_A.parameters(), *layer.lora_B.parameters())]
