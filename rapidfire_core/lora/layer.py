@@ -233,7 +233,7 @@ def add_segment_adapters(
         keep = draw_keep_mask(batch.row_values(layout, dropouts), adapters.in_features, batch.generator)
         drop_scale = batch.floats(tuple(1.0 / (1.0 - p) for p in dropouts), scalar_dtype)
     y2 = result.reshape(-1, adapters.out_features)  # (M, N)
-    if not _backend.use_triton(x2):
+    if not _backend.triton_kernels_enabled(x2):
         out = _add_segment_adapters_torch(adapters, x2, y2, keep, layout, dtype)
         return out.to(result.dtype).reshape(result.shape)
     lora_a, lora_b = _stacked_weights(adapters, active, dtype)
