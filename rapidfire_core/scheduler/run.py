@@ -32,6 +32,7 @@ from rapidfire_core.trainers.callbacks import ChunkGate, MetricsForwarder
 from rapidfire_core.trainers.datasets import FormattedDatasets
 from rapidfire_core.trainers.factory import build_run_trainer
 from rapidfire_core.trainers.process_state import ProcessState
+from rapidfire_core.trainers.run_clock import RunClock, own_runtime_metrics
 from rapidfire_core.trainers.shared_models import ModelRegistry
 from rapidfire_core.trainers.warm_start import WarmStart
 
@@ -96,6 +97,7 @@ class Run:
         self.latest: dict[str, float] = {}
         self.current_chunk = 1  # the chunk (counted across epochs) being trained: labels metrics
         self._pause_reason = TurnEnd.CHUNK
+        self.clock = RunClock()  # the time this run held the turn: its own train_runtime
 
         self.gate = ChunkGate(self)
         callbacks = [self.gate, MetricsForwarder(self)]
@@ -165,7 +167,10 @@ class Run:
     # ---- the run's own thread --------------------------------------------------------------------
     def _train(self) -> None:
         self._activate()
-        self.trainer.train()
+        try:
+            self.trainer.train()
+        finally:
+            self.clock.stop()
 
     def _activate(self) -> None:
         """Make this run's process state and adapter current (it has just got the turn)."""
@@ -173,8 +178,10 @@ class Run:
             self.process_state.restore()
         if self.adapter_name is not None:
             self.model.set_adapter(self.adapter_name)
+        self.clock.start()
 
     def _pause(self, reason: TurnEnd) -> None:
+        self.clock.stop()
         self._pause_reason = reason
         self.process_state = ProcessState.capture()
         self.worker.pause()  # raises RunAborted if the controller ends the run meanwhile
@@ -195,6 +202,7 @@ class Run:
         self.hooks.on_progress(self)
 
     def record_metrics(self, step: int, epoch: float | None, logs: dict[str, Any]) -> None:
+        logs = own_runtime_metrics(logs, self.clock.elapsed())
         scalars = {
             k: float(v)
             for k, v in logs.items()
