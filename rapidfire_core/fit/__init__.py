@@ -19,7 +19,7 @@ def __getattr__(name: str):
 
         return Experiment
     if name == "automl":
-        from rapidfire_core.fit import automl
+        import importlib
 
-        return automl
+        return importlib.import_module("rapidfire_core.fit.automl")
     raise AttributeError(f"module 'rapidfire_core.fit' has no attribute {name!r}")

@@ -97,7 +97,7 @@ class Run:
         self.latest: dict[str, float] = {}
         self.current_chunk = 1  # the chunk (counted across epochs) being trained: labels metrics
         self._pause_reason = TurnEnd.CHUNK
-        self.clock = RunClock()  # the time this run held the turn: its own train_runtime
+        self.clock = RunClock()  # the time it waits paused: out of its train_runtime
 
         self.gate = ChunkGate(self)
         callbacks = [self.gate, MetricsForwarder(self)]
@@ -167,10 +167,7 @@ class Run:
     # ---- the run's own thread --------------------------------------------------------------------
     def _train(self) -> None:
         self._activate()
-        try:
-            self.trainer.train()
-        finally:
-            self.clock.stop()
+        self.trainer.train()
 
     def _activate(self) -> None:
         """Make this run's process state and adapter current (it has just got the turn)."""
@@ -178,10 +175,10 @@ class Run:
             self.process_state.restore()
         if self.adapter_name is not None:
             self.model.set_adapter(self.adapter_name)
-        self.clock.start()
+        self.clock.resume()
 
     def _pause(self, reason: TurnEnd) -> None:
-        self.clock.stop()
+        self.clock.pause()
         self._pause_reason = reason
         self.process_state = ProcessState.capture()
         self.worker.pause()  # raises RunAborted if the controller ends the run meanwhile
@@ -202,7 +199,7 @@ class Run:
         self.hooks.on_progress(self)
 
     def record_metrics(self, step: int, epoch: float | None, logs: dict[str, Any]) -> None:
-        logs = own_runtime_metrics(logs, self.clock.elapsed())
+        logs = own_runtime_metrics(logs, self.clock.waited())
         scalars = {
             k: float(v)
             for k, v in logs.items()
