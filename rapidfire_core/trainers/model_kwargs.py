@@ -8,10 +8,13 @@ dict (the typed one still names the base model: runs that typed the same kwargs 
 typed                                          becomes
 =============================================  ===========================================
 ``torch_dtype`` / ``dtype`` = a 16-bit dtype   ``torch.float32`` on a machine without a
-(``torch.bfloat16``, ``torch.float16``,         usable GPU: a 16-bit CPU matmul is ~55x
-``"bfloat16"``, ``"float16"``, ``"half"``) or   slower than a float32 one (743 ms vs 13 ms
-``"auto"`` (the checkpoint's dtype, often       for 512x576x1536 on this project's CPU);
-16-bit)                                         kept on a GPU
+(``torch.bfloat16``, ``torch.float16``,         usable GPU, as the training args' CPU
+``"bfloat16"``, ``"float16"``, ``"half"``) or   fallbacks train in float32: CPU results match
+``"auto"`` (the checkpoint's dtype, often       float32 references, and 16-bit CPU kernels can
+16-bit)                                         be many times slower (a 512x576 -> 1536 linear
+                                                layer's forward+backward here: float32 120 ms,
+                                                bfloat16 64 ms, float16 864 ms; issue 9 saw
+                                                bfloat16 ~55x slower on its CPU); kept on a GPU
 ``load_in_4bit`` / ``load_in_8bit`` = True      ``quantization_config=BitsAndBytesConfig(
 (+ ``bnb_4bit_*`` keys)                         load_in_4bit=True, bnb_4bit_...=...)`` on a
                                                 GPU (transformers 5 removed the flags:
@@ -61,8 +64,8 @@ def for_device(model_kwargs: dict[str, Any], gpu: bool) -> tuple[dict[str, Any],
         if not gpu and _is_sixteen_bit_or_auto(value):
             kwargs[key] = torch.float32
             messages.append(
-                f"model_kwargs: {key}={value!r} -> torch.float32: {_NO_GPU}; 16-bit weights on CPU make "
-                "every matmul ~55x slower"
+                f"model_kwargs: {key}={value!r} -> torch.float32: {_NO_GPU}; training runs in float32 on "
+                "CPU (16-bit CPU kernels can be many times slower)"
             )
     wanted = [flag for flag in QUANTIZATION_FLAGS if kwargs.get(flag) is True]
     bnb_options = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith(_BNB_PREFIXES)}
@@ -122,8 +125,8 @@ def sixteen_bit_warning(model: Any) -> str | None:
         return None
     return (
         f"create_model returned a model with {'/'.join(dtypes)} weights on a machine without a usable GPU: "
-        "every matmul runs ~55x slower than in float32; load it with the model_kwargs the engine passes "
-        "(its dtype is translated to float32 here) or call model.float()"
+        "it trains in 16 bits on CPU (16-bit CPU kernels can be many times slower, and results differ from "
+        "float32); load it with the model_kwargs the engine passes (float32 here) or call model.float()"
     )
 
 
