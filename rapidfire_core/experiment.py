@@ -132,6 +132,7 @@ class Experiment:
         *,
         num_shards: int | None = None,
         background: bool = False,
+        execution: str = "auto",
         num_gpus: int | None = None,
         monte_carlo_simulations: int | None = None,
     ) -> FitHandle | None:
@@ -151,10 +152,15 @@ class Experiment:
         the next run is prefetched during the current turn. 0 keeps only the running run's state
         on the device. None (default): every run's state stays on the device.
         See `rapidfire_core.memory.residency`.
+        execution: "auto" (default) trains the LoRA runs that share a base model and trainer type
+        (SFT, DPO) as fused cohorts, one forward and backward per step for all of them
+        (`rapidfire_core.scheduler.cohort`); the rest, and every run under "sliced", take turns.
         num_gpus, monte_carlo_simulations: RapidFire AI's; accepted, each warned about once when it
         has no effect here (`rapidfire_core.fit.arguments`)."""
         self._check_open()
         self._check_no_fit()
+        if execution not in ("auto", "sliced"):
+            raise ValueError(f"execution must be 'auto' or 'sliced', got {execution!r}")
         check_num_gpus(num_gpus, "run_fit")
         check_monte_carlo_simulations(monte_carlo_simulations)
         if num_shards is not None:
@@ -197,7 +203,9 @@ class Experiment:
 
         if policy is not None:
             policy.check(has_eval=evals is not None)
-        data = FitData(trainer_type, plan, train, evals, formatted, ModelRegistry(create_model), num_chunks)
+        data = FitData(
+            trainer_type, plan, train, evals, formatted, ModelRegistry(create_model), num_chunks, execution
+        )
         # The first model now, so a create_model that returns the wrong thing raises here, before
         # any run exists (its ordinary errors fail only the run that needs the model).
         preload_base(specs[0], data.registry, self.path / "runs", evals is not None)
@@ -210,6 +218,8 @@ class Experiment:
             progress = ProgressDisplay(shown, enabled=self.verbose, log=self._logs.main.write)
             controller.progress = progress
             run_ids = controller.add_runs(specs, data)
+            for line in controller.execution_summary(run_ids):
+                self._say(line)
             if policy is None:
                 self._train(controller, state_budget, progress)
                 return

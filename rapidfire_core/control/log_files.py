@@ -136,7 +136,7 @@ class TrainingLog:
         pass  # the file belongs to ExperimentLogs
 
     def ui_hint(self) -> str:
-        return f"training log: {self.sink.path}"
+        return str(self.sink.path)
 
 
 __all__ = ["LOG_TYPES", "ExperimentLogs", "TrainingLog", "log_file_path"]

@@ -5,7 +5,9 @@ transformers' ``Trainer.train`` logs ``train_runtime`` (and ``train_samples_per_
 loop. Interleaved with other runs, that loop spans every sibling's turns too (a run whose own
 compute was ~65 s reported ~190 s). A run only waits at its step boundaries, inside that loop,
 so ``RunClock`` counts the seconds it waited (paused: a sibling's turn, commands, a STOP) and
-``own_runtime_metrics`` takes them out:
+``own_runtime_metrics`` takes them out. (A member of a fused cohort also pauses while the cohort
+runs the members' fused forward and backward: that is its compute, and is not counted as waiting;
+the cohort's turns count for each member.)
 
     train_runtime             TRL's train_runtime - the seconds the run waited (s)
     train_samples_per_second  TRL's value * wall / own   (the same samples, in the run's own time)
