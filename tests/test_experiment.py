@@ -310,3 +310,18 @@ def test_cancel_current_stops_the_fit_in_flight(tmp_path, tiny_model_dir, create
     with pytest.raises(FitCancelled):
         handle.wait()
     exp.end()
+
+
+def test_an_experiment_without_mlflow_trains_and_says_where_it_tracked(
+    tmp_path, tiny_model_dir, create_tiny_model
+):
+    exp = Experiment("untracked", experiment_path=tmp_path, verbose=False, trackers=[])
+    exp.run_fit(
+        RFGridSearch(_config(tiny_model_dir, max_steps=2), trainer_type="SFT"),
+        create_tiny_model,
+        support_dataset(n=4),
+    )
+    assert exp.get_runs_info()["status"].tolist() == ["COMPLETED"]
+    assert exp.experiment_id is None and not (exp.path / "mlflow.db").exists()
+    assert "run-1 step 2: loss=" in exp.get_log_file_path("training").read_text()
+    exp.end()
