@@ -53,6 +53,7 @@ from rapidfire_core.scheduler.cohort import Cohort, CohortTurn, MemberState, pla
 from rapidfire_core.scheduler.loop import LoopHooks, run_rounds
 from rapidfire_core.scheduler.progress import ProgressDisplay
 from rapidfire_core.scheduler.run import FitData, Run, RunHooks, TurnEnd
+from rapidfire_core.tracking.effective_params import spec_params
 from rapidfire_core.tracking.metric_buffer import MetricBuffer
 from rapidfire_core.tracking.mlflow_tracker import MLflowTracker
 from rapidfire_core.trainers.warm_start import WarmStart, capture_parent
@@ -116,7 +117,7 @@ class RunController:
         run_id = self.store.create_run("run", spec.trainer_type, knobs, parent_run_id, warm is not None)
         name = f"run-{run_id}"
         tags = {"rapidfire.run_id": str(run_id)}
-        params = {"trainer_type": spec.trainer_type, **knobs}
+        params: dict[str, Any] = {"trainer_type": spec.trainer_type}  # the knobs follow once built
         if parent_run_id is not None:
             tags |= {
                 "rapidfire.parent_run_id": str(parent_run_id),
@@ -145,6 +146,7 @@ class RunController:
                 warm_start=warm,
             )
         except Exception as exc:  # noqa: BLE001 - one bad run must not stop the others
+            self.tracker.log_params(mlflow_id, knobs)  # never built: only what was typed
             self._fail_unbuilt(run_id, mlflow_id, data, exc, traceback.format_exc())
             return run_id
         except BaseException:  # interrupted while building: leave no NEW run or RUNNING MLflow run
@@ -153,6 +155,8 @@ class RunController:
             self.tracker.end_run(mlflow_id, "KILLED")
             data.registry.discard_adapter(f"run_{run_id}")
             raise
+        # The values the run uses (fp16=False on a CPU, ...), and what was typed where they differ.
+        self.tracker.log_params(mlflow_id, spec_params(spec, knobs, run.trainer.args))
         self.runs[run_id] = run
         if self.residency is not None and self._status[run_id] in IN_FLIGHT:
             self.residency.add(run)
@@ -476,7 +480,9 @@ class RunController:
             save_adapter(run.model, run.adapter_name, out / "adapter")
         else:  # full fine-tuning: the run's own model
             run.model.save_pretrained(str(out / "model"))
-        self._set_status(run, RunStatus.COMPLETED, chunks_done=run.chunks_done, global_step=run.global_step)
+        # The chunk it ended in counts as done, even one it finished partway through (max_steps).
+        chunks = max(run.chunks_done, run.current_chunk)
+        self._set_status(run, RunStatus.COMPLETED, chunks_done=chunks, global_step=run.global_step)
         self.tracker.end_run(run.mlflow_run_id, "FINISHED")
         if self.residency is not None:
             self.residency.forget(run)

@@ -42,6 +42,7 @@ from rapidfire_core.trainers.fused_step import (
     install_fused_generate,
 )
 from rapidfire_core.trainers.process_state import ProcessState
+from rapidfire_core.trainers.run_clock import RunClock, own_runtime_metrics
 from rapidfire_core.trainers.shared_models import ModelRegistry
 from rapidfire_core.trainers.warm_start import WarmStart
 
@@ -108,6 +109,7 @@ class Run:
         self.latest: dict[str, float] = {}
         self.current_chunk = 1  # the chunk (counted across epochs) being trained: labels metrics
         self._pause_reason = TurnEnd.CHUNK
+        self.clock = RunClock()  # the time it waits paused: out of its train_runtime
 
         self.gate = ChunkGate(self)
         callbacks = [self.gate, MetricsForwarder(self)]
@@ -158,6 +160,8 @@ class Run:
             return "execution='sliced'"
         if self.adapter_name is None:
             return "full fine-tuning (no LoRA adapter)"
+        if getattr(self.trainer, "ref_model", None) is not None:  # a cohort's reference is the base
+            return "its own DPO reference model (ref_model_name)"
         try:
             check_fusable_args(self.spec.trainer_type, self.trainer.args)
             check_fusable(self.model, self.adapter_name)
@@ -215,8 +219,11 @@ class Run:
             self.process_state.restore()
         if self.adapter_name is not None:
             self.model.set_adapter(self.adapter_name)
+        self.clock.resume()
 
     def _pause(self, reason: TurnEnd) -> None:
+        if reason is not TurnEnd.FUSED:  # a fused cohort's shared forward/backward is its time too
+            self.clock.pause()
         self._pause_reason = reason
         self.process_state = ProcessState.capture()
         self.worker.pause()  # raises RunAborted if the controller ends the run meanwhile
@@ -237,6 +244,7 @@ class Run:
         self.hooks.on_progress(self)
 
     def record_metrics(self, step: int, epoch: float | None, logs: dict[str, Any]) -> None:
+        logs = own_runtime_metrics(logs, self.clock.waited())
         scalars = {
             k: float(v)
             for k, v in logs.items()
