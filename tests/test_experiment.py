@@ -130,7 +130,11 @@ def test_interrupted_run_fit_stops_unfinished_runs_and_ends_their_threads(
     exp.controller.hooks.between_turns.append(interrupt_after_first_turn)
     with pytest.raises(KeyboardInterrupt):
         exp.run_fit(
-            RFGridSearch(configs, trainer_type="SFT"), create_tiny_model, support_dataset(n=8), num_chunks=2
+            RFGridSearch(configs, trainer_type="SFT"),
+            create_tiny_model,
+            support_dataset(n=8),
+            num_chunks=2,
+            execution="sliced",  # one run per turn (a fused cohort's turn trains both)
         )
     info = exp.get_runs_info()
     assert info["status"].tolist() == ["STOPPED", "STOPPED"]

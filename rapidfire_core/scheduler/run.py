@@ -109,6 +109,7 @@ class Run:
         self.latest: dict[str, float] = {}
         self.current_chunk = 1  # the chunk (counted across epochs) being trained: labels metrics
         self._pause_reason = TurnEnd.CHUNK
+        self._model_training: bool | None = None  # the shared model's mode when the run paused
         self.clock = RunClock()  # the time it waits paused: out of its train_runtime
 
         self.gate = ChunkGate(self)
@@ -214,9 +215,14 @@ class Run:
         self.trainer.train()
 
     def _activate(self) -> None:
-        """Make this run's process state and adapter current (it has just got the turn)."""
+        """Make this run's process state, adapter and model mode current (it has just got the
+        turn). The mode: the base is shared, and a sibling evaluating meanwhile left it in eval
+        mode, which TRL reads when it logs (train or eval metrics) and the layers for dropout."""
         if self.process_state is not None:
             self.process_state.restore()
+        if self.model is not None and self._model_training is not None:
+            if self.model.training != self._model_training:
+                self.model.train(self._model_training)
         if self.adapter_name is not None:
             self.model.set_adapter(self.adapter_name)
         self.clock.resume()
@@ -226,6 +232,7 @@ class Run:
             self.clock.pause()
         self._pause_reason = reason
         self.process_state = ProcessState.capture()
+        self._model_training = self.model.training if self.model is not None else None
         self.worker.pause()  # raises RunAborted if the controller ends the run meanwhile
         self._activate()
 
