@@ -149,7 +149,7 @@ class Run:
         self.process_state: ProcessState | None = ProcessState.capture()
         # torch's intra-op thread count is per OS thread: a new thread would start at the default
         # (all cores), not at what the caller set (`torch.set_num_threads`). The run's thread
-        # uses the caller's, as the same code run without the engine would.
+        # uses the controller's as of the run's first turn, as the same code run alone would.
         self.intra_op_threads = torch.get_num_threads()
         self.worker = RunWorker(name, self._train)
 
@@ -177,6 +177,8 @@ class Run:
     # ---- the controller's side -----------------------------------------------------------------
     def take_turn(self) -> TurnEnd:
         """Train until the next pause (blocks the calling thread); see the module docstring."""
+        if not self.worker.started:
+            self.intra_op_threads = torch.get_num_threads()
         self.worker.run_turn()
         return TurnEnd.FINISHED if self.worker.finished else self._pause_reason
 

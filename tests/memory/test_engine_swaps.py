@@ -97,6 +97,7 @@ def _fit(tmp_path, name, model_dir, create_model, rows, budget):
         num_chunks=NUM_CHUNKS,
         seed=SEED,
         gpu_state_budget=budget,
+        execution="sliced",  # bit-identity of pooled vs resident time-sliced runs
     )
     info = exp.get_runs_info()
     assert info["status"].tolist() == ["COMPLETED"] * 3, info[["status", "error"]]
@@ -208,6 +209,7 @@ def _fit_rl(tmp_path, name, trainer_type, model_dir, create_model, budget):
         num_chunks=2,
         seed=0,
         gpu_state_budget=budget,
+        execution="sliced",  # bit-identity of pooled vs resident time-sliced runs
     )
     info = exp.get_runs_info()
     assert info["status"].tolist() == ["COMPLETED"] * 2, info["error"].tolist()
