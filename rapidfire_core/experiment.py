@@ -42,6 +42,7 @@ from rapidfire_core.memory.residency import RunResidency, budget_bytes
 from rapidfire_core.scheduler.chunks import ChunkPlan
 from rapidfire_core.scheduler.controller import RunController
 from rapidfire_core.scheduler.progress import ProgressDisplay
+from rapidfire_core.scheduler.resume import plan_resume, run_fingerprint
 from rapidfire_core.scheduler.run import FitData
 from rapidfire_core.tracking.mlflow_tracker import MLflowTracker, default_tracking_uri
 from rapidfire_core.trainers.datasets import FormattedDatasets, as_dataset
@@ -81,15 +82,12 @@ class Experiment:
         self._controller: RunController | None = None
         self._fit: FitHandle | None = None
         self._open = True
-        # Runs left NEW/ONGOING are orphans only if no live process trains them (its heartbeat):
+        # Runs left NEW/ONGOING are orphans only if no live process trains them (its owner lease):
         # a second process that opens the experiment to read results must not stop them.
         if self._commands.controller_alive():
             self._say("Another process is training this experiment now: its runs are left as they are")
         else:
-            orphans = self._store.stop_orphaned_runs("the process ended while the run was in flight")
-            if orphans:
-                self._say(f"Runs {orphans} were left in flight by an earlier process; marked STOPPED")
-                self._end_orphaned_mlflow_runs(orphans)
+            self._reconcile_dead_owner()
         self._say(f"Experiment '{experiment_name}' at {self.path}")
 
     # ---- training -----------------------------------------------------------------------------
@@ -105,6 +103,7 @@ class Experiment:
         *,
         num_shards: int | None = None,
         background: bool = False,
+        resume: bool | None = None,
     ) -> FitHandle | None:
         """Train every configuration of `config_group` chunk by chunk.
 
@@ -121,7 +120,15 @@ class Experiment:
         always on the device; the others wait in a pinned host pool whenever they do not fit, and
         the next run is prefetched during the current turn. 0 keeps only the running run's state
         on the device. None (default): every run's state stays on the device.
-        See `rapidfire_core.memory.residency`."""
+        See `rapidfire_core.memory.residency`.
+
+        resume: what a call on an experiment that already holds runs means
+        (`rapidfire_core.scheduler.resume`). None (default): continue the stored sweep made by
+        the same arguments (after a crash or an interrupt, every unfinished run continues from
+        its last chunk checkpoint; finished runs stay as they are), or start the first sweep;
+        configs that match no stored sweep raise ResumeMismatch saying what differs. True: only
+        continue. False: start a new sweep beside the stored runs.
+        A second run_fit while another live process trains the experiment raises ExperimentBusy."""
         self._check_open()
         self._check_no_fit()
         if num_shards is not None:
@@ -169,14 +176,26 @@ class Experiment:
         # any run exists (its ordinary errors fail only the run that needs the model).
         preload_base(specs[0], data.registry, self.path / "runs", evals is not None)
         shown = varying_keys([s.knobs for s in specs])
+        controller = self._own()
+        try:
+            fingerprints = [run_fingerprint(spec, data) for spec in specs]
+            plan = plan_resume(self._store.runs(), specs, fingerprints, resume, self.experiment_name)
+        except BaseException:
+            controller.lease.release()
+            raise
         self._say(
             f"{len(specs)} {trainer_type} configuration(s), {len(train)} training rows in {num_chunks} chunks"
+            + (f" (continuing sweep {plan.sweep})" if plan is not None else "")
         )
 
         def fit(controller: RunController) -> None:
             progress = ProgressDisplay(shown, enabled=self.verbose)
             controller.progress = progress
-            run_ids = controller.add_runs(specs, data)
+            if plan is not None:
+                run_ids = controller.restore_runs(plan, data)
+            else:
+                controller.sweep = self._store.next_sweep()
+                run_ids = controller.add_runs(specs, data)
             if policy is None:
                 self._train(controller, state_budget, progress)
                 return
@@ -197,6 +216,7 @@ class Experiment:
         self._check_open()
         self._check_no_fit()
         state_budget = budget_bytes(gpu_state_budget)
+        self._own()
 
         def fit(controller: RunController) -> None:
             progress = ProgressDisplay(controller.progress.shown_knobs, enabled=self.verbose)
@@ -204,17 +224,36 @@ class Experiment:
 
         return self._start(fit, background)
 
+    def _own(self) -> RunController:
+        """Take the experiment's owner lease (ExperimentBusy if another live process trains it)
+        and treat the runs a dead owner left in flight as interrupted. `_start` gives it back."""
+        controller = self._get_controller()
+        controller.lease.acquire()
+        try:
+            self._reconcile_dead_owner(held=set(controller.runs))
+        except BaseException:
+            controller.lease.release()
+            raise
+        return controller
+
     def _start(self, fit: Callable[[RunController], None], background: bool) -> FitHandle | None:
         controller = self._get_controller()
         handle = FitHandle(controller)
         self._fit = handle
-        if not background:
+
+        def owned(controller: RunController) -> None:
             try:
                 fit(controller)
             finally:
+                controller.lease.release()
+
+        if not background:
+            try:
+                owned(controller)
+            finally:
                 self._fit = None
             return None
-        handle._start(fit)
+        handle._start(owned)
         return handle
 
     def _train(self, controller: RunController, state_budget: int | None, progress: ProgressDisplay) -> None:
@@ -317,6 +356,19 @@ class Experiment:
                 self.path, self._store, self._commands, self._get_tracker(), self._say
             )
         return self._controller
+
+    def _reconcile_dead_owner(self, held: set[int] | None = None) -> None:
+        """Runs left NEW/ONGOING by a process that ended (kill -9, OOM, power loss, a second
+        Ctrl-C) become STOPPED and interrupted, in runs.db and MLflow (KILLED); the next run_fit
+        of their sweep continues them. Commands it had claimed but not finished fail with the
+        reason (they are applied at most once); pending ones wait for the next owner."""
+        orphans = self._store.stop_orphaned_runs(
+            "the process ended while the run was in flight", keep=held or set()
+        )
+        if orphans:
+            self._say(f"Runs {orphans} were left in flight by an earlier process; marked STOPPED (resumable)")
+            self._end_orphaned_mlflow_runs(orphans)
+        self._commands.fail_unfinished("the process applying it ended before it finished")
 
     def _end_orphaned_mlflow_runs(self, run_ids: list[int]) -> None:
         """The MLflow runs of runs a dead process left in flight end as KILLED, like runs.db's."""

@@ -45,13 +45,24 @@ from typing import Any
 
 from rapidfire_core.automl.edit import edit_spec
 from rapidfire_core.control import Command, CommandStore, RunStatus, RunStore
-from rapidfire_core.control.command_store import Heartbeat
+from rapidfire_core.control.checkpoints import (
+    DEFAULT_KEEP,
+    CheckpointError,
+    CheckpointStore,
+    run_checkpoint_dir,
+)
+from rapidfire_core.control.faults import fault_point
+from rapidfire_core.control.owner_lease import OwnerLease
 from rapidfire_core.control.run_status import IN_FLIGHT
 from rapidfire_core.errors import ConfigError
 from rapidfire_core.memory.residency import RunResidency
+from rapidfire_core.scheduler.interrupts import sigint_deferred
 from rapidfire_core.scheduler.loop import LoopHooks, run_rounds
 from rapidfire_core.scheduler.progress import ProgressDisplay
+from rapidfire_core.scheduler.resume import ResumePlan, run_fingerprint
 from rapidfire_core.scheduler.run import FitData, Run, RunHooks, TurnEnd
+from rapidfire_core.scheduler.run_checkpoint import RunResume
+from rapidfire_core.scheduler.run_checkpoint import capture as capture_run
 from rapidfire_core.tracking.metric_buffer import MetricBuffer
 from rapidfire_core.tracking.mlflow_tracker import MLflowTracker
 from rapidfire_core.trainers.warm_start import WarmStart, capture_parent
@@ -90,7 +101,10 @@ class RunController:
         self.runs: dict[int, Run] = {}  # built runs this process holds (parked ones included)
         self._status: dict[int, RunStatus] = {}  # mirror of the store for the runs above
         self._specs: dict[int, tuple[Any, FitData]] = {}  # every run made here: clones need them
-        self._heartbeat = Heartbeat(commands)
+        self.lease = OwnerLease(commands)
+        self.sweep = 1  # the sweep (run_fit) new runs belong to; set by Experiment.run_fit
+        self.checkpoint_keep = DEFAULT_KEEP
+        self.persist_seconds = 0.0  # time spent in `checkpoint` (benchmarks/bench_checkpoint_cost.py)
         self._last_poll = 0.0
         self._cancel = threading.Event()
 
@@ -108,7 +122,15 @@ class RunController:
         start_position: int = 0,
     ) -> int:
         knobs = dict(spec.knobs)
-        run_id = self.store.create_run("run", spec.trainer_type, knobs, parent_run_id, warm is not None)
+        run_id = self.store.create_run(
+            "run",
+            spec.trainer_type,
+            knobs,
+            parent_run_id,
+            warm is not None,
+            fingerprint=run_fingerprint(spec, data),
+            sweep=self._sweep_of(parent_run_id),
+        )
         name = f"run-{run_id}"
         tags = {"rapidfire.run_id": str(run_id)}
         params = {"trainer_type": spec.trainer_type, **knobs}
@@ -120,9 +142,23 @@ class RunController:
             params |= {"parent_run_id": parent_run_id, "warm_start": warm is not None}
         mlflow_id = self.tracker.start_run(name, params, tags=tags)
         self.store.update_run(run_id, name=name, mlflow_run_id=mlflow_id)
+        self._status[run_id] = RunStatus.NEW
+        self._build(run_id, name, mlflow_id, spec, data, start_position, warm)
+        return run_id
+
+    def _build(
+        self,
+        run_id: int,
+        name: str,
+        mlflow_id: str,
+        spec: Any,
+        data: FitData,
+        start_position: int = 0,
+        warm: WarmStart | None = None,
+    ) -> Run | None:
+        """The `Run` of a registered run (None: it failed to build, and is FAILED)."""
         self.buffer.register(run_id, mlflow_id)
         self._specs[run_id] = (spec, data)
-        self._status[run_id] = RunStatus.NEW
         run_hooks = RunHooks(
             record=self.buffer.record, on_progress=self.progress_step, should_pause=self.should_pause
         )
@@ -131,7 +167,7 @@ class RunController:
                 run_id=run_id,
                 name=name,
                 spec=spec,
-                knobs=knobs,
+                knobs=dict(spec.knobs),
                 mlflow_run_id=mlflow_id,
                 data=data,
                 hooks=run_hooks,
@@ -141,9 +177,11 @@ class RunController:
             )
         except Exception as exc:  # noqa: BLE001 - one bad run must not stop the others
             self._fail_unbuilt(run_id, mlflow_id, data, exc, traceback.format_exc())
-            return run_id
+            return None
         except BaseException:  # interrupted while building: leave no NEW run or RUNNING MLflow run
-            self.store.update_run(run_id, status=RunStatus.STOPPED, error="run_fit was interrupted")
+            self.store.update_run(
+                run_id, status=RunStatus.STOPPED, error="run_fit was interrupted", interrupted=1
+            )
             self._status.pop(run_id, None)
             self.tracker.end_run(mlflow_id, "KILLED")
             data.registry.discard_adapter(f"run_{run_id}")
@@ -151,7 +189,87 @@ class RunController:
         self.runs[run_id] = run
         if self.residency is not None and self._status[run_id] in IN_FLIGHT:
             self.residency.add(run)
-        return run_id
+        return run
+
+    def _sweep_of(self, parent_run_id: int | None) -> int:
+        if parent_run_id is not None:
+            return int(self.store.get_run(parent_run_id)["sweep"])
+        return self.sweep
+
+    # ---- durability (see scheduler.resume and scheduler.run_checkpoint) -------------------------
+    def checkpoint(self, run: Run) -> bool:
+        """Persist `run`'s complete training state now, then let MLflow see the steps it covers.
+        Called where a run completes a chunk and where it is stopped (a paused run, at an
+        optimizer-step boundary). A disk that refuses (full, read-only) fails this run with the
+        reason (False); the store and the other runs are untouched."""
+        if not run.started or run.finished or run.trainer is None:
+            return True  # nothing trained since it was built (or from its checkpoint)
+        began = time.perf_counter()
+        self.buffer.flush()
+        try:
+            state = capture_run(run)
+            state.write(CheckpointStore(run_checkpoint_dir(self.path, run.run_id), self.checkpoint_keep))
+        except CheckpointError as exc:
+            self.persist_seconds += time.perf_counter() - began
+            self._fail(run, exc, traceback.format_exc())
+            return False
+        fault_point("after_checkpoint")
+        self.buffer.release(run.run_id, state.global_step)
+        self.persist_seconds += time.perf_counter() - began
+        return True
+
+    def restore_runs(self, plan: ResumePlan, data: FitData) -> list[int]:
+        """Take back the runs of a stored sweep (`scheduler.resume`): finished ones are only
+        registered (clones need their configs); the others are rebuilt and continue from their
+        last checkpoint (from the start without one). Interrupted and NEW runs train on; runs
+        STOPPED by a command stay parked, resumable. Returns the sweep's run ids."""
+        self.sweep = plan.sweep
+        ids = []
+        for spec, rec in plan.runs(self.commands):
+            ids.append(rec["run_id"])
+            self._restore(spec, rec, data)
+        return ids
+
+    def _restore(self, spec: Any, rec: dict[str, Any], data: FitData) -> None:
+        run_id, status = rec["run_id"], RunStatus(rec["status"])
+        self._specs[run_id] = (spec, data)
+        if status not in (RunStatus.NEW, RunStatus.ONGOING, RunStatus.STOPPED):
+            return
+        info = CheckpointStore(run_checkpoint_dir(self.path, run_id), self.checkpoint_keep).latest()
+        if info is None and rec["warm_start"]:
+            self.store.update_run(
+                run_id,
+                status=RunStatus.FAILED,
+                error="interrupted before its first checkpoint: its warm start cannot be rebuilt",
+            )
+            self.tracker.end_run(rec["mlflow_run_id"], "FAILED")
+            return
+        resume = RunResume(info) if info is not None else None
+        start = resume.engine["sampler_start"] if resume is not None else 0
+        parked = status is RunStatus.STOPPED and not rec["interrupted"]
+        self._status[run_id] = RunStatus.STOPPED if parked else RunStatus.NEW
+        run = self._build(run_id, rec["name"], rec["mlflow_run_id"], spec, data, start)
+        if run is None:
+            return
+        if resume is not None:
+            run.continue_from(resume)
+        through = resume.global_step if resume is not None else 0
+        self.store.rollback_metrics(run_id, through)
+        self.tracker.sync_metrics(rec["mlflow_run_id"], self.store.metric_steps(run_id))
+        if not parked:
+            self._set_status(
+                run,
+                RunStatus.ONGOING,
+                error=None,
+                interrupted=0,
+                chunks_done=run.chunks_done,
+                global_step=run.global_step,
+            )
+            self.tracker.reopen_run(rec["mlflow_run_id"])
+        where = (
+            f"from its checkpoint at step {through} (chunk {run.chunks_done})" if resume else "from the start"
+        )
+        self.progress.note(f"run {run_id} {'stays STOPPED, resumable' if parked else 'continues'} {where}")
 
     @property
     def made(self) -> set[int]:
@@ -199,6 +317,8 @@ class RunController:
             self._complete(run)
             status = RunStatus.COMPLETED
         elif status is not RunStatus.DELETED:
+            if status is RunStatus.ONGOING and not self.checkpoint(run):
+                return  # it failed persisting its state
             self.store.update_run(run.run_id, chunks_done=run.chunks_done, global_step=run.global_step)
         self.progress.end_turn(run, status.value)
         if self.residency is not None and run.run_id in self.runs:
@@ -223,7 +343,7 @@ class RunController:
         self.progress = progress
         self.residency = residency
         self._cancel.clear()
-        self._heartbeat.start()
+        self.lease.acquire()
         try:
             if residency is not None:
                 residency.start(self.turn_takers())
@@ -234,7 +354,7 @@ class RunController:
         finally:
             self.buffer.flush()
             self.tracker.flush()  # the MLflow store is complete when run_fit returns
-            self._heartbeat.stop()
+            self.lease.release()
             if residency is not None:
                 self.residency = None
                 residency.close()
@@ -248,15 +368,25 @@ class RunController:
         with `reason`; runs stopped by a command stay STOPPED (neither can resume in-process)."""
         # The run holding the turn (still training when the interrupt came) stops first, at its
         # next step: paused runs are only woken, to unwind, once no other run is executing.
-        for run in sorted(self.runs.values(), key=lambda r: not r.worker.has_turn):
-            run.abort()
-            if self._status.get(run.run_id) in IN_FLIGHT:
-                self._set_status(run, RunStatus.STOPPED, error=reason, global_step=run.global_step)
-                self.tracker.end_run(run.mlflow_run_id, "KILLED")
-                self.progress.note(f"run {run.run_id} STOPPED ({reason})")
-            self._forget(run)
-        self.buffer.flush()
-        self.tracker.flush()
+        # More Ctrl-Cs while this runs are held off: every run must end up consistent.
+        with sigint_deferred():
+            for run in sorted(self.runs.values(), key=lambda r: not r.worker.has_turn):
+                run.abort()
+                if self._status.get(run.run_id) in IN_FLIGHT:
+                    # It continues from its last checkpoint on the next run_fit: what it logged
+                    # after that checkpoint is trained again, so MLflow never gets it.
+                    self.buffer.flush()
+                    self.buffer.discard(run.run_id)
+                    self._set_status(
+                        run, RunStatus.STOPPED, error=reason, global_step=run.global_step, interrupted=1
+                    )
+                    self.tracker.end_run(run.mlflow_run_id, "KILLED")
+                    self.progress.note(
+                        f"run {run.run_id} STOPPED ({reason}); resumable from its last checkpoint"
+                    )
+                self._forget(run)
+            self.buffer.flush()
+            self.tracker.flush()
 
     # ---- commands --------------------------------------------------------------------------------
     def apply_commands(self) -> None:
@@ -311,7 +441,8 @@ class RunController:
         if status not in IN_FLIGHT:
             raise CommandRejected(f"run {run_id} is {status.value}: only a NEW or ONGOING run can be stopped")
         run = self._held(run_id, "stopped")
-        self.buffer.flush()
+        if not self.checkpoint(run):
+            raise CommandRejected(f"run {run_id} FAILED while persisting its state at the stop")
         self._set_status(run, RunStatus.STOPPED, chunks_done=run.chunks_done, global_step=run.global_step)
         self.tracker.end_run(run.mlflow_run_id, "KILLED")
         if self.residency is not None:
@@ -389,6 +520,7 @@ class RunController:
         else:  # full fine-tuning: the run's own model
             run.model.save_pretrained(str(out / "model"))
         self._set_status(run, RunStatus.COMPLETED, chunks_done=run.chunks_done, global_step=run.global_step)
+        self.buffer.release_all(run.run_id)
         self.tracker.end_run(run.mlflow_run_id, "FINISHED")
         if self.residency is not None:
             self.residency.forget(run)
@@ -396,7 +528,7 @@ class RunController:
 
     def _fail(self, run: Run, exc: BaseException, tb: str | None) -> None:
         reason = f"{type(exc).__name__}: {exc}"
-        self.buffer.flush()
+        self.buffer.release_all(run.run_id)
         if self._status.get(run.run_id) is not RunStatus.DELETED:
             self._set_status(run, RunStatus.FAILED, error=reason, global_step=run.global_step)
             self.tracker.end_run(run.mlflow_run_id, "FAILED")
