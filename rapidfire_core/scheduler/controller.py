@@ -246,16 +246,20 @@ class RunController:
             return
         resume = RunResume(info) if info is not None else None
         start = resume.engine["sampler_start"] if resume is not None else 0
+        through = resume.global_step if resume is not None else 0
+        # What it logged after its checkpoint is trained again: out of the store; MLflow made to
+        # hold exactly the store's durable steps (it may lack some, or hold a torn checkpoint's).
+        self.store.rollback_metrics(run_id, through)
+        mlflow_id = self.tracker.sync_metrics(rec["mlflow_run_id"], self.store.metric_steps(run_id), through)
+        if mlflow_id != rec["mlflow_run_id"]:
+            self.store.update_run(run_id, mlflow_run_id=mlflow_id)
         parked = status is RunStatus.STOPPED and not rec["interrupted"]
         self._status[run_id] = RunStatus.STOPPED if parked else RunStatus.NEW
-        run = self._build(run_id, rec["name"], rec["mlflow_run_id"], spec, data, start)
+        run = self._build(run_id, rec["name"], mlflow_id, spec, data, start)
         if run is None:
             return
         if resume is not None:
             run.continue_from(resume)
-        through = resume.global_step if resume is not None else 0
-        self.store.rollback_metrics(run_id, through)
-        self.tracker.sync_metrics(rec["mlflow_run_id"], self.store.metric_steps(run_id))
         if not parked:
             self._set_status(
                 run,
@@ -265,7 +269,7 @@ class RunController:
                 chunks_done=run.chunks_done,
                 global_step=run.global_step,
             )
-            self.tracker.reopen_run(rec["mlflow_run_id"])
+            self.tracker.reopen_run(mlflow_id)
         where = (
             f"from its checkpoint at step {through} (chunk {run.chunks_done})" if resume else "from the start"
         )

@@ -144,10 +144,15 @@ class MLflowTracker:
     def _write_metrics(self, mlflow_run_id: str, batch: list) -> None:
         self._client.log_batch(mlflow_run_id, metrics=batch)
 
-    def sync_metrics(self, mlflow_run_id: str, steps: Sequence[tuple[int, Mapping[str, float]]]) -> int:
-        """Make the MLflow run hold every (metric, step) of `steps` (the run store's durable
-        rows of a run continued after a crash), logging only the pairs it lacks, so no step is
-        there twice. Synchronous. Returns the metric values it logged."""
+    def sync_metrics(
+        self, mlflow_run_id: str, steps: Sequence[tuple[int, Mapping[str, float]]], through_step: int
+    ) -> str:
+        """Make the MLflow run hold exactly the (metric, step) pairs of `steps`, the run store's
+        durable rows of a run continued from its checkpoint at `through_step` after a crash.
+        Pairs it lacks are logged. If it holds steps past `through_step` (they were covered by a
+        newer checkpoint that turned out torn), its history cannot be cut by step, so it is
+        rewritten: a new MLflow run with the same name, params and tags gets `steps`, and the old
+        one goes to MLflow's trash. Returns the MLflow run id to use from now on. Synchronous."""
         from mlflow.entities import Metric
 
         self.flush()
@@ -157,18 +162,39 @@ class MLflowTracker:
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     wanted.setdefault(_UNSAFE_KEY_CHARS.sub("_", k), {})[int(step)] = float(v)
         now = int(time.time() * 1000)
-        missing = []
         try:
-            for key, by_step in wanted.items():
-                have = {m.step for m in self._client.get_metric_history(mlflow_run_id, key)}
-                missing += [Metric(key, v, now, step) for step, v in by_step.items() if step not in have]
+            keys = self._client.get_run(mlflow_run_id).data.metrics  # {key: latest value}
+            have = {
+                key: {m.step for m in self._client.get_metric_history(mlflow_run_id, key)} for key in keys
+            }
+            if any(step > through_step for steps_of in have.values() for step in steps_of):
+                mlflow_run_id, have = self._rewrite(mlflow_run_id), {}
+            missing = [
+                Metric(key, v, now, step)
+                for key, by_step in wanted.items()
+                for step, v in by_step.items()
+                if step not in have.get(key, ())
+            ]
             for start in range(0, len(missing), _METRICS_PER_BATCH):
                 self._client.log_batch(mlflow_run_id, metrics=missing[start : start + _METRICS_PER_BATCH])
         except Exception as exc:  # noqa: BLE001 - tracking trouble must not stop training
             self.failed_writes += 1
             logger.warning("MLflow repair of run %s failed: %s: %s", mlflow_run_id, type(exc).__name__, exc)
-            return 0
-        return len(missing)
+        return mlflow_run_id
+
+    def _rewrite(self, mlflow_run_id: str) -> str:
+        """A fresh MLflow run with `mlflow_run_id`'s name, params and tags; the old one is deleted."""
+        from mlflow.entities import Param
+
+        old = self._client.get_run(mlflow_run_id)
+        new_id = self._client.create_run(
+            self.experiment_id, run_name=old.info.run_name, tags=old.data.tags
+        ).info.run_id
+        params = [Param(k, v) for k, v in old.data.params.items()]
+        for start in range(0, len(params), _PARAMS_PER_BATCH):
+            self._client.log_batch(new_id, params=params[start : start + _PARAMS_PER_BATCH])
+        self._client.delete_run(mlflow_run_id)
+        return new_id
 
     def end_run(self, mlflow_run_id: str, status: str) -> None:
         """Queue the end of a run (after its queued metrics). status: 'FINISHED', 'FAILED' or 'KILLED'
