@@ -23,6 +23,11 @@ import time
 
 from rapidfire_core.control.command_store import HEARTBEAT_SECONDS, CommandStore
 
+# Leases held in this process, by database file: the row's pid cannot tell two Experiment
+# objects of one process apart.
+_HELD_HERE: set[str] = set()
+_HELD_LOCK = threading.Lock()
+
 
 class ExperimentBusy(RuntimeError):
     """Another live process trains this experiment."""
@@ -44,7 +49,16 @@ class OwnerLease:
         if self._depth:
             self._depth += 1
             return
-        owner = self._store.take_lease(self._started_at)
+        key = str(self._store.path.resolve())
+        with _HELD_LOCK:
+            if key in _HELD_HERE:
+                raise ExperimentBusy(
+                    f"this process already trains the experiment at {self._store.path.parent} (another "
+                    "Experiment object's run_fit): wait for it, or steer it with stop/resume/delete/clone"
+                )
+            owner = self._store.take_lease(self._started_at)
+            if owner is None:
+                _HELD_HERE.add(key)
         if owner is not None:
             pid, host, started = owner
             raise ExperimentBusy(
@@ -78,6 +92,8 @@ class OwnerLease:
             self._store.clear_beat()
         except sqlite3.Error:
             pass
+        with _HELD_LOCK:
+            _HELD_HERE.discard(str(self._store.path.resolve()))
 
 
 __all__ = ["ExperimentBusy", "OwnerLease"]
