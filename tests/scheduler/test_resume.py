@@ -101,12 +101,12 @@ def test_a_second_run_fit_on_an_experiment_being_trained_is_refused(
         proceed.wait(60)
 
     owner.controller.hooks.between_turns.append(hold)
-    handle = owner.run_fit(_group(tiny_model_dir), create_tiny_model, rows, num_chunks=2, background=True)
+    handle = owner.run_fit(_group(tiny_model_dir), create_tiny_model, rows, num_chunks=4, background=True)
     assert training.wait(60)
     other = Experiment("busy", experiment_path=tmp_path, verbose=False)
     try:
         with pytest.raises(ExperimentBusy, match="already trains"):
-            other.run_fit(_group(tiny_model_dir), create_tiny_model, rows, num_chunks=2)
+            other.run_fit(_group(tiny_model_dir), create_tiny_model, rows, num_chunks=4)
         assert other.get_runs_info()["status"].tolist() == ["ONGOING"]
     finally:
         proceed.set()
