@@ -15,6 +15,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -61,7 +62,9 @@ def references(tmp_path_factory, tiny_model_dir):
 
 def _assert_equals_uninterrupted(exp, reference) -> None:
     info = exp.get_runs_info()
-    assert info["status"].tolist() == reference.get_runs_info()["status"].tolist() == ["COMPLETED"] * len(info)
+    assert (
+        info["status"].tolist() == reference.get_runs_info()["status"].tolist() == ["COMPLETED"] * len(info)
+    )
     got, want = exp.get_results(), reference.get_results()
     client = MlflowClient(exp.tracking_uri)
     for run_id in info["run_id"].tolist():
@@ -142,3 +145,44 @@ def test_sft_sweep_killed_at_a_random_time_continues_exactly(tmp_path, tiny_mode
     exp = crash_sweep.run(str(tmp_path), "random", tiny_model_dir, "sft")
     _assert_equals_uninterrupted(exp, references["sft"])
     exp.end()
+
+
+def test_a_run_stopped_mid_chunk_stays_stopped_across_a_restart_and_resumes_exactly(
+    tmp_path, tiny_model_dir, references
+):
+    # Stopped by a command at step 3 (inside its 2nd chunk): its state is persisted at the stop.
+    # A later process continues the sweep: the stopped run stays STOPPED (resumable) while the
+    # other one is done; resume_run then trains it as if it had never stopped.
+    from rapidfire_core import Experiment
+    from rapidfire_core.dashboard.summary import resume_point
+
+    exp = Experiment("stopped", experiment_path=tmp_path, verbose=False)
+    stops = []
+    stop_at_step_3 = threading.Thread(target=_stop_when_step, args=(exp, 1, 3, stops))
+    handle = exp.run_fit(crash_sweep.sft_group(tiny_model_dir), crash_sweep.create_model,
+                         crash_sweep.support_dataset(n=16, seed=3), num_chunks=crash_sweep.NUM_CHUNKS,
+                         seed=crash_sweep.SEED, background=True)  # fmt: skip
+    stop_at_step_3.start()
+    stop_at_step_3.join()
+    handle.wait()
+    assert exp.wait_for(stops[0]).result["global_step"] == 3
+    exp.end()
+
+    again = crash_sweep.run(str(tmp_path), "stopped", tiny_model_dir, "sft")  # "another process"
+    info = again.get_runs_info().set_index("run_id")
+    assert info["status"].tolist() == ["STOPPED", "COMPLETED"] and not info.loc[1, "interrupted"]
+    assert resume_point(again._store, again._store.get_run(1)) == {"chunk": 1, "step": 3, "how": "resume_run"}
+    again.resume_run(1)
+    again.continue_fit()
+    _assert_equals_uninterrupted(again, references["sft"])
+    again.end()
+
+
+def _stop_when_step(exp, run_id, step, stops):
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        run = exp.controller.runs.get(run_id)
+        if run is not None and run.global_step >= step:
+            stops.append(exp.stop_run(run_id))
+            return
+        time.sleep(0.001)
