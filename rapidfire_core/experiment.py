@@ -22,7 +22,10 @@ then hands the runs to the experiment's run controller (`rapidfire_core.schedule
 which builds them and trains them chunk by chunk. A run that fails (exception, OOM, NaN) is
 marked FAILED with its reason; the others go on. `run_fit` returns when no run is NEW or
 ONGOING: a run STOPPED by a command stays parked, with all its state, and `continue_fit()`
-trains it after a `resume_run` (this process only: crash-resume is not there yet).
+trains it after a `resume_run`.
+
+After a crash or an interrupt, `run_fit` with the same arguments continues the sweep from each
+run's last chunk checkpoint (`rapidfire_core.scheduler.resume`, `scheduler.run_checkpoint`).
 """
 
 from __future__ import annotations

@@ -105,6 +105,7 @@ class RunController:
         self.sweep = 1  # the sweep (run_fit) new runs belong to; set by Experiment.run_fit
         self.checkpoint_keep = DEFAULT_KEEP
         self.persist_seconds = 0.0  # time spent in `checkpoint` (benchmarks/bench_checkpoint_cost.py)
+        self.checkpoints_written = 0
         self._last_poll = 0.0
         self._cancel = threading.Event()
 
@@ -216,6 +217,7 @@ class RunController:
         fault_point("after_checkpoint")
         self.buffer.release(run.run_id, state.global_step)
         self.persist_seconds += time.perf_counter() - began
+        self.checkpoints_written += 1
         return True
 
     def restore_runs(self, plan: ResumePlan, data: FitData) -> list[int]:
@@ -436,7 +438,8 @@ class RunController:
         run = self.runs.get(run_id)
         if run is None:
             raise CommandRejected(
-                f"run {run_id} is not held by this process (it was trained by one that has ended), "
+                f"run {run_id} is not held by this process (it was trained by one that has ended; "
+                "run_fit with its sweep's arguments takes it back), "
                 f"so it cannot be {op}"
             )
         return run
