@@ -45,7 +45,7 @@ from rapidfire_core.memory.residency import RunResidency, budget_bytes
 from rapidfire_core.scheduler.chunks import ChunkPlan
 from rapidfire_core.scheduler.controller import RunController
 from rapidfire_core.scheduler.progress import ProgressDisplay
-from rapidfire_core.scheduler.resume import plan_resume, run_fingerprint
+from rapidfire_core.scheduler.resume import ResumeMismatch, plan_resume, run_fingerprint
 from rapidfire_core.scheduler.run import FitData
 from rapidfire_core.tracking.mlflow_tracker import MLflowTracker, default_tracking_uri
 from rapidfire_core.trainers.datasets import FormattedDatasets, as_dataset
@@ -183,6 +183,12 @@ class Experiment:
         try:
             fingerprints = [run_fingerprint(spec, data) for spec in specs]
             plan = plan_resume(self._store.runs(), specs, fingerprints, resume, self.experiment_name)
+            if plan is not None and policy is not None:
+                raise ResumeMismatch(
+                    f"experiment '{self.experiment_name}' holds this {type(config_group).__name__}'s runs; "
+                    "continuing an automatic search after a crash is not supported yet (its decisions so "
+                    "far are not persisted): pass resume=False for a new sweep, or use a new experiment name"
+                )
         except BaseException:
             controller.lease.release()
             raise
