@@ -15,7 +15,6 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -157,15 +156,18 @@ def test_a_run_stopped_mid_chunk_stays_stopped_across_a_restart_and_resumes_exac
     from rapidfire_core.dashboard.summary import resume_point
 
     exp = Experiment("stopped", experiment_path=tmp_path, verbose=False)
-    stops = []
-    stop_at_step_3 = threading.Thread(target=_stop_when_step, args=(exp, 1, 3, stops))
-    handle = exp.run_fit(crash_sweep.sft_group(tiny_model_dir), crash_sweep.create_model,
-                         crash_sweep.support_dataset(n=16, seed=3), num_chunks=crash_sweep.NUM_CHUNKS,
-                         seed=crash_sweep.SEED, background=True)  # fmt: skip
-    stop_at_step_3.start()
-    stop_at_step_3.join()
-    handle.wait()
-    assert exp.wait_for(stops[0]).result["global_step"] == 3
+    stops, progress_step = [], exp.controller.progress_step
+
+    def stop_after_step_3(run):  # in the run's thread, right after its step 3: parks at step 3
+        progress_step(run)
+        if run.run_id == 1 and run.global_step == 3 and not stops:
+            stops.append(exp.stop_run(1))
+
+    exp.controller.progress_step = stop_after_step_3
+    exp.run_fit(crash_sweep.sft_group(tiny_model_dir), crash_sweep.create_model,
+                crash_sweep.support_dataset(n=16, seed=3), num_chunks=crash_sweep.NUM_CHUNKS,
+                seed=crash_sweep.SEED)  # fmt: skip
+    assert exp.wait_for(stops[0]).result["global_step"] == 3  # inside its 2nd chunk (steps 3-4)
     exp.end()
 
     again = crash_sweep.run(str(tmp_path), "stopped", tiny_model_dir, "sft")  # "another process"
@@ -176,13 +178,3 @@ def test_a_run_stopped_mid_chunk_stays_stopped_across_a_restart_and_resumes_exac
     again.continue_fit()
     _assert_equals_uninterrupted(again, references["sft"])
     again.end()
-
-
-def _stop_when_step(exp, run_id, step, stops):
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        run = exp.controller.runs.get(run_id)
-        if run is not None and run.global_step >= step:
-            stops.append(exp.stop_run(run_id))
-            return
-        time.sleep(0.001)
