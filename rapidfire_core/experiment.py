@@ -106,6 +106,7 @@ class Experiment:
         *,
         num_shards: int | None = None,
         background: bool = False,
+        execution: str = "auto",
         resume: bool | None = None,
     ) -> FitHandle | None:
         """Train every configuration of `config_group` chunk by chunk.
@@ -124,6 +125,9 @@ class Experiment:
         the next run is prefetched during the current turn. 0 keeps only the running run's state
         on the device. None (default): every run's state stays on the device.
         See `rapidfire_core.memory.residency`.
+        execution: "auto" (default) trains the LoRA runs that share a base model and trainer type
+        (SFT, DPO) as fused cohorts, one forward and backward per step for all of them
+        (`rapidfire_core.scheduler.cohort`); the rest, and every run under "sliced", take turns.
 
         resume: what a call on an experiment that already holds runs means
         (`rapidfire_core.scheduler.resume`). None (default): continue the stored sweep made by
@@ -134,6 +138,8 @@ class Experiment:
         A second run_fit while another live process trains the experiment raises ExperimentBusy."""
         self._check_open()
         self._check_no_fit()
+        if execution not in ("auto", "sliced"):
+            raise ValueError(f"execution must be 'auto' or 'sliced', got {execution!r}")
         if num_shards is not None:
             if num_chunks is not None and num_chunks != num_shards:
                 raise ValueError(f"num_chunks={num_chunks} and num_shards={num_shards} disagree: give one")
@@ -174,7 +180,9 @@ class Experiment:
 
         if policy is not None:
             policy.check(has_eval=evals is not None)
-        data = FitData(trainer_type, plan, train, evals, formatted, ModelRegistry(create_model), num_chunks)
+        data = FitData(
+            trainer_type, plan, train, evals, formatted, ModelRegistry(create_model), num_chunks, execution
+        )
         # The first model now, so a create_model that returns the wrong thing raises here, before
         # any run exists (its ordinary errors fail only the run that needs the model).
         preload_base(specs[0], data.registry, self.path / "runs", evals is not None)
@@ -205,6 +213,8 @@ class Experiment:
             else:
                 controller.sweep = self._store.next_sweep()
                 run_ids = controller.add_runs(specs, data)
+            for line in controller.execution_summary(run_ids):
+                self._say(line)
             if policy is None:
                 self._train(controller, state_budget, progress)
                 return

@@ -49,8 +49,10 @@ def stock_run(
     formatting_func,
     plan: ChunkPlan,
     epochs: int,
+    with_history: bool = False,
 ):
-    """Train one config with a stock TRL trainer class; returns (per-step losses, adapter weights)."""
+    """Train one config with a stock TRL trainer class; returns (per-step losses, adapter weights),
+    and with ``with_history`` also the trainer's log history (every logged metric, per step)."""
     from peft import get_peft_model_state_dict
 
     dataset = (
@@ -65,7 +67,10 @@ def stock_run(
     trainer.reference_sampler = EpochOrderSampler([plan.order(epoch) for epoch in range(epochs)])
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    return losses, {k: v.detach().clone() for k, v in get_peft_model_state_dict(trainer.model).items()}
+    weights = {k: v.detach().clone() for k, v in get_peft_model_state_dict(trainer.model).items()}
+    if with_history:
+        return losses, weights, trainer.state.log_history
+    return losses, weights
 
 
 def stock_sft_run(create_model, model_config, lora_config, args, train_rows, formatting_func, plan, epochs):

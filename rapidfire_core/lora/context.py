@@ -27,6 +27,7 @@ restore reproduces the same dropout masks (it restores the global generators onl
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -34,7 +35,10 @@ import torch
 
 from ..ops.segments import segment_tensors
 
-_ACTIVE: list[LoraBatch] = []
+# The active batches, innermost last, per thread: a cohort step's batch is seen by the thread
+# that runs the step, never by a run's own thread evaluating meanwhile. (A thread-local rather
+# than a ContextVar: torch.compile traces attribute reads of a threading.local, not ContextVar.get.)
+_ACTIVE = threading.local()
 
 
 @dataclass(frozen=True)
@@ -142,11 +146,15 @@ class LoraBatch:
         return t
 
     def __enter__(self) -> LoraBatch:
-        _ACTIVE.append(self)
+        _ACTIVE.stack = (*_active(), self)
         return self
 
     def __exit__(self, *exc) -> None:
-        _ACTIVE.remove(self)
+        stack = list(_active())
+        stack.reverse()
+        stack.remove(self)  # the innermost entry of this batch
+        stack.reverse()
+        _ACTIVE.stack = tuple(stack)
 
     def __repr__(self) -> str:
         segs = ", ".join(
@@ -155,9 +163,36 @@ class LoraBatch:
         return f"LoraBatch([{segs}], device={self.device})"
 
 
+# The batch of a backward in progress, for the layer forwards that gradient checkpointing re-runs
+# on autograd's device threads (which do not see the calling thread's batches).
+_BACKWARD: LoraBatch | None = None
+
+
+def _active() -> tuple[LoraBatch, ...]:
+    return getattr(_ACTIVE, "stack", ())
+
+
 def current_lora_batch() -> LoraBatch | None:
-    """The innermost active LoraBatch, or None (layers then act as their base layer)."""
-    return _ACTIVE[-1] if _ACTIVE else None
+    """The innermost LoraBatch active in this thread, else the one of a `backward_batch` block in
+    progress, else None (layers then act as their base layer)."""
+    active = _active()
+    return active[-1] if active else _BACKWARD
+
+
+@contextlib.contextmanager
+def backward_batch(batch: LoraBatch) -> Iterator[LoraBatch]:
+    """Run a backward of a ``batch`` forward inside the block: layer forwards re-run by gradient
+    checkpointing see ``batch`` on any thread (on CUDA, autograd runs them on its own threads).
+    One at a time per process: the fused cohort step that uses it is exclusive."""
+    global _BACKWARD
+    if _BACKWARD is not None:
+        raise RuntimeError("a backward_batch block is already in progress")
+    _BACKWARD = batch
+    try:
+        with lora_batch(batch):
+            yield batch
+    finally:
+        _BACKWARD = None
 
 
 @contextlib.contextmanager

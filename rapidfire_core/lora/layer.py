@@ -29,7 +29,9 @@ output's own dtype (never rounded to the LoRA dtype first), which is the result'
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -159,89 +161,114 @@ class MultiLoraLinear(nn.Module):
         layout = batch.layout_for(self.adapter_names)
         if not layout.active:  # none of this layer's adapters has rows in the batch
             return result
-        return self._add_adapters(x, result, batch, layout)
-
-    def _compute_dtype(self, x: torch.Tensor, first: str) -> torch.dtype:
-        if torch.is_autocast_enabled(x.device.type):
-            return torch.get_autocast_dtype(x.device.type)
-        return self.lora_A[first].weight.dtype  # PEFT casts x to the adapter dtype
-
-    def _stacked_weights(
-        self, names: tuple[str, ...], dtype: torch.dtype
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A (n, R, K), B (n, N, R)) of ``names``, zero-padded to the largest rank R.
-
-        Zero rows of A give zero columns of S, which meet zero columns of B: padding adds
-        exact zeros to outputs and gradients, and autograd drops the padded gradient slices.
-        """
-        r_max = max(self.specs[n].r for n in names)
-        a, b = [], []
-        for n in names:
-            missing = r_max - self.specs[n].r
-            weight_a, weight_b = self.lora_A[n].weight, self.lora_B[n].weight
-            # Pad only the smaller ranks: each pad is a copy and a kernel launch, per layer, per step.
-            a.append(F.pad(weight_a, (0, 0, 0, missing)) if missing else weight_a)
-            b.append(F.pad(weight_b, (0, missing)) if missing else weight_b)
-        return _stack_as(a, dtype), _stack_as(b, dtype)
-
-    def _add_adapters(
-        self, x: torch.Tensor, result: torch.Tensor, batch: LoraBatch, layout: SegmentLayout
-    ) -> torch.Tensor:
-        x2 = x.reshape(-1, self.in_features)  # (M, K)
-        if x2.shape[0] != layout.num_rows:
-            raise ValueError(
-                f"MultiLoraLinear got {x2.shape[0]} rows (input shape {tuple(x.shape)}) but the active "
-                f"LoraBatch describes {layout.num_rows}: {batch!r}"
-            )
-        active = layout.active
-        dtype = self._compute_dtype(x, active[0])
-        scalar_dtype = torch.promote_types(dtype, torch.float32)  # fp32 for the kernels; fp64 stays exact
-        keep = drop_scale = None
-        dropouts = tuple(self.specs[n].lora_dropout for n in active)
-        if self.training and any(p > 0 for p in dropouts):
-            # One mask for the whole batch; the backward reuses exactly this mask (saved, not redrawn).
-            keep = draw_keep_mask(batch.row_values(layout, dropouts), self.in_features, batch.generator)
-            drop_scale = batch.floats(tuple(1.0 / (1.0 - p) for p in dropouts), scalar_dtype)
-        y2 = result.reshape(-1, self.out_features)  # (M, N)
-        if not _backend.use_triton(x2):
-            out = self._add_adapters_torch(x2, y2, keep, layout, dtype)
-            return out.to(result.dtype).reshape(result.shape)
-        lora_a, lora_b = self._stacked_weights(active, dtype)
-        scales = batch.floats(tuple(self.specs[n].scaling for n in active), scalar_dtype)
-        # y keeps the base output's dtype (no rounding to the LoRA dtype, no cast copies): the
-        # sum comes back in it, as PEFT's `result + lora_out * scaling` cast to result's dtype.
-        out = multi_lora_add(
-            y2,
-            x2.to(dtype),
-            lora_a,
-            lora_b,
-            scales,
-            layout.seg_starts,
-            layout.seg_slot,
-            keep,
-            drop_scale,
-        )
-        return out.to(result.dtype).reshape(result.shape)
-
-    def _add_adapters_torch(
-        self, x2: torch.Tensor, y2: torch.Tensor, keep: torch.Tensor | None, layout: SegmentLayout, dtype
-    ) -> torch.Tensor:
-        """The per-adapter loop on host segment bounds: the CPU path (no padding, no custom-op overhead).
-
-        Same math as the ops; at tiny-model sizes the 4 custom-op calls per layer cost
-        more than the matmuls (64x64 layer, N=4: 1.6 ms through the ops vs 0.9 ms here).
-        """
-        adapters = []
-        for n in layout.active:
-            spec = self.specs[n]
-            a, b = self.lora_A[n].weight.to(dtype), self.lora_B[n].weight.to(dtype)
-            adapters.append(
-                AdapterWeights(a, b, spec.scaling, spec.lora_dropout if keep is not None else 0.0)
-            )
-        return multi_lora_add_reference(y2, x2.to(dtype), adapters, layout.segments, keep)
+        return add_segment_adapters(self, x, result, batch, layout, self.training)
 
     def extra_repr(self) -> str:
         adapters = ", ".join(
             f"{n}(r={s.r}, alpha={s.lora_alpha:g}, p={s.lora_dropout:g})" for n, s in self.specs.items()
         )
         return f"in_features={self.in_features}, out_features={self.out_features}, adapters=[{adapters}]"
+
+
+class AdapterSet(Protocol):
+    """A linear layer's adapters as the segment math reads them (MultiLoraLinear, or a PEFT LoRA
+    layer seen through `lora.peft_segments`): specs and PEFT-named A/B modules per adapter."""
+
+    in_features: int
+    out_features: int
+    specs: Mapping[str, AdapterSpec]
+    lora_A: Mapping[str, nn.Module]
+    lora_B: Mapping[str, nn.Module]
+
+
+def _compute_dtype(adapters: AdapterSet, x: torch.Tensor, first: str) -> torch.dtype:
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return adapters.lora_A[first].weight.dtype  # PEFT casts x to the adapter dtype
+
+
+def _stacked_weights(
+    adapters: AdapterSet, names: tuple[str, ...], dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A (n, R, K), B (n, N, R)) of ``names``, zero-padded to the largest rank R.
+
+    Zero rows of A give zero columns of S, which meet zero columns of B: padding adds
+    exact zeros to outputs and gradients, and autograd drops the padded gradient slices.
+    """
+    r_max = max(adapters.specs[n].r for n in names)
+    a, b = [], []
+    for n in names:
+        missing = r_max - adapters.specs[n].r
+        weight_a, weight_b = adapters.lora_A[n].weight, adapters.lora_B[n].weight
+        # Pad only the smaller ranks: each pad is a copy and a kernel launch, per layer, per step.
+        a.append(F.pad(weight_a, (0, 0, 0, missing)) if missing else weight_a)
+        b.append(F.pad(weight_b, (0, missing)) if missing else weight_b)
+    return _stack_as(a, dtype), _stack_as(b, dtype)
+
+
+def add_segment_adapters(
+    adapters: AdapterSet,
+    x: torch.Tensor,
+    result: torch.Tensor,
+    batch: LoraBatch,
+    layout: SegmentLayout,
+    training: bool,
+) -> torch.Tensor:
+    """``result`` (the base layer's output for ``x``) plus each segment's adapter of ``adapters``
+    (the module docstring's math); dropout only when ``training``. Same shape and dtype as result."""
+    x2 = x.reshape(-1, adapters.in_features)  # (M, K)
+    if x2.shape[0] != layout.num_rows:
+        raise ValueError(
+            f"MultiLoraLinear got {x2.shape[0]} rows (input shape {tuple(x.shape)}) but the active "
+            f"LoraBatch describes {layout.num_rows}: {batch!r}"
+        )
+    active = layout.active
+    dtype = _compute_dtype(adapters, x, active[0])
+    scalar_dtype = torch.promote_types(dtype, torch.float32)  # fp32 for the kernels; fp64 stays exact
+    keep = drop_scale = None
+    dropouts = tuple(adapters.specs[n].lora_dropout for n in active)
+    if training and any(p > 0 for p in dropouts):
+        # One mask for the whole batch; the backward reuses exactly this mask (saved, not redrawn).
+        keep = draw_keep_mask(batch.row_values(layout, dropouts), adapters.in_features, batch.generator)
+        drop_scale = batch.floats(tuple(1.0 / (1.0 - p) for p in dropouts), scalar_dtype)
+    y2 = result.reshape(-1, adapters.out_features)  # (M, N)
+    if not _backend.use_triton(x2):
+        out = _add_segment_adapters_torch(adapters, x2, y2, keep, layout, dtype)
+        return out.to(result.dtype).reshape(result.shape)
+    lora_a, lora_b = _stacked_weights(adapters, active, dtype)
+    scales = batch.floats(tuple(adapters.specs[n].scaling for n in active), scalar_dtype)
+    # y keeps the base output's dtype (no rounding to the LoRA dtype, no cast copies): the
+    # sum comes back in it, as PEFT's `result + lora_out * scaling` cast to result's dtype.
+    out = multi_lora_add(
+        y2,
+        x2.to(dtype),
+        lora_a,
+        lora_b,
+        scales,
+        layout.seg_starts,
+        layout.seg_slot,
+        keep,
+        drop_scale,
+    )
+    return out.to(result.dtype).reshape(result.shape)
+
+
+def _add_segment_adapters_torch(
+    adapters: AdapterSet,
+    x2: torch.Tensor,
+    y2: torch.Tensor,
+    keep: torch.Tensor | None,
+    layout: SegmentLayout,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The per-adapter loop on host segment bounds: the CPU path (no padding, no custom-op overhead).
+
+    Same math as the ops; at tiny-model sizes the 4 custom-op calls per layer cost
+    more than the matmuls (64x64 layer, N=4: 1.6 ms through the ops vs 0.9 ms here).
+    """
+    weights = []
+    for n in layout.active:
+        spec = adapters.specs[n]
+        a, b = adapters.lora_A[n].weight.to(dtype), adapters.lora_B[n].weight.to(dtype)
+        weights.append(AdapterWeights(a, b, spec.scaling, spec.lora_dropout if keep is not None else 0.0))
+    return multi_lora_add_reference(y2, x2.to(dtype), weights, layout.segments, keep)

@@ -87,17 +87,21 @@ def multi_lora_add_reference(
     order, as host ints (no sync); keep (M, K) bool mask or None. Returns (M, N). Each
     adapter uses its own (unpadded) A and B, so autograd gives exactly its gradients.
     """
-    pieces = []
-    for start, end, i in segments:
-        rows = y[start:end]
-        if i >= 0 and end > start:
-            ad = adapters[i]
-            xs = x[start:end]
-            if keep is not None and ad.dropout > 0:
-                xs = xs * keep[start:end] / (1.0 - ad.dropout)  # torch's dropout: mask / (1 - p)
-            rows = rows + (xs @ ad.lora_a.T) @ ad.lora_b.T * ad.scale
-        pieces.append(rows)
-    return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+    # torch.split, not per-segment slicing: a slice's backward writes a zero tensor of the whole
+    # input per segment; split's backward concatenates the segments' gradients once.
+    sizes = [end - start for start, end, _ in segments]
+    x_parts = torch.split(x, sizes)
+    keep_parts = torch.split(keep, sizes) if keep is not None else [None] * len(sizes)
+    deltas = []
+    for (start, end, i), xs, ks in zip(segments, x_parts, keep_parts, strict=True):
+        if i < 0 or end == start:
+            deltas.append(y.new_zeros((end - start, y.shape[1])))
+            continue
+        ad = adapters[i]
+        if ks is not None and ad.dropout > 0:
+            xs = xs * ks / (1.0 - ad.dropout)  # torch's dropout: mask / (1 - p)
+        deltas.append((xs @ ad.lora_a.T) @ ad.lora_b.T * ad.scale)
+    return y + (torch.cat(deltas) if len(deltas) > 1 else deltas[0])
 
 
 def multi_lora_linear_reference(

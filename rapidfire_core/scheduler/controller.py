@@ -56,6 +56,7 @@ from rapidfire_core.control.run_status import IN_FLIGHT
 from rapidfire_core.errors import ConfigError
 from rapidfire_core.memory.residency import RunResidency
 from rapidfire_core.scheduler.checkpoint_writer import CheckpointWriter
+from rapidfire_core.scheduler.cohort import Cohort, CohortTurn, MemberState, plan_cohorts
 from rapidfire_core.scheduler.interrupts import sigint_deferred
 from rapidfire_core.scheduler.loop import LoopHooks, run_rounds
 from rapidfire_core.scheduler.progress import ProgressDisplay
@@ -112,6 +113,9 @@ class RunController:
         self._writer = CheckpointWriter()
         self._last_poll = 0.0
         self._cancel = threading.Event()
+        self.fused_steps = 0  # fused cohort forwards run by this controller (all cohorts)
+        # DPO reference log-probs of fused cohorts: [sequences computed, sequences served]
+        self.reference_sequences = [0, 0]
 
     # ---- building runs -------------------------------------------------------------------------
     def add_runs(self, specs: Sequence[Any], data: FitData) -> list[int]:
@@ -301,6 +305,18 @@ class RunController:
         )
         self.progress.note(f"run {run_id} {'stays STOPPED, resumable' if parked else 'continues'} {where}")
 
+    def execution_summary(self, run_ids: Sequence[int]) -> list[str]:
+        """How the runs `run_ids` will train: which fuse, and why the others are time-sliced."""
+        runs = [self.runs[i] for i in run_ids if i in self.runs]
+        fused = [r.run_id for r in runs if r.cohort_key is not None]
+        lines = []
+        if len(fused) > 1:
+            lines.append(f"Runs {fused} train fused: one forward and backward per step for all of them")
+        for run in runs:
+            if run.cohort_key is None and len(runs) > 1:
+                lines.append(f"Run {run.run_id} trains time-sliced: {run.unfused_reason}")
+        return lines
+
     @property
     def made(self) -> set[int]:
         """Ids of every run this controller created (any status)."""
@@ -310,15 +326,26 @@ class RunController:
         self.progress.step(run)
 
     # ---- the round loop's view -------------------------------------------------------------------
-    def turn_takers(self) -> list[Run]:
-        return [run for run_id, run in sorted(self.runs.items()) if self.wants_turn(run)]
+    def turn_takers(self) -> list[Run | Cohort]:
+        """Runs that want a turn, those that fuse grouped into cohorts (`scheduler.cohort`)."""
+        runs = [run for run_id, run in sorted(self.runs.items()) if self.wants_turn(run)]
+        if self.residency is not None:
+            return runs  # the pool evicts and prefetches one run's state per turn: time-sliced
+        return plan_cohorts(runs)
 
-    def wants_turn(self, run: Run) -> bool:
-        return self._status.get(run.run_id) in IN_FLIGHT and not run.finished
+    def wants_turn(self, taker: Run | Cohort) -> bool:
+        if isinstance(taker, Cohort):
+            return any(self.wants_turn(run) for run in taker.members)
+        return self._status.get(taker.run_id) in IN_FLIGHT and not taker.finished
 
-    def take_turn(self, run: Run, upcoming: Sequence[Run]) -> None:
+    def take_turn(self, taker: Run | Cohort, upcoming: Sequence[Run | Cohort]) -> None:
         """One turn of `run`: it trains until it completes a chunk or ends; commands arriving
-        meanwhile are applied at its next optimizer step, and the turn goes on if it may."""
+        meanwhile are applied at its next optimizer step, and the turn goes on if it may.
+        A cohort's turn does the same for each of its members, fused (`scheduler.cohort`)."""
+        if isinstance(taker, Cohort):
+            self._take_cohort_turn(taker)
+            return
+        run = taker
         try:
             if self.residency is not None:
                 self.residency.before_turn(run, upcoming)
@@ -336,6 +363,58 @@ class RunController:
             raise
         except Exception as exc:  # noqa: BLE001 - one run's trouble must not end the others
             self._fail(run, exc, traceback.format_exc())
+
+    def _take_cohort_turn(self, cohort: Cohort) -> None:
+        due = [m for m in cohort.members if self.wants_turn(m) and m.chunks_done == cohort.chunks_done]
+        for run in due:
+            self._set_status(run, RunStatus.ONGOING)
+            run.trainer.rapidfire_slot = run.slot
+        self.progress.begin_turn(due[0], fused=[run.run_id for run in due])
+        turn = CohortTurn(
+            due,
+            advance=self._advance_member,
+            apply_commands=self.apply_commands,
+            wants_turn=self.wants_turn,
+            joiners=lambda: self._joiners(cohort.key, turn),
+            fail=lambda run, exc: self._fail(run, exc, traceback.format_exc()),
+        )
+        try:
+            turn.run()
+        finally:  # every member stands at a step boundary (or has ended): it may train sliced next
+            self.fused_steps += turn.fused_steps
+            self.reference_sequences[0] += turn.references.computed
+            self.reference_sequences[1] += turn.references.served
+            for run in turn.state:
+                if run.trainer is not None:
+                    run.trainer.rapidfire_slot = None
+
+    def _joiners(self, key: tuple, turn: CohortTurn) -> list[Run]:
+        """Runs made during a cohort's turn (clones) that fuse with it: they join at the next step."""
+        joining = [
+            run
+            for run in self.runs.values()
+            if run.cohort_key == key and run not in turn.state and self.wants_turn(run)
+        ]
+        for run in joining:
+            self._set_status(run, RunStatus.ONGOING)
+            run.trainer.rapidfire_slot = run.slot
+        return joining
+
+    def _advance_member(self, run: Run) -> MemberState:
+        """Resume a cohort member until it next pauses; ends its turn if it completed a chunk or
+        finished. Its state says what it waits for."""
+        try:
+            end = run.take_turn()
+            if end is TurnEnd.FUSED:
+                return MemberState(run.slot.waiting_for)
+            if end is TurnEnd.COMMANDS:
+                return MemberState.COMMANDS
+            self._end_turn(run, end, ())
+        except FitCancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one run's trouble must not end the others
+            self._fail(run, exc, traceback.format_exc())
+        return MemberState.DONE
 
     def _end_turn(self, run: Run, end: TurnEnd, upcoming: Sequence[Run]) -> None:
         self.buffer.flush()
@@ -374,6 +453,12 @@ class RunController:
         self.residency = residency
         self._cancel.clear()
         self.lease.acquire()
+        # Every trainer's train() starts with a full gc.collect() (accelerate's free_memory). In
+        # this process the heap holds every run's trainer, datasets, MLflow and the rest: ~0.5 s a
+        # collection on the 2-core dev machine, per run. What exists now lives until run_fit
+        # ends: freeze it, so those collections only scan what training allocates.
+        gc.collect()
+        gc.freeze()
         try:
             if residency is not None:
                 residency.start(self.turn_takers())
@@ -383,6 +468,7 @@ class RunController:
             raise
         finally:
             self._settle_checkpoints()
+            gc.unfreeze()
             self.buffer.flush()
             self.tracker.flush()  # the MLflow store is complete when run_fit returns
             self.lease.release()

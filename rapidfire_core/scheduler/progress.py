@@ -58,14 +58,18 @@ class ProgressDisplay:
             is_tty = hasattr(self.stream, "isatty") and self.stream.isatty()
             self.mode = "terminal" if is_tty else "notebook" if _in_notebook(self.stream) else "plain"
         self.label = ""
+        self._fused = False  # the current turn is a fused cohort's: lines name their run
         self._handle: Any = None  # the notebook's display handle of the live line
         self._turn_start = (0.0, 0)  # (time, global_step) when the current turn began
         self._last_draw = 0.0
 
-    def begin_turn(self, run: Run) -> None:
+    def begin_turn(self, run: Run, fused: list[int] | None = None) -> None:
+        """A turn of ``run`` begins; ``fused``: the ids of the cohort training with it in one step."""
         num_chunks = run.data.num_chunks
         epoch, chunk = divmod(run.chunks_done, num_chunks)
-        self.label = f"[epoch {epoch + 1} chunk {chunk + 1}/{num_chunks}] run {run.run_id}"
+        self._fused = bool(fused)
+        who = f"runs {','.join(map(str, fused))} fused:" if fused else f"run {run.run_id}"
+        self.label = f"[epoch {epoch + 1} chunk {chunk + 1}/{num_chunks}] {who}"
         self._turn_start = (time.monotonic(), run.global_step)
         self._last_draw = time.monotonic()
 
@@ -84,7 +88,8 @@ class ProgressDisplay:
         metrics = " ".join(f"{k}={run.latest[k]:.4f}" for k in _SHOWN if k in run.latest)
         steps = f"step {run.global_step}/{run.max_steps}" if run.max_steps else f"step {run.global_step}"
         knobs = ", ".join(f"{k.split('.')[-1]}={run.knobs.get(k)}" for k in self.shown_knobs)
-        parts = (self.label, f"({knobs})" if knobs else "", steps, metrics)
+        member = f"run {run.run_id}" if self._fused else ""
+        parts = (self.label, member, f"({knobs})" if knobs else "", steps, metrics)
         return " ".join(part for part in parts if part) + (self._rate(run) if live else "")
 
     def step(self, run: Run) -> None:

@@ -12,6 +12,7 @@ turn the run trains until, at the start of an optimizer step,
                                            the same turn unless a command ended or parked it
     - the controller aborted it         -> RunAborted unwinds its train()
     - its train() returns or raises     -> TurnEnd.FINISHED (worker.error holds an exception)
+    - (fused) it hands its cohort work  -> TurnEnd.FUSED (`scheduler.cohort`; `slot` says what)
 
 Pausing captures the run's process state (RNG streams, accelerate singletons, TF32) and
 resuming restores it, so a run that is paused for commands, stopped and resumed, or that waits
@@ -33,6 +34,7 @@ from rapidfire_core.scheduler.worker import RunAborted, RunWorker
 from rapidfire_core.trainers.callbacks import ChunkGate, MetricsForwarder
 from rapidfire_core.trainers.datasets import FormattedDatasets
 from rapidfire_core.trainers.factory import build_run_trainer
+from rapidfire_core.trainers.fused_step import FusedSlot, UnfusableRun, check_fusable_args
 from rapidfire_core.trainers.process_state import ProcessState
 from rapidfire_core.trainers.shared_models import ModelRegistry
 from rapidfire_core.trainers.warm_start import WarmStart
@@ -42,6 +44,7 @@ class TurnEnd(enum.Enum):
     CHUNK = "chunk"
     COMMANDS = "commands"
     FINISHED = "finished"
+    FUSED = "fused"  # waits in a fused cohort step (scheduler.cohort)
 
 
 @dataclass
@@ -55,6 +58,7 @@ class FitData:
     formatted: FormattedDatasets
     registry: ModelRegistry
     num_chunks: int
+    execution: str = "auto"  # "auto": fuse the runs that can (scheduler.cohort); "sliced": never
 
 
 @dataclass
@@ -125,6 +129,9 @@ class Run:
             spec.trainer_type, self.trainer, data.plan, start_position, source_rows=built.source_rows
         )
         self.trainer.rapidfire_sampler = self.sampler
+        self.slot: FusedSlot | None = None  # set when the run can fuse; used during cohort turns
+        self.cohort_key: tuple | None = None  # runs with equal keys fuse (scheduler.cohort)
+        self.unfused_reason = self._plan_fusion(data.execution)
         # A run whose trainer dropped the first chunk(s) whole has completed them already.
         self.chunks_done = self.sampler.chunks_done(self.sampler.start_position)
         self.current_chunk = self.chunks_done + 1
@@ -134,6 +141,23 @@ class Run:
         self.resume: RunResume | None = None  # set by `continue_from` (crash-resume)
         self._resume_pending = False
         self.worker = RunWorker(name, self._train)
+
+    def _plan_fusion(self, execution: str) -> str | None:
+        """Give the run a fused-step slot if it can fuse; else the reason it trains time-sliced."""
+        from rapidfire_core.lora.peft_segments import UnfusableAdapter, check_fusable
+
+        if execution == "sliced":
+            return "execution='sliced'"
+        if self.adapter_name is None:
+            return "full fine-tuning (no LoRA adapter)"
+        try:
+            check_fusable_args(self.spec.trainer_type, self.trainer.args)
+            check_fusable(self.model, self.adapter_name)
+        except (UnfusableRun, UnfusableAdapter) as exc:
+            return str(exc)
+        self.slot = FusedSlot(self.adapter_name, lambda: self._pause(TurnEnd.FUSED))
+        self.cohort_key = (id(self.model), self.spec.trainer_type)
+        return None
 
     # ---- the controller's side -----------------------------------------------------------------
     def take_turn(self) -> TurnEnd:
@@ -201,6 +225,8 @@ class Run:
         run's own model is let go."""
         self.trainer = None
         self.generation_eval = None
+        self.slot = None
+        self.cohort_key = None
         if self.adapter_name is None:
             self.model = None
 

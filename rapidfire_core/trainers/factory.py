@@ -1,8 +1,10 @@
 """Builds one stock TRL trainer per run, wired to the run controller through callbacks.
 
-The only change to TRL's trainers is the train sampler: `_get_train_sampler` returns the
-sampler the controller sets as `rapidfire_sampler` (the run's view of the shared chunk order).
-Everything else (loss, schedule, accumulation, clipping, logging, evaluation) is TRL's own code.
+The changes to TRL's trainers: the train sampler (`_get_train_sampler` returns the sampler
+the controller sets as `rapidfire_sampler`, the run's view of the shared chunk order), and,
+only while a run trains in a fused cohort, its model call and backward handed to the cohort
+(`trainers.fused_step`). Everything else (loss, schedule, accumulation, clipping, logging,
+evaluation) is TRL's own code.
 
 `build_run_trainer` is everything TRL-specific about making one run: its TRL config with the
 engine's overrides, its adapter on the shared base model, its formatted datasets, its trainer,
@@ -27,6 +29,7 @@ from transformers.trainer_callback import PrinterCallback
 from trl import DPOTrainer, GRPOTrainer, SFTTrainer
 
 from rapidfire_core.trainers.datasets import FormattedDatasets
+from rapidfire_core.trainers.fused_step import FusedStepMixin
 from rapidfire_core.trainers.generation_eval import make_generation_eval
 from rapidfire_core.trainers.shared_models import ModelRegistry, sharing_constraints
 from rapidfire_core.trainers.user_callbacks import EngineEvents, callback_list, run_callbacks
@@ -66,11 +69,11 @@ class _ChunkSamplerMixin:
             return super()._load_scaler(checkpoint)
 
 
-class ChunkedSFTTrainer(_ChunkSamplerMixin, SFTTrainer):
+class ChunkedSFTTrainer(_ChunkSamplerMixin, FusedStepMixin, SFTTrainer):
     pass
 
 
-class ChunkedDPOTrainer(_ChunkSamplerMixin, DPOTrainer):
+class ChunkedDPOTrainer(_ChunkSamplerMixin, FusedStepMixin, DPOTrainer):
     pass
 
 

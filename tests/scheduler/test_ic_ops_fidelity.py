@@ -64,6 +64,7 @@ def test_stop_mid_chunk_then_resume_equals_an_uninterrupted_run(
         num_chunks=1,
         seed=SEED,
         background=True,
+        execution="sliced",  # dropout 0.1: time-sliced (a fused step draws one mask for all rows)
     )
     stopped = []
     watcher = threading.Thread(target=_stop_when, args=(exp, 1, 3, stopped))

@@ -120,7 +120,12 @@ def test_three_interleaved_configs_each_equal_their_solo_stock_run(
     configs = List([_model_config(tiny_model_dir, lora, args) for lora, args in variants])
     exp = Experiment("fidelity-three", experiment_path=tmp_path, verbose=False)
     exp.run_fit(
-        RFGridSearch(configs, trainer_type="SFT"), create_tiny_model, train_rows, num_chunks=4, seed=SEED
+        RFGridSearch(configs, trainer_type="SFT"),
+        create_tiny_model,
+        train_rows,
+        num_chunks=4,
+        seed=SEED,
+        execution="sliced",  # time-sliced; the fused cohort has its own fidelity tests (tests/scheduler)
     )
     info = exp.get_runs_info()
     assert info["status"].tolist() == ["COMPLETED"] * 3

@@ -1,0 +1,163 @@
+"""Fused cohorts vs time-sliced vs N configs one after another with stock TRL (CPU).
+
+    pytest -m bench benchmarks/bench_fused.py --benchmark-only -s     # or: python benchmarks/bench_fused.py
+
+Work per config: STEPS optimizer steps at batch BATCH on the demo's pretrained tiny chat model,
+fp32, no eval set; N = 1, 2, 4, 8 configs that differ in LoRA rank, targets and learning rate.
+The three ways run interleaved, round by round (this machine is shared and noisy), and the
+ratios of the per-way minimum over rounds are reported with tokens/s (tokens TRL counted).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rapidfire_core import Experiment  # noqa: E402
+from rapidfire_core.automl import List, RFGridSearch, RFLoraConfig, RFModelConfig, RFSFTConfig  # noqa: E402
+from rapidfire_core.demo.data import formatting_function, support_dataset  # noqa: E402
+from rapidfire_core.demo.tiny_model import demo_assets  # noqa: E402
+
+STEPS = int(os.environ.get("RF_BENCH_STEPS", 16))
+BATCH, ROWS, MAX_LENGTH = 4, 64, 256
+LORAS = [
+    dict(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
+    dict(r=32, lora_alpha=64, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
+    dict(r=16, lora_alpha=16, target_modules="all-linear"),
+    dict(r=4, lora_alpha=8, target_modules=["v_proj", "down_proj"]),
+]
+LEARNING_RATES = [1e-3, 3e-4]
+
+
+def configs(n: int) -> list[tuple[dict, float]]:
+    grid = [(lora, lr) for lr in LEARNING_RATES for lora in LORAS]
+    return grid[:n]
+
+
+def create_model(model_config):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_config["model_name"])
+    return model, AutoTokenizer.from_pretrained(model_config["model_name"])
+
+
+def _args(lr: float) -> dict:
+    return dict(
+        learning_rate=lr,
+        max_steps=STEPS,
+        per_device_train_batch_size=BATCH,
+        max_length=MAX_LENGTH,
+        logging_steps=1,
+    )
+
+
+def engine(model_dir: str, workdir: Path, n: int, execution: str, num_chunks: int = 4) -> tuple[float, int]:
+    """(seconds, tokens) of one run_fit of the N configs."""
+    group = List(
+        [
+            RFModelConfig(
+                model_name=model_dir,
+                peft_config=RFLoraConfig(**lora),
+                training_args=RFSFTConfig(**_args(lr)),
+                formatting_func=formatting_function,
+            )
+            for lora, lr in configs(n)
+        ]
+    )
+    exp = Experiment(f"bench-{execution}-{n}-{time.monotonic_ns()}", experiment_path=workdir, verbose=False)
+    start = time.perf_counter()
+    exp.run_fit(
+        RFGridSearch(group, trainer_type="SFT"),
+        create_model,
+        support_dataset(ROWS),
+        num_chunks=num_chunks,
+        execution=execution,
+    )
+    seconds = time.perf_counter() - start
+    info = exp.get_runs_info()
+    assert (info["status"] == "COMPLETED").all(), info["error"].tolist()
+    results = exp.get_results()
+    tokens = int(results.groupby("run_id")["num_tokens"].max().sum())
+    exp.end()
+    return seconds, tokens
+
+
+def sequential_stock(model_dir: str, workdir: Path, n: int) -> tuple[float, int]:
+    """(seconds, tokens) of the N configs trained one after another with stock TRL."""
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    rows = support_dataset(ROWS).map(
+        formatting_function, remove_columns=["instruction", "response", "intent", "category"]
+    )
+    start = time.perf_counter()
+    tokens = 0
+    for i, (lora, lr) in enumerate(configs(n)):
+        model, tokenizer = create_model({"model_name": model_dir})
+        args = SFTConfig(
+            output_dir=str(workdir / f"stock-{i}"),
+            report_to="none",
+            save_strategy="no",
+            disable_tqdm=True,
+            use_cpu=True,
+            bf16=False,
+            **_args(lr),
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=rows,
+            processing_class=tokenizer,
+            peft_config=LoraConfig(**lora),
+        )
+        trainer.train()
+        tokens += int(trainer.state.num_input_tokens_seen or 0) or int(
+            max(h.get("num_tokens", 0) for h in trainer.state.log_history)
+        )
+    return time.perf_counter() - start, tokens
+
+
+def compare(n: int, rounds: int, workdir: Path) -> dict[str, float]:
+    """Interleaved rounds of the three ways for N configs: min seconds each, and tokens/s."""
+    model_dir = str(demo_assets().model_path)
+    ways = {
+        "fused": lambda: engine(model_dir, workdir, n, "auto"),
+        "sliced": lambda: engine(model_dir, workdir, n, "sliced"),
+        "sequential": lambda: sequential_stock(model_dir, workdir, n),
+    }
+    best: dict[str, tuple[float, int]] = {}
+    for _ in range(rounds):
+        for name, way in ways.items():
+            seconds, tokens = way()
+            if name not in best or seconds < best[name][0]:
+                best[name] = (seconds, tokens)
+    out = {f"{name}_s": s for name, (s, _) in best.items()}
+    out |= {f"{name}_tokens_per_s": t / s for name, (s, t) in best.items()}
+    out["fused_vs_sequential"] = best["sequential"][0] / best["fused"][0]
+    out["fused_vs_sliced"] = best["sliced"][0] / best["fused"][0]
+    out["sliced_vs_sequential"] = best["sequential"][0] / best["sliced"][0]
+    return out
+
+
+@pytest.mark.bench
+@pytest.mark.parametrize("n", [1, 2, 4, 8])
+def test_fused_vs_sliced_vs_sequential(benchmark, tmp_path, n):
+    result = benchmark.pedantic(compare, args=(n, 3, tmp_path), rounds=1, iterations=1)
+    benchmark.extra_info.update(result)
+    print(f"\nN={n}: " + ", ".join(f"{k}={v:.3g}" for k, v in result.items()))
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    rounds = int(os.environ.get("RF_BENCH_ROUNDS", 3))
+    for n in [int(x) for x in os.environ.get("RF_BENCH_N", "1,2,4,8").split(",")]:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = compare(n, rounds, Path(tmp))
+        print(f"N={n}: " + ", ".join(f"{k}={v:.3g}" for k, v in result.items()), flush=True)

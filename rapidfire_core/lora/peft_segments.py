@@ -1,0 +1,132 @@
+"""Run a PEFT LoRA model's adapters per segment of a `LoraBatch`: the fused cohort forward.
+
+A cohort's runs keep their adapters where the time-sliced engine keeps them: one named PEFT
+adapter per run on the shared base (so saving a plain PEFT adapter, warm starts, checkpoints
+and TRL's own model checks are unchanged). For a fused step the PEFT layers' own forward is
+switched off and each `peft.tuners.lora.Linear` computes, through a forward hook, the
+segment math of `lora.layer` on its own `lora_A` / `lora_B` weights::
+
+    with segment_forward(peft_model), lora_batch(LoraBatch([("run_1", 2 * 64), ("run_2", 4 * 64)])):
+        out = peft_model(input_ids=ids)          # 6 sequences of 64 tokens: rows of run_1, then run_2
+
+Outside `segment_forward` (a run evaluating, generating, or training time-sliced) the hooks
+do nothing and PEFT computes as usual. The batch is a context variable (`lora.context`), so
+only the thread that runs the fused step sees it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from .context import current_lora_batch
+from .layer import AdapterSpec, add_segment_adapters
+
+HOOKED_ATTR = "_rapidfire_segment_hook"
+
+
+class UnfusableAdapter(ValueError):
+    """An adapter whose layers the segment math does not cover (DoRA, LoRA on embeddings, ...)."""
+
+
+class PeftAdapterSet:
+    """One PEFT LoRA linear layer seen as an `AdapterSet` (`lora.layer`): its adapters' specs
+    read from PEFT's own per-adapter settings, its A/B modules used as they are."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        self.layer = layer
+        self.in_features = int(layer.in_features)
+        self.out_features = int(layer.out_features)
+        self.lora_A = layer.lora_A
+        self.lora_B = layer.lora_B
+
+    @property
+    def specs(self) -> dict[str, AdapterSpec]:
+        layer = self.layer
+        out = {}
+        for name in layer.lora_A:
+            dropout = layer.lora_dropout[name]
+            out[name] = AdapterSpec(
+                r=int(layer.r[name]),
+                lora_alpha=float(layer.lora_alpha[name]),
+                lora_dropout=float(dropout.p) if isinstance(dropout, nn.Dropout) else 0.0,
+                use_rslora=bool(layer.use_rslora.get(name, False)),
+            )
+        return out
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.layer.lora_A.keys())
+
+
+def peft_lora_layers(model: nn.Module) -> list[nn.Module]:
+    """Every PEFT LoRA layer of ``model`` (any kind: the caller checks which it can fuse)."""
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in model.modules() if isinstance(m, LoraLayer)]
+
+
+def check_fusable(model: nn.Module, adapter_name: str) -> None:
+    """Raise `UnfusableAdapter` if adapter ``adapter_name`` of ``model`` has a layer the segment
+    math does not compute exactly as PEFT does."""
+    from peft.tuners.lora import Linear
+
+    for layer in peft_lora_layers(model):
+        if adapter_name not in getattr(layer, "lora_A", {}) and adapter_name not in getattr(
+            layer, "lora_embedding_A", {}
+        ):
+            continue
+        if type(layer) is not Linear:
+            raise UnfusableAdapter(
+                f"adapter {adapter_name!r} has a {type(layer).__name__} layer (only Linear fuses)"
+            )
+        if adapter_name in layer.lora_variant:
+            raise UnfusableAdapter(
+                f"adapter {adapter_name!r} uses a LoRA variant (DoRA, ...), which does not fuse"
+            )
+        if getattr(layer, "fan_in_fan_out", False):
+            raise UnfusableAdapter(f"adapter {adapter_name!r} has fan_in_fan_out layers, which do not fuse")
+        if layer.lora_B[adapter_name].bias is not None:
+            raise UnfusableAdapter(f"adapter {adapter_name!r} has lora_bias, which does not fuse")
+
+
+def _segment_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+    batch = current_lora_batch()
+    if batch is None or not module._disable_adapters:
+        return None  # not a fused step: PEFT's own forward computed the output
+    adapters: PeftAdapterSet = module.__dict__[HOOKED_ATTR]
+    layout = batch.layout_for(adapters.names())
+    if not layout.active:
+        return None
+    return add_segment_adapters(adapters, args[0], output, batch, layout, module.training)
+
+
+def install_segment_hooks(model: nn.Module) -> None:
+    """Hook every PEFT LoRA Linear of ``model`` once (idempotent; adapters added later are covered:
+    the hook reads a layer's adapters on every call)."""
+    from peft.tuners.lora import Linear
+
+    for layer in peft_lora_layers(model):
+        if type(layer) is Linear and HOOKED_ATTR not in layer.__dict__:
+            layer.__dict__[HOOKED_ATTR] = PeftAdapterSet(layer)
+            layer.register_forward_hook(_segment_hook)
+
+
+@contextlib.contextmanager
+def segment_forward(model: nn.Module) -> Iterator[None]:
+    """Inside the block, ``model``'s LoRA layers compute per segment of the active `LoraBatch`
+    (rows of no segment adapter, or with no batch active: the base layer only, like PEFT's
+    `disable_adapter()`). PEFT's own flag is set directly: its `enable_adapters` would also
+    flip `requires_grad` of every adapter, and the fused step trains them."""
+    install_segment_hooks(model)
+    layers = peft_lora_layers(model)
+    before = [layer._disable_adapters for layer in layers]
+    for layer in layers:
+        layer._disable_adapters = True
+    try:
+        yield
+    finally:
+        for layer, flag in zip(layers, before, strict=True):
+            layer._disable_adapters = flag

@@ -1,0 +1,168 @@
+"""One forward for the model calls of several runs: concatenate, run once, hand back slices.
+
+In a fused cohort step each run's TRL code calls the shared model as it would alone
+(`trainers.fused_step` intercepts the call). The calls that can share a forward are those with
+the same non-tensor arguments (``fused_lm_head=True``, ``use_cache=False``, ...); their
+per-sequence tensors are concatenated along the batch, right-padded to the longest sequence::
+
+    run_1: input_ids (2, 40), attention_mask (2, 40), labels (2, 40)
+    run_2: input_ids (4, 64), ...                      -> one call on (6, 64), rows [0:2] run_1's
+
+Right padding with ``attention_mask = 0`` and ``labels = -100`` leaves every real position of a
+causal model unchanged, so each run's slice of the output (rows of its sequences, the first
+``T_run`` positions) is what its own call would have returned, up to fp32 summation order.
+The rows are split among the runs' adapters with a `LoraBatch` (`lora.peft_segments`).
+
+Batch-reduced output fields are recomputed per run: TRL's fused LM head returns
+``loss = -sum(log_probs) / num_items``, so each run's ``loss`` is rebuilt from its own slice.
+A call this module cannot split exactly (labels without the fused head, where the model would
+reduce the loss over every run's rows; tensors of other shapes) runs alone, still in the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from rapidfire_core.lora.context import LoraBatch, backward_batch, lora_batch
+from rapidfire_core.lora.peft_segments import segment_forward
+
+# Right-padding values by argument name (anything else pads with 0).
+_PAD_VALUES = {"labels": -100, "attention_mask": 0}
+
+
+@dataclass
+class ModelCall:
+    """One run's call of the shared model, made in its own thread and run by the cohort."""
+
+    adapter: str | None  # the run's adapter, or None for a reference (adapters off) call
+    kwargs: dict[str, Any]
+    grad: bool  # torch.is_grad_enabled() where the run called
+    output: Any = None
+    error: BaseException | None = None
+    batch: LoraBatch | None = None  # the segment layout the call ran in (its backward needs it)
+    rows: int = field(init=False)
+    length: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        ids = self.kwargs.get("input_ids")
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+            raise ValueError("a fused model call needs input_ids of shape (batch, seq)")
+        self.rows, self.length = int(ids.shape[0]), int(ids.shape[1])
+
+    def fusion_key(self) -> tuple | None:
+        """Calls with equal keys share a forward; None: this call runs alone."""
+        if "labels" in self.kwargs and not self.kwargs.get("fused_lm_head"):
+            return None  # the model would reduce its loss over every run's rows
+        if "num_items_in_batch" in self.kwargs and not self.kwargs.get("fused_lm_head"):
+            return None
+        scalars = []
+        for name, value in sorted(self.kwargs.items()):
+            if isinstance(value, torch.Tensor):
+                if value.dim() == 0 or value.shape[0] != self.rows or value.dim() > 2:
+                    if name == "num_items_in_batch":
+                        continue  # only the loss reads it: rebuilt per run
+                    return None
+                if value.dim() == 2 and value.shape[1] != self.length:
+                    return None
+                scalars.append((name, value.dim(), value.dtype, value.device))
+            elif name != "num_items_in_batch":
+                scalars.append((name, repr(value)))
+        return (self.grad, tuple(scalars))
+
+
+def _pad_to(t: torch.Tensor, length: int, value: int | float) -> torch.Tensor:
+    if t.dim() < 2 or t.shape[1] == length:
+        return t
+    pad = t.new_full((t.shape[0], length - t.shape[1]), value)
+    return torch.cat([t, pad], dim=1)
+
+
+def _slice_output(output: Any, start: int, call: ModelCall, full_length: int) -> Any:
+    """The rows and positions of ``call`` in a fused output (a transformers ModelOutput)."""
+    stop = start + call.rows
+    trim = full_length - call.length
+    fields = {}
+    for name, value in output.items():
+        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == output_rows(output):
+            piece = value[start:stop]
+            if piece.dim() >= 2 and trim:
+                piece = piece[:, : piece.shape[1] - trim]
+            fields[name] = piece
+        elif isinstance(value, tuple) and value and all(isinstance(v, torch.Tensor) for v in value):
+            fields[name] = tuple(v[start:stop] for v in value)  # hidden states, attentions
+        else:
+            fields[name] = None  # batch-reduced: rebuilt below where this module knows how
+    out = type(output)(**fields)
+    if "loss" in output and output.get("loss") is not None and out.get("log_probs") is not None:
+        num_items = call.kwargs.get("num_items_in_batch")
+        denominator = out["label_mask"].sum().clamp(min=1) if num_items is None else num_items
+        out["loss"] = -out["log_probs"].sum() / denominator  # TRL's fused-head loss, for this run
+    return out
+
+
+def output_rows(output: Any) -> int:
+    for name in ("log_probs", "logits", "last_hidden_state"):
+        value = output.get(name)
+        if isinstance(value, torch.Tensor):
+            return int(value.shape[0])
+    raise ValueError(f"cannot tell the batch size of a {type(output).__name__}")
+
+
+def _forward(model, calls: Sequence[ModelCall]) -> None:
+    """Run ``calls`` as one forward of ``model`` (they share a fusion key, or there is one)."""
+    length = max(call.length for call in calls)
+    kwargs: dict[str, Any] = {}
+    for name, value in calls[0].kwargs.items():
+        if isinstance(value, torch.Tensor) and name != "num_items_in_batch":
+            pad = _PAD_VALUES.get(name, 0)
+            kwargs[name] = torch.cat([_pad_to(c.kwargs[name], length, pad) for c in calls])
+        elif name != "num_items_in_batch" or len(calls) == 1:
+            kwargs[name] = value
+    if "attention_mask" not in kwargs and any(c.length < length for c in calls):
+        # A run whose batch had no padding passes no mask: the padding added here needs one.
+        device = kwargs["input_ids"].device
+        kwargs["attention_mask"] = torch.cat(
+            [_pad_to(torch.ones(c.rows, c.length, dtype=torch.long, device=device), length, 0) for c in calls]
+        )
+    segments = [(c.adapter, c.rows * length) for c in calls]
+    batch = LoraBatch(segments, kwargs["input_ids"].device)
+    with torch.set_grad_enabled(calls[0].grad), segment_forward(model), lora_batch(batch):
+        output = model(**kwargs)
+    start = 0
+    for call in calls:
+        call.output = output if len(calls) == 1 else _slice_output(output, start, call, length)
+        call.batch = batch
+        start += call.rows
+
+
+def run_model_calls(model, calls: Sequence[ModelCall]) -> None:
+    """Set ``output`` (or ``error``) of every call: one forward per group of fusable calls.
+
+    An error of a group's forward is the error of every call in it (each run fails with it);
+    the other groups still run."""
+    groups: dict[Any, list[ModelCall]] = {}
+    for index, call in enumerate(calls):
+        key = call.fusion_key()
+        groups.setdefault(key if key is not None else ("alone", index), []).append(call)
+    for group in groups.values():
+        try:
+            _forward(model, group)
+        except Exception as exc:  # noqa: BLE001 - the runs that made these calls fail with it
+            for call in group:
+                call.error = exc
+
+
+def run_backward(model, losses: Sequence[torch.Tensor], batches: Sequence[LoraBatch]) -> None:
+    """One backward of ``losses``, each from a forward in ``batches[i]``: one autograd pass per
+    distinct batch (one in a fused step), inside it, so gradient checkpointing's recomputed
+    layer forwards use the same segments."""
+    by_batch: dict[int, tuple[LoraBatch, list[torch.Tensor]]] = {}
+    for loss, batch in zip(losses, batches, strict=True):
+        by_batch.setdefault(id(batch), (batch, []))[1].append(loss)
+    for batch, group in by_batch.values():
+        with segment_forward(model), backward_batch(batch):
+            torch.autograd.backward(group)

@@ -1,0 +1,208 @@
+"""Fused cohorts: runs trained in one forward and backward equal their solo stock TRL runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from rapidfire_core import Experiment
+from rapidfire_core.automl import List, RFGridSearch, RFLoraConfig
+from rapidfire_core.demo.data import support_dataset
+from tests.trainers.test_fidelity_sft import (
+    NUM_CHUNKS,
+    NUM_ROWS,
+    SEED,
+    _assert_run_matches_stock,
+    _model_config,
+    _sft_args,
+)
+
+
+@pytest.fixture
+def train_rows():
+    return support_dataset(n=NUM_ROWS, seed=3)
+
+
+# Rank, alpha, targets, learning rate, schedule, warmup, weight decay, batch size, max length and
+# gradient accumulation all differ; dropout is 0 (a fused step draws one mask for all rows).
+FUSED_VARIANTS = [
+    (RFLoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]), _sft_args()),
+    (
+        RFLoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
+        _sft_args(learning_rate=5e-4, lr_scheduler_type="cosine", warmup_steps=2, seed=11, max_length=72),
+    ),
+    (
+        RFLoraConfig(r=16, lora_alpha=16, target_modules=["v_proj", "down_proj"]),
+        _sft_args(learning_rate=2e-3, gradient_accumulation_steps=2, max_steps=6, weight_decay=0.1),
+    ),
+    (
+        RFLoraConfig(r=2, lora_alpha=4, target_modules="all-linear"),
+        _sft_args(per_device_train_batch_size=4, max_steps=6, max_grad_norm=0.05),
+    ),
+]
+
+
+def test_fused_sft_runs_each_equal_their_solo_stock_run(
+    tmp_path, tiny_model_dir, create_tiny_model, train_rows
+):
+    configs = List([_model_config(tiny_model_dir, lora, args) for lora, args in FUSED_VARIANTS])
+    exp = Experiment("fused-sft", experiment_path=tmp_path, verbose=False)
+    exp.run_fit(
+        RFGridSearch(configs, trainer_type="SFT"),
+        create_tiny_model,
+        train_rows,
+        num_chunks=NUM_CHUNKS,
+        seed=SEED,
+    )
+    info = exp.get_runs_info()
+    assert info["status"].tolist() == ["COMPLETED"] * 4, info["error"].tolist()
+    # 12 steps of run 1 at least, each a fused forward (with 2+ members until the short runs end)
+    assert exp.controller.fused_steps >= 12
+    for run_id, (lora, args) in zip(info.run_id.tolist(), FUSED_VARIANTS, strict=True):
+        _assert_run_matches_stock(exp, run_id, lora, args, tiny_model_dir, create_tiny_model, train_rows)
+    exp.end()
+
+
+DPO_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
+
+
+def test_fused_dpo_runs_each_equal_their_solo_stock_run(tmp_path, tiny_model_dir, create_tiny_model):
+    # Betas, loss types, ranks, learning rates and batch sizes differ; the reference log-probs are
+    # computed once per distinct sequence and shared by the runs.
+    import torch
+    from safetensors.torch import load_file
+    from trl import DPOTrainer
+
+    from rapidfire_core.automl import RFDPOConfig, RFModelConfig
+    from rapidfire_core.demo.data import preference_dataset
+    from rapidfire_core.scheduler.chunks import ChunkPlan
+    from tests.stock_trl import stock_run
+
+    rows = preference_dataset(n=12, seed=4)
+    common = dict(max_steps=6, max_length=64, logging_steps=1)
+    variants = [
+        (RFLoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
+         RFDPOConfig(beta=0.1, learning_rate=5e-3, per_device_train_batch_size=2, seed=5, **common)),
+        (RFLoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
+         RFDPOConfig(beta=0.5, loss_type=["ipo"], learning_rate=1e-3, per_device_train_batch_size=2, seed=6,
+                     **common)),
+        (RFLoraConfig(r=16, lora_alpha=16, target_modules="all-linear"),
+         RFDPOConfig(beta=0.2, loss_type=["robust"], label_smoothing=0.1, learning_rate=2e-3,
+                     per_device_train_batch_size=4, gradient_accumulation_steps=2, seed=7, **common)),
+    ]  # fmt: skip
+    configs = List([RFModelConfig(model_name=tiny_model_dir, peft_config=lora, training_args=args)
+                    for lora, args in variants])  # fmt: skip
+    exp = Experiment("fused-dpo", experiment_path=tmp_path, verbose=False)
+    exp.run_fit(RFGridSearch(configs, trainer_type="DPO"), create_tiny_model, rows, num_chunks=3, seed=1)
+    info = exp.get_runs_info()
+    assert info["status"].tolist() == ["COMPLETED"] * 3, info["error"].tolist()
+    assert exp.controller.fused_steps >= 6
+    computed, served = exp.controller.reference_sequences
+    assert 0 < computed < served  # runs 1 and 2 see the same pairs in the same steps: shared
+    results = exp.get_results()
+    for run_id, (lora, args) in zip(info.run_id.tolist(), variants, strict=True):
+        stock_args = args.to_trl(
+            output_dir=str(tmp_path / f"stock-{run_id}"), report_to="none", save_strategy="no"
+        )
+        _, stock_weights, history = stock_run(
+            DPOTrainer, create_tiny_model, {"model_name": tiny_model_dir}, lora.to_peft(), stock_args, rows, None,
+            ChunkPlan(len(rows), 3, 1), epochs=4, with_history=True,
+        )  # fmt: skip
+        mine = results[results.run_id == run_id]
+        for metric in DPO_METRICS:
+            stock = [entry[metric] for entry in history if metric in entry and "eval_loss" not in entry]
+            engine = mine[metric].dropna().tolist()
+            assert len(engine) == len(stock) == args.max_steps, metric
+            torch.testing.assert_close(
+                torch.tensor(engine), torch.tensor(stock), rtol=1e-5, atol=1e-5, msg=metric
+            )
+        # Weights: each is a sum of <= 6 Adam updates of size ~lr. Computing the reference in another
+        # batch (fp32 summation order) can move an element whose gradient sits at the noise floor
+        # by a small fraction of one update: atol 1% of the learning rate.
+        saved = load_file(str(exp.path / "runs" / str(run_id) / "adapter" / "adapter_model.safetensors"))
+        for key, value in stock_weights.items():
+            torch.testing.assert_close(
+                saved[key],
+                value,
+                rtol=1e-5,
+                atol=0.01 * args.learning_rate,
+                msg=lambda m, key=key: f"{key}: {m}",
+            )
+    exp.end()
+
+
+def _when_step(exp, run_id, step, action, out):
+    """From another thread, as a user would: `action()` once `run_id` has trained `step` steps."""
+    import time
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        run = exp.controller.runs.get(run_id)
+        if run is not None and run.global_step >= step:
+            out.append(exp.wait_for(action()))
+            return
+        time.sleep(0.002)
+
+
+def _fit_in_background(exp, configs, create_model, train_rows):
+    return exp.run_fit(
+        RFGridSearch(configs, trainer_type="SFT"),
+        create_model,
+        train_rows,
+        num_chunks=1,  # one chunk per epoch: every command lands mid-chunk, inside the cohort's turn
+        seed=SEED,
+        background=True,
+    )
+
+
+def test_a_member_stopped_mid_chunk_leaves_the_others_unchanged_and_resumes_exactly(
+    tmp_path, tiny_model_dir, create_tiny_model, train_rows
+):
+    import threading
+
+    variants = FUSED_VARIANTS[:3]
+    configs = List([_model_config(tiny_model_dir, lora, args) for lora, args in variants])
+    exp = Experiment("fused-stop", experiment_path=tmp_path, verbose=False)
+    handle = _fit_in_background(exp, configs, create_tiny_model, train_rows)
+    stopped = []
+    watcher = threading.Thread(target=_when_step, args=(exp, 2, 3, lambda: exp.stop_run(2), stopped))
+    watcher.start()
+    watcher.join()
+    assert stopped and stopped[0].status == "applied", stopped
+    handle.wait()
+    info = exp.get_runs_info().set_index("run_id")
+    assert info["status"].tolist() == ["COMPLETED", "STOPPED", "COMPLETED"]
+    assert exp.controller.fused_steps > 0
+    exp.resume_run(2)
+    exp.continue_fit()  # run 2 alone now: time-sliced, from where the cohort left it
+    assert exp.get_runs_info()["status"].tolist() == ["COMPLETED"] * 3
+    for run_id, (lora, args) in zip((1, 2, 3), variants, strict=True):
+        _assert_run_matches_stock(exp, run_id, lora, args, tiny_model_dir, create_tiny_model, train_rows)
+    exp.end()
+
+
+def test_a_clone_joining_mid_chunk_leaves_the_others_unchanged(
+    tmp_path, tiny_model_dir, create_tiny_model, train_rows
+):
+    import threading
+
+    variants = FUSED_VARIANTS[:2]
+    configs = List([_model_config(tiny_model_dir, lora, args) for lora, args in variants])
+    exp = Experiment("fused-clone", experiment_path=tmp_path, verbose=False)
+    handle = _fit_in_background(exp, configs, create_tiny_model, train_rows)
+    cloned = []
+    changes = {"learning_rate": 2e-3, "peft.r": 4, "lora_alpha": 8}
+    watcher = threading.Thread(target=_when_step, args=(exp, 1, 3, lambda: exp.clone_run(1, changes), cloned))
+    watcher.start()
+    watcher.join()
+    handle.wait()
+    assert cloned and cloned[0].status == "applied" and cloned[0].new_run_id == 3, cloned
+    assert exp.get_runs_info()["status"].tolist() == ["COMPLETED"] * 3
+    for run_id, (lora, args) in zip((1, 2), variants, strict=True):
+        _assert_run_matches_stock(exp, run_id, lora, args, tiny_model_dir, create_tiny_model, train_rows)
+    lora, args = variants[0]
+    edited = (
+        RFLoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+        _sft_args(learning_rate=2e-3),
+    )
+    _assert_run_matches_stock(exp, 3, *edited, tiny_model_dir, create_tiny_model, train_rows)
+    exp.end()
