@@ -1,7 +1,7 @@
 """The experiment the crash-resume tests kill and continue: run as a script (the process that
 dies) and imported (the process that continues it, and the uninterrupted reference).
 
-    python -m tests.scheduler.crash_sweep ROOT NAME MODEL_DIR {sft|dpo}
+    python -m tests.scheduler.crash_sweep ROOT NAME MODEL_DIR {sft|dpo} [{sliced|auto}]
 """
 
 from __future__ import annotations
@@ -58,15 +58,25 @@ def dpo_group(model_dir: str) -> RFGridSearch:
     return RFGridSearch(config, trainer_type="DPO")
 
 
-def run(root: str, name: str, model_dir: str, kind: str, **fit) -> Experiment:
+def run(root: str, name: str, model_dir: str, kind: str, execution: str = "sliced", **fit) -> Experiment:
+    """The sweep, time-sliced unless `execution="auto"` (fused cohorts: see test_crash_resume)."""
+    fit["execution"] = execution
     exp = Experiment(name, experiment_path=root, verbose=False)
     if kind == "sft":
         exp.run_fit(sft_group(model_dir), create_model, support_dataset(n=16, seed=3), num_chunks=NUM_CHUNKS,
                     seed=SEED, **fit)  # fmt: skip
     else:
-        exp.run_fit(dpo_group(model_dir), create_model, preference_dataset(n=12, seed=4), num_chunks=3, seed=SEED, **fit)
+        exp.run_fit(
+            dpo_group(model_dir),
+            create_model,
+            preference_dataset(n=12, seed=4),
+            num_chunks=3,
+            seed=SEED,
+            **fit,
+        )
     return exp
 
 
 if __name__ == "__main__":
-    run(*sys.argv[1:5]).end()
+    root, name, model_dir, kind, *execution = sys.argv[1:]
+    run(root, name, model_dir, kind, execution=execution[0] if execution else "sliced").end()

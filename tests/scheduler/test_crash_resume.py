@@ -6,6 +6,13 @@ The killed process is a real subprocess (`tests.scheduler.crash_sweep`), killed 
 fault hook at a named point (`rapidfire_core.control.faults`) or by the test at a random time.
 Each kill costs one subprocess start (imports of torch, transformers, TRL, MLflow: ~10 s on a
 loaded CI core); the continuation and the reference run in this process.
+
+Tolerance. The sweeps train time-sliced: a continued run equals the uninterrupted one as the
+fidelity tests hold the engine to stock TRL (rtol 1e-5, atol 1e-6). One test runs the default
+fused cohorts: there a continued run may train in another cohort composition for a chunk than
+it did uninterrupted (a run restarting from an older checkpoint catches up alone), and on this
+sweep the fused path itself is within ~3e-4 (relative, losses) of the time-sliced one (measured
+2026-12-01; issue 11's fidelity), so that test allows rtol 1e-3.
 """
 
 from __future__ import annotations
@@ -39,12 +46,12 @@ def _env(fault: str | None = None) -> dict[str, str]:
     return env
 
 
-def _command(root: Path, name: str, model_dir: str, kind: str) -> list[str]:
-    return [sys.executable, "-m", "tests.scheduler.crash_sweep", str(root), name, model_dir, kind]
+def _command(root: Path, name: str, model_dir: str, kind: str, execution: str = "sliced") -> list[str]:
+    return [sys.executable, "-m", "tests.scheduler.crash_sweep", str(root), name, model_dir, kind, execution]
 
 
-def _crash(root: Path, name: str, model_dir: str, kind: str, fault: str) -> None:
-    proc = subprocess.run(_command(root, name, model_dir, kind), env=_env(fault), cwd=str(REPO),
+def _crash(root: Path, name: str, model_dir: str, kind: str, fault: str, execution: str = "sliced") -> None:
+    proc = subprocess.run(_command(root, name, model_dir, kind, execution), env=_env(fault), cwd=str(REPO),
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
 
@@ -54,12 +61,13 @@ def references(tmp_path_factory, tiny_model_dir):
     """The uninterrupted sweeps, trained once for the module: {kind: Experiment}."""
     root = tmp_path_factory.mktemp("uninterrupted")
     made = {kind: crash_sweep.run(str(root), f"ref-{kind}", tiny_model_dir, kind) for kind in ("sft", "dpo")}
+    made["sft-fused"] = crash_sweep.run(str(root), "ref-sft-fused", tiny_model_dir, "sft", execution="auto")
     yield made
     for exp in made.values():
         exp.end()
 
 
-def _assert_equals_uninterrupted(exp, reference) -> None:
+def _assert_equals_uninterrupted(exp, reference, rtol: float = 1e-5) -> None:
     info = exp.get_runs_info()
     assert (
         info["status"].tolist() == reference.get_runs_info()["status"].tolist() == ["COMPLETED"] * len(info)
@@ -71,12 +79,12 @@ def _assert_equals_uninterrupted(exp, reference) -> None:
         assert mine["step"].is_unique  # the run store holds each step once
         assert mine["step"].tolist() == theirs["step"].tolist()
         torch.testing.assert_close(torch.tensor(mine["loss"].dropna().tolist()),
-                                   torch.tensor(theirs["loss"].dropna().tolist()), rtol=1e-5, atol=1e-6)  # fmt: skip
+                                   torch.tensor(theirs["loss"].dropna().tolist()), rtol=rtol, atol=1e-6)  # fmt: skip
         adapter = Path("runs") / str(run_id) / "adapter" / "adapter_model.safetensors"
         saved, expected = load_file(str(exp.path / adapter)), load_file(str(reference.path / adapter))
         assert saved.keys() == expected.keys()
         for key, value in expected.items():
-            torch.testing.assert_close(saved[key], value, rtol=1e-5, atol=1e-6, msg=key)
+            torch.testing.assert_close(saved[key], value, rtol=rtol, atol=1e-6, msg=key)
         mlflow_run = client.get_run(exp._store.get_run(run_id)["mlflow_run_id"])
         assert mlflow_run.info.status == "FINISHED"
         history = [m.step for m in client.get_metric_history(mlflow_run.info.run_id, "loss")]
@@ -99,6 +107,14 @@ def test_sft_sweep_killed_at_a_fault_point_continues_exactly(tmp_path, tiny_mode
     store.close()
     exp = crash_sweep.run(str(tmp_path), "sweep", tiny_model_dir, "sft")  # the same call again
     _assert_equals_uninterrupted(exp, references["sft"])
+    exp.end()
+
+
+def test_fused_sweep_killed_mid_chunk_continues(tmp_path, tiny_model_dir, references):
+    _crash(tmp_path, "fused", tiny_model_dir, "sft", "mid_chunk:4", execution="auto")
+    exp = crash_sweep.run(str(tmp_path), "fused", tiny_model_dir, "sft", execution="auto")
+    assert exp.controller.fused_steps > 0
+    _assert_equals_uninterrupted(exp, references["sft-fused"], rtol=1e-3)
     exp.end()
 
 
@@ -155,7 +171,7 @@ def test_a_run_stopped_mid_chunk_stays_stopped_across_a_restart_and_resumes_exac
     from rapidfire_core import Experiment
     from rapidfire_core.dashboard.summary import resume_point
 
-    exp = Experiment("stopped", experiment_path=tmp_path, verbose=False)
+    exp = Experiment("stopped", experiment_path=tmp_path, verbose=False)  # time-sliced, as run() is
     stops, progress_step = [], exp.controller.progress_step
 
     def stop_after_step_3(run):  # in the run's thread, right after its step 3: parks at step 3
@@ -166,7 +182,7 @@ def test_a_run_stopped_mid_chunk_stays_stopped_across_a_restart_and_resumes_exac
     exp.controller.progress_step = stop_after_step_3
     exp.run_fit(crash_sweep.sft_group(tiny_model_dir), crash_sweep.create_model,
                 crash_sweep.support_dataset(n=16, seed=3), num_chunks=crash_sweep.NUM_CHUNKS,
-                seed=crash_sweep.SEED)  # fmt: skip
+                seed=crash_sweep.SEED, execution="sliced")  # fmt: skip
     assert exp.wait_for(stops[0]).result["global_step"] == 3  # inside its 2nd chunk (steps 3-4)
     exp.end()
 
