@@ -28,12 +28,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="max_steps per run (default: the demo's)")
     parser.add_argument("--rows", type=int, default=None, help="training rows (default: the demo's)")
     parser.add_argument("--chunks", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of (checkpoints, none)")
     args = parser.parse_args()
+    for index in range(args.rounds):
+        with_checkpoints = _measure(args, checkpoints=True)
+        without = _measure(args, checkpoints=False)
+        print(f"round {index + 1}: run_fit wall {with_checkpoints:.1f} s with a checkpoint per chunk, "
+              f"{without:.1f} s with checkpoints switched off: {100 * (with_checkpoints / without - 1):+.1f}%")  # fmt: skip
 
+
+def _measure(args, checkpoints: bool) -> float:
     from rapidfire_core import Experiment
     from rapidfire_core.automl import RFGridSearch
     from rapidfire_core.demo.main import DEFAULT_MAX_STEPS, _quiet_libraries, load_support_data, sweep_configs
     from rapidfire_core.demo.tiny_model import create_model, demo_assets, single_thread
+    from rapidfire_core.scheduler.controller import RunController
 
     _quiet_libraries()
     model = args.model or str(demo_assets().model_path)
@@ -46,6 +55,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root, threads, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         exp = Experiment("checkpoint-cost", experiment_path=root, verbose=False)
+        if not checkpoints:  # the baseline: the same sweep, nothing persisted at chunk ends (MLflow
+            controller = exp.controller  # gets each chunk's metrics then, as before checkpoints)
+
+            def no_checkpoint(run) -> bool:
+                controller.buffer.flush()
+                controller.buffer.release(run.run_id)
+                return True
+
+            controller.checkpoint = no_checkpoint
         began = time.perf_counter()
         exp.run_fit(RFGridSearch(configs, trainer_type="SFT"), create_model, train, evals,
                     num_chunks=args.chunks, seed=42)  # fmt: skip
@@ -59,13 +77,15 @@ def main() -> None:
         controller.checkpoints_written,
         controller.write_seconds,
     )
-    print(f"model {model}: {len(info)} runs, {int(info['global_step'].sum())} steps, {args.chunks} chunks, "
+    assert isinstance(controller, RunController)
+    print(f"{'with' if checkpoints else 'without'} checkpoints, model {model}: {len(info)} runs, {int(info['global_step'].sum())} steps, {args.chunks} chunks, "
           f"statuses {sorted(set(info['status']))}")  # fmt: skip
     print(f"wall {wall:.1f} s; {count} checkpoints; on the training path (flush + host copy) "
           f"{persisted:.2f} s = {100 * persisted / wall:.2f}% of wall time "
           f"({1000 * persisted / max(count, 1):.1f} ms each); background writer {written:.2f} s "
           f"({1000 * written / max(count, 1):.1f} ms each, {100 * written / wall:.2f}% of wall time if it "
           f"were not hidden); {on_disk / 2**20:.1f} MiB kept on disk (last 2 per run)")  # fmt: skip
+    return wall
 
 
 if __name__ == "__main__":
