@@ -1,8 +1,9 @@
 """Writing chunk checkpoints off the training path: one background thread, in order.
 
 At a chunk end the controller takes a host copy of the run's state (`run_checkpoint.capture`,
-a few ms) and hands the write (files, fsyncs, manifest, rename, pruning: ~25-40 ms on a local
-disk, most of it fsync) to this writer, so the next run's turn starts at once. Writes run one
+5-11 ms for the demo's runs) and hands the write (files, fsyncs, manifest, rename, pruning:
+50-65 ms on the 2-core dev machine, most of it torch.save and fsync) to this writer, so the
+next turn starts at once (benchmarks/RESULTS.md, "Chunk checkpoints"). Writes run one
 at a time in submission order, so a run's checkpoints land in step order and MLflow is told
 about a checkpoint's steps (`then`) only after it is on disk.
 
