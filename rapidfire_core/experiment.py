@@ -41,6 +41,7 @@ import pandas as pd
 from rapidfire_core.automl.validate import check_grpo_eval_batches, varying_keys
 from rapidfire_core.control import Command, CommandStore, RunStore
 from rapidfire_core.control.experiment_name import check_experiment_name
+from rapidfire_core.control.owner_lease import ExperimentBusy, OwnerLease
 from rapidfire_core.memory.residency import RunResidency, budget_bytes
 from rapidfire_core.scheduler.chunks import ChunkPlan
 from rapidfire_core.scheduler.controller import RunController
@@ -90,7 +91,16 @@ class Experiment:
         if self._commands.controller_alive():
             self._say("Another process is training this experiment now: its runs are left as they are")
         else:
-            self._reconcile_dead_owner()
+            lease = OwnerLease(self._commands)  # held while reconciling: no trainer starts meanwhile
+            try:
+                lease.acquire()
+            except ExperimentBusy:
+                self._say("Another process started training this experiment: its runs are left as they are")
+            else:
+                try:
+                    self._reconcile_dead_owner()
+                finally:
+                    lease.release()
         self._say(f"Experiment '{experiment_name}' at {self.path}")
 
     # ---- training -----------------------------------------------------------------------------
