@@ -25,7 +25,8 @@ from rapidfire_core.demo.data import formatting_function, support_dataset  # noq
 from rapidfire_core.demo.tiny_model import demo_assets  # noqa: E402
 
 STEPS = int(os.environ.get("RF_BENCH_STEPS", 16))
-BATCH, ROWS, MAX_LENGTH = 4, 64, 256
+BATCH = int(os.environ.get("RF_BENCH_BATCH", 4))
+ROWS, MAX_LENGTH = 64, 256
 LORAS = [
     dict(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
     dict(r=32, lora_alpha=64, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),

@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"optimizer steps per run (default: {DEFAULT_MAX_STEPS})",
     )
     demo.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    demo.add_argument(
+        "--no-speedup",
+        action="store_true",
+        help="skip the closing fused-vs-time-sliced timing of the same configs",
+    )
 
     sub.add_parser(
         "info",
@@ -275,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             num_chunks=args.num_chunks,
             max_steps=args.max_steps,
             quiet=args.quiet,
+            compare_sliced=not args.no_speedup,
         )
         failed = board["status"].astype(str).str.upper().eq("FAILED").sum() if not board.empty else 0
         return 1 if board.empty or failed == len(board) else 0

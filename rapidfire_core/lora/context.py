@@ -73,6 +73,7 @@ class LoraBatch:
         *,
         adapter_sets: Iterable[Sequence[str]] = (),
         generator: torch.Generator | None = None,
+        per_sequence: bool = False,
     ) -> None:
         if not segments:
             raise ValueError("LoraBatch needs at least one segment: [(adapter name or None, rows), ...]")
@@ -86,6 +87,10 @@ class LoraBatch:
         self.num_rows = sum(self.segment_rows)
         self.device = torch.device(device)
         self.generator = generator
+        # Segments count sequences, not rows: each call's rows are its sequences x its tokens per
+        # sequence (generation: the prompt, then one token per step), see `at_rows`.
+        self.per_sequence = per_sequence
+        self._scaled: dict[int, LoraBatch] = {}
         self.seg_starts, _ = segment_tensors(self.segment_rows, [-1] * len(self.segment_rows), self.device)
         self._layouts: dict[tuple[str, ...], SegmentLayout] = {}
         self._floats: dict[tuple[tuple[float, ...], torch.dtype], torch.Tensor] = {}
@@ -99,6 +104,25 @@ class LoraBatch:
                 raise ValueError(f"LoraBatch segments name adapters the model does not have: {unknown}")
         for names in adapter_sets:
             self.layout_for(names)
+
+    def at_rows(self, num_rows: int) -> LoraBatch:
+        """The batch for a layer call of ``num_rows`` rows: itself, or for a ``per_sequence`` batch,
+        its segments times the call's tokens per sequence (cached per token count)."""
+        if not self.per_sequence:
+            return self
+        tokens, rest = divmod(num_rows, self.num_rows) if self.num_rows else (0, num_rows)
+        if rest or tokens == 0:
+            raise ValueError(
+                f"a call of {num_rows} rows does not split into the {self.num_rows} sequences of {self!r}"
+            )
+        scaled = self._scaled.get(tokens)
+        if scaled is None:
+            segments = [
+                (n, rows * tokens) for n, rows in zip(self.segment_adapters, self.segment_rows, strict=True)
+            ]
+            scaled = LoraBatch(segments, self.device, generator=self.generator)
+            self._scaled[tokens] = scaled
+        return scaled
 
     @property
     def adapters(self) -> tuple[str, ...]:

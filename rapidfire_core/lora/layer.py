@@ -158,6 +158,7 @@ class MultiLoraLinear(nn.Module):
         batch = current_lora_batch()
         if batch is None or not self.specs:
             return result
+        batch = batch.at_rows(x.numel() // self.in_features)
         layout = batch.layout_for(self.adapter_names)
         if not layout.active:  # none of this layer's adapters has rows in the batch
             return result

@@ -97,10 +97,12 @@ def _segment_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch
     if batch is None or not module._disable_adapters:
         return None  # not a fused step: PEFT's own forward computed the output
     adapters: PeftAdapterSet = module.__dict__[HOOKED_ATTR]
+    x = args[0]
+    batch = batch.at_rows(x.numel() // adapters.in_features)
     layout = batch.layout_for(adapters.names())
     if not layout.active:
         return None
-    return add_segment_adapters(adapters, args[0], output, batch, layout, module.training)
+    return add_segment_adapters(adapters, x, output, batch, layout, module.training)
 
 
 def install_segment_hooks(model: nn.Module) -> None:

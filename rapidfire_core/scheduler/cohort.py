@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from rapidfire_core.trainers.fused_calls import ModelCall, run_backward, run_model_calls
+from rapidfire_core.trainers.fused_calls import ModelCall, run_backward, run_generations, run_model_calls
 from rapidfire_core.trainers.fused_step import ReferenceRequest
 
 
@@ -51,6 +51,7 @@ class MemberState(enum.Enum):
     READY = "ready"  # to be resumed
     CALL = "call"  # waits for its model call's output
     REFERENCE = "reference"  # waits for reference log-probs
+    GENERATE = "generate"  # waits for its completions (GRPO)
     BACKWARD = "backward"  # waits for the fused backward
     COMMANDS = "commands"  # at a step boundary, commands waiting
     DONE = "done"  # chunk complete, finished, parked or gone for this turn
@@ -193,7 +194,8 @@ class CohortTurn:
         self.fail = fail
         self.parking = GradientParking()
         self.references = ReferenceCache()
-        self.fused_steps = 0
+        self.fused_steps = 0  # forwards that fused 2+ members' calls
+        self.batched_generations = 0  # generates that batched 2+ members' prompts
 
     def _in(self, state: MemberState) -> list[Any]:
         return sorted((m for m, s in self.state.items() if s is state), key=lambda m: m.run_id)
@@ -217,6 +219,10 @@ class CohortTurn:
                 self._forward(calls)
             elif refs := self._in(MemberState.REFERENCE):
                 self._reference(refs)
+            elif generating := self._in(MemberState.GENERATE):
+                requests = [run.slot.generation for run in generating]
+                self.batched_generations += run_generations(self._model(generating), requests)
+                self._resume_all(generating, MemberState.READY)
             elif at_boundary := self._in(MemberState.COMMANDS):
                 self.apply_commands()
                 for run in at_boundary:
@@ -232,8 +238,7 @@ class CohortTurn:
     def _forward(self, runs: list[Any]) -> None:
         calls: list[ModelCall] = [run.slot.call for run in runs]
         _train_adapters([run for run, call in zip(runs, calls, strict=True) if call.grad])
-        run_model_calls(self._model(runs), calls)
-        self.fused_steps += 1
+        self.fused_steps += run_model_calls(self._model(runs), calls)
         self._resume_all(runs, MemberState.READY)
 
     def _reference(self, runs: list[Any]) -> None:

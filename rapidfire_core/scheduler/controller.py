@@ -113,7 +113,8 @@ class RunController:
         self._writer = CheckpointWriter()
         self._last_poll = 0.0
         self._cancel = threading.Event()
-        self.fused_steps = 0  # fused cohort forwards run by this controller (all cohorts)
+        self.fused_steps = 0  # forwards that fused 2+ runs' calls (all cohorts)
+        self.batched_generations = 0  # generates that batched 2+ runs' prompts (GRPO cohorts)
         # DPO reference log-probs of fused cohorts: [sequences computed, sequences served]
         self.reference_sequences = [0, 0]
 
@@ -382,6 +383,7 @@ class RunController:
             turn.run()
         finally:  # every member stands at a step boundary (or has ended): it may train sliced next
             self.fused_steps += turn.fused_steps
+            self.batched_generations += turn.batched_generations
             self.reference_sequences[0] += turn.references.computed
             self.reference_sequences[1] += turn.references.served
             for run in turn.state:

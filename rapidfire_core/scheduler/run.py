@@ -34,7 +34,13 @@ from rapidfire_core.scheduler.worker import RunAborted, RunWorker
 from rapidfire_core.trainers.callbacks import ChunkGate, MetricsForwarder
 from rapidfire_core.trainers.datasets import FormattedDatasets
 from rapidfire_core.trainers.factory import build_run_trainer
-from rapidfire_core.trainers.fused_step import FusedSlot, UnfusableRun, check_fusable_args
+from rapidfire_core.trainers.fused_step import (
+    FusedSlot,
+    UnfusableRun,
+    bind_run_thread,
+    check_fusable_args,
+    install_fused_generate,
+)
 from rapidfire_core.trainers.process_state import ProcessState
 from rapidfire_core.trainers.shared_models import ModelRegistry
 from rapidfire_core.trainers.warm_start import WarmStart
@@ -157,6 +163,8 @@ class Run:
             return str(exc)
         self.slot = FusedSlot(self.adapter_name, lambda: self._pause(TurnEnd.FUSED))
         self.cohort_key = (id(self.model), self.spec.trainer_type)
+        if self.spec.trainer_type == "GRPO":
+            install_fused_generate(self.model)  # GRPO fuses its generation (trainers.fused_step)
         return None
 
     # ---- the controller's side -----------------------------------------------------------------
@@ -232,6 +240,7 @@ class Run:
 
     # ---- the run's own thread --------------------------------------------------------------------
     def _train(self) -> None:
+        bind_run_thread(self.trainer)
         self._activate()
         if self.resume is not None:
             self.trainer.train(resume_from_checkpoint=str(self.resume.path))

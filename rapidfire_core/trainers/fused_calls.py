@@ -139,8 +139,9 @@ def _forward(model, calls: Sequence[ModelCall]) -> None:
         start += call.rows
 
 
-def run_model_calls(model, calls: Sequence[ModelCall]) -> None:
+def run_model_calls(model, calls: Sequence[ModelCall]) -> int:
     """Set ``output`` (or ``error``) of every call: one forward per group of fusable calls.
+    Returns the number of forwards that fused two or more calls.
 
     An error of a group's forward is the error of every call in it (each run fails with it);
     the other groups still run."""
@@ -154,6 +155,7 @@ def run_model_calls(model, calls: Sequence[ModelCall]) -> None:
         except Exception as exc:  # noqa: BLE001 - the runs that made these calls fail with it
             for call in group:
                 call.error = exc
+    return sum(len(group) > 1 for group in groups.values())
 
 
 def run_backward(model, losses: Sequence[torch.Tensor], batches: Sequence[LoraBatch]) -> None:
@@ -166,3 +168,63 @@ def run_backward(model, losses: Sequence[torch.Tensor], batches: Sequence[LoraBa
     for batch, group in by_batch.values():
         with segment_forward(model), backward_batch(batch):
             torch.autograd.backward(group)
+
+
+def _left_pad(t: torch.Tensor, length: int, value: int) -> torch.Tensor:
+    if t.shape[1] == length:
+        return t
+    return torch.cat([t.new_full((t.shape[0], length - t.shape[1]), value), t], dim=1)
+
+
+def _generation_key(request: Any) -> tuple:
+    config = request.kwargs.get("generation_config")
+    names = tuple(sorted(request.kwargs))
+    return (names, config.to_json_string() if config is not None else None)
+
+
+def run_generations(model, requests: Sequence[Any]) -> int:
+    """Set ``output`` (or ``error``) of every `GenerateRequest`: one batched `model.generate` per
+    group of requests with the same generation settings, each row through its run's adapter.
+    Returns the number of generates that batched two or more requests.
+
+    Prompts are left-padded (generation continues from the right end); the batch is re-padded
+    on the left to its longest prompt, which leaves each row's completion unchanged (positions
+    follow the attention mask). Each run gets its rows with its own prompt width; rows that
+    finished early carry the pad token after their end of sequence, as in its own batch."""
+    groups: dict[tuple, list[Any]] = {}
+    for request in requests:
+        groups.setdefault(_generation_key(request), []).append(request)
+    for group in groups.values():
+        try:
+            _generate(model, group)
+        except Exception as exc:  # noqa: BLE001 - the runs that asked fail with it
+            for request in group:
+                request.error = exc
+    return sum(len(group) > 1 for group in groups.values())
+
+
+def _generate(model, requests: Sequence[Any]) -> None:
+    first = requests[0].kwargs
+    config = first.get("generation_config")
+    pad = getattr(config, "pad_token_id", None)
+    pad = 0 if pad is None else int(pad[0] if isinstance(pad, (list, tuple)) else pad)
+    width = max(int(r.kwargs["input_ids"].shape[1]) for r in requests)
+    kwargs = dict(first)
+    kwargs["input_ids"] = torch.cat([_left_pad(r.kwargs["input_ids"], width, pad) for r in requests])
+    masks = []
+    for r in requests:
+        ids = r.kwargs["input_ids"]
+        mask = r.kwargs.get("attention_mask", torch.ones_like(ids))
+        masks.append(_left_pad(mask, width, 0))
+    kwargs["attention_mask"] = torch.cat(masks)
+    for name, value in first.items():
+        if isinstance(value, torch.Tensor) and name not in ("input_ids", "attention_mask"):
+            raise ValueError(f"a fused generate does not batch the tensor argument {name!r}")
+    segments = [(r.adapter, int(r.kwargs["input_ids"].shape[0])) for r in requests]
+    batch = LoraBatch(segments, kwargs["input_ids"].device, per_sequence=True)
+    with torch.no_grad(), segment_forward(model), lora_batch(batch):
+        output = model.generate(**kwargs)
+    start = 0
+    for r, (_, rows) in zip(requests, segments, strict=True):
+        r.output = output[start : start + rows, width - int(r.kwargs["input_ids"].shape[1]) :]
+        start += rows

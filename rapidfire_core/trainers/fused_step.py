@@ -19,10 +19,16 @@ adapter alone), so the step equals the member's own step up to fp32 summation or
 DPO members also hand the cohort their batch's reference log-probs to compute
 (`ReferenceRequest`): the cohort computes each distinct sequence once, adapters off, and
 TRL's loss reads them as it reads precomputed reference log-probs.
+
+GRPO members hand the cohort only their generation (`GenerateRequest`, through the shared
+model's `generate`, see `install_fused_generate`): all members' prompts are completed in one
+batched `generate` where each row uses its run's adapter. Rewards, advantages and the loss
+step stay per run, in the run's own `training_step`.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,9 +37,26 @@ import torch
 
 from rapidfire_core.trainers.fused_calls import ModelCall
 
+# The trainer of the run whose thread this is (set once when the run's thread starts): the
+# shared model's `generate` asks it whether the run is in a fused cohort turn.
+_RUN_THREAD = threading.local()
+
 
 class UnfusableRun(ValueError):
     """A run whose training step this module cannot hand to a cohort; it trains time-sliced."""
+
+
+@dataclass
+class GenerateRequest:
+    """A member's `model.generate(**kwargs)` call, run by the cohort batched with the others'.
+
+    kwargs: input_ids (B, P) left-padded prompts, attention_mask (B, P), generation_config, ...
+    output: (B, P + new tokens) as its own `generate` would return (finished rows padded)."""
+
+    adapter: str
+    kwargs: dict[str, Any]
+    output: torch.Tensor | None = None
+    error: BaseException | None = None
 
 
 @dataclass
@@ -61,6 +84,7 @@ class FusedSlot:
         self.call: ModelCall | None = None
         self.loss: torch.Tensor | None = None
         self.reference: ReferenceRequest | None = None
+        self.generation: GenerateRequest | None = None
         self.loss_batch: Any = None  # the LoraBatch of the run's last gradient call: its backward's
 
     # ---- the member's thread ---------------------------------------------------------------------
@@ -94,9 +118,22 @@ class FusedSlot:
             raise RuntimeError("the cohort resumed a run without its reference log-probs")
         return request.logps
 
+    def generate(self, kwargs: dict[str, Any]) -> torch.Tensor:
+        request = GenerateRequest(self.adapter, dict(kwargs))
+        self.generation = request
+        try:
+            self.wait()
+        finally:
+            self.generation = None
+        if request.error is not None:
+            raise request.error
+        return request.output
+
     @property
     def waiting_for(self) -> str | None:
-        """ "call", "reference", "backward" or None: what the paused run waits for."""
+        """What the paused run waits for: "call", "reference", "backward", "generate" or None."""
+        if self.generation is not None:
+            return "generate"
         if self.call is not None:
             return "call"
         if self.reference is not None:
@@ -138,8 +175,8 @@ def scaled_for_backward(accelerator: Any, loss: torch.Tensor, kwargs: dict[str, 
 
 def check_fusable_args(trainer_type: str, args: Any) -> None:
     """Raise `UnfusableRun` for training settings a fused step does not reproduce exactly."""
-    if trainer_type not in ("SFT", "DPO"):
-        raise UnfusableRun(f"{trainer_type} trains time-sliced (its generation and loss steps are per run)")
+    if trainer_type == "GRPO" and getattr(args, "use_vllm", False):
+        raise UnfusableRun("GRPO with vLLM generation (vLLM batches its own requests)")
     if args.fp16:
         raise UnfusableRun("fp16 (a loss scaler per run)")
     if args.optim in ("lomo", "adalomo"):
@@ -187,3 +224,27 @@ class FusedStepMixin:
             del accelerator.backward
             if restore_precompute is not None:
                 self.precompute_ref_logps = restore_precompute
+
+
+def bind_run_thread(trainer: Any) -> None:
+    """Called first in a run's own thread: its calls of the shared `generate` are this trainer's."""
+    _RUN_THREAD.trainer = trainer
+
+
+def install_fused_generate(model: Any) -> None:
+    """Make ``model.generate`` hand a call to the cohort when it comes from a run's thread during
+    a fused cohort turn; every other call (the engine's own, a run's evaluation while time-sliced,
+    the user's) is the model's own `generate`. Idempotent."""
+    if getattr(model, "_rapidfire_fused_generate", False):
+        return
+    own_generate = model.generate
+
+    def generate(*args: Any, **kwargs: Any) -> Any:
+        trainer = getattr(_RUN_THREAD, "trainer", None)
+        slot = getattr(trainer, "rapidfire_slot", None)
+        if slot is None or args:
+            return own_generate(*args, **kwargs)
+        return slot.generate(kwargs)
+
+    model.generate = generate
+    model._rapidfire_fused_generate = True

@@ -6,7 +6,7 @@ import pytest
 
 from rapidfire_core import Experiment
 from rapidfire_core.automl import List, RFGridSearch, RFLoraConfig
-from rapidfire_core.demo.data import support_dataset
+from rapidfire_core.demo.data import formatting_function, support_dataset
 from tests.trainers.test_fidelity_sft import (
     NUM_CHUNKS,
     NUM_ROWS,
@@ -205,4 +205,87 @@ def test_a_clone_joining_mid_chunk_leaves_the_others_unchanged(
         _sft_args(learning_rate=2e-3),
     )
     _assert_run_matches_stock(exp, 3, *edited, tiny_model_dir, create_tiny_model, train_rows)
+    exp.end()
+
+
+def test_fused_dropout_runs_stay_within_the_band_of_solo_stock_runs(
+    tmp_path, tiny_model_dir, create_tiny_model, train_rows
+):
+    # A fused step draws one dropout mask for all rows, so masks differ from stock TRL's: the
+    # losses must stay within the spread of solo stock runs over seeds (each seed: other masks,
+    # other initial A), not equal one of them.
+    import torch
+
+    from rapidfire_core.scheduler.chunks import ChunkPlan
+    from tests.stock_trl import stock_sft_run
+
+    lora = RFLoraConfig(r=8, lora_alpha=16, lora_dropout=0.2, target_modules=["q_proj", "v_proj"])
+    seeds = [7, 8, 9, 10]
+    variants = [(lora, _sft_args(seed=seed)) for seed in seeds[:2]]
+    configs = List([_model_config(tiny_model_dir, lo, args) for lo, args in variants])
+    exp = Experiment("fused-dropout", experiment_path=tmp_path, verbose=False)
+    exp.run_fit(
+        RFGridSearch(configs, trainer_type="SFT"),
+        create_tiny_model,
+        train_rows,
+        num_chunks=NUM_CHUNKS,
+        seed=SEED,
+    )
+    assert exp.controller.fused_steps >= 12
+    results = exp.get_results()
+    fused = torch.tensor([results[results.run_id == r]["loss"].dropna().tolist() for r in (1, 2)])
+    plan = ChunkPlan(len(train_rows), NUM_CHUNKS, SEED)
+    stock = []
+    for seed in seeds:
+        args = _sft_args(seed=seed).to_trl(
+            output_dir=str(tmp_path / f"s{seed}"), report_to="none", save_strategy="no"
+        )
+        losses, _ = stock_sft_run(
+            create_tiny_model, {"model_name": tiny_model_dir}, lora.to_peft(), args, train_rows,
+            formatting_function, plan, epochs=3,
+        )  # fmt: skip
+        stock.append(losses)
+    stock = torch.tensor(stock)  # (seeds, steps)
+    mean, spread = stock.mean(0), stock.std(0)
+    # Per step within 4 standard deviations of the stock runs (plus a floor for steps where the
+    # seeds happen to agree), and on average over the run within 2.
+    assert ((fused - mean).abs() <= 4 * spread + 1e-3).all(), (fused, mean, spread)
+    assert ((fused - mean).abs().mean(1) <= 2 * spread.mean() + 1e-4).all()
+    exp.end()
+
+
+def test_fused_grpo_generation_equals_each_runs_own_generation(tmp_path, tiny_model_dir, create_tiny_model):
+    # One batched generate for both runs, each row through its run's adapter. Greedy decoding, so
+    # that a run's completions do not depend on which random draws the shared batch consumed.
+    from rapidfire_core.automl import RFModelConfig
+    from rapidfire_core.demo.data import math_prompt_dataset
+    from tests.trainers.test_fidelity_grpo import NUM_CHUNKS as GRPO_CHUNKS
+    from tests.trainers.test_fidelity_grpo import REWARDS, assert_grpo_run_matches_stock, grpo_args
+    from tests.trainers.test_fidelity_grpo import SEED as GRPO_SEED
+
+    rows = math_prompt_dataset(n=8)
+    greedy = {"do_sample": False}
+    variants = [
+        (RFLoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]), grpo_args(generation_kwargs=greedy)),
+        (RFLoraConfig(r=4, lora_alpha=8, target_modules="all-linear"),
+         grpo_args(learning_rate=1e-3, generation_kwargs=greedy, seed=9)),
+    ]  # fmt: skip
+    configs = List([RFModelConfig(model_name=tiny_model_dir, peft_config=lora, reward_funcs=REWARDS,
+                                  training_args=args) for lora, args in variants])  # fmt: skip
+    exp = Experiment("fused-grpo", experiment_path=tmp_path, verbose=False)
+    exp.run_fit(
+        RFGridSearch(configs, trainer_type="GRPO"),
+        create_tiny_model,
+        rows,
+        num_chunks=GRPO_CHUNKS,
+        seed=GRPO_SEED,
+    )
+    info = exp.get_runs_info()
+    assert info["status"].tolist() == ["COMPLETED"] * 2, info["error"].tolist()
+    assert exp.controller.batched_generations >= 2  # both runs completed in one generate
+    metrics = ("loss", "reward", "completions/mean_length")
+    for run_id, (lora, args) in zip((1, 2), variants, strict=True):
+        assert_grpo_run_matches_stock(
+            exp, run_id, lora, args, tiny_model_dir, create_tiny_model, rows, metrics
+        )
     exp.end()

@@ -1,0 +1,92 @@
+"""A GRPO run trained by the engine, chunk by chunk, equals the same config trained alone by
+stock TRL's GRPOTrainer on the engine's prompt order: same sampled completions (rewards), same
+losses, same final adapter (sampling included: the run's RNG streams are its own)."""
+
+from __future__ import annotations
+
+import torch
+from safetensors.torch import load_file
+from trl import GRPOTrainer
+
+from rapidfire_core import Experiment
+from rapidfire_core.automl import RFGridSearch, RFGRPOConfig, RFLoraConfig, RFModelConfig
+from rapidfire_core.demo.data import math_prompt_dataset
+from rapidfire_core.demo.rewards import answer_reward, format_reward
+from rapidfire_core.scheduler.chunks import ChunkPlan, make_sampler
+from tests.small_configs import LORA
+
+NUM_CHUNKS, SEED = 2, 3
+REWARDS = [answer_reward, format_reward]
+
+
+def grpo_args(**overrides) -> RFGRPOConfig:
+    base = dict(
+        learning_rate=5e-3,
+        num_generations=2,
+        per_device_train_batch_size=4,
+        max_completion_length=6,
+        max_steps=4,
+        logging_steps=1,
+        beta=0.04,
+        seed=5,
+    )
+    return RFGRPOConfig(**(base | overrides))
+
+
+def stock_grpo_run(create_model, model_dir, lora, args, rows, plan):
+    """(log history, adapter weights) of stock GRPOTrainer fed the engine's prompt order."""
+    from peft import get_peft_model_state_dict
+
+    class Ordered(GRPOTrainer):
+        def _get_train_sampler(self, train_dataset=None):
+            return make_sampler("GRPO", self, plan, 0, source_rows=None)
+
+    model, tokenizer = create_model({"model_name": model_dir})
+    trainer = Ordered(
+        model=model, reward_funcs=REWARDS, args=args, train_dataset=rows, processing_class=tokenizer,
+        peft_config=lora,
+    )  # fmt: skip
+    trainer.train()
+    weights = {k: v.detach().clone() for k, v in get_peft_model_state_dict(trainer.model).items()}
+    return trainer.state.log_history, weights
+
+
+def assert_grpo_run_matches_stock(exp, run_id, lora, args, model_dir, create_model, rows, metrics):
+    stock_args = args.to_trl(
+        output_dir=str(exp.path / f"stock-{run_id}"), report_to="none", save_strategy="no"
+    )
+    history, stock_weights = stock_grpo_run(
+        create_model, model_dir, lora.to_peft(), stock_args, rows, ChunkPlan(len(rows), NUM_CHUNKS, SEED)
+    )
+    results = exp.get_results()
+    mine = results[results.run_id == run_id]
+    for metric in metrics:
+        stock = [entry[metric] for entry in history if metric in entry and "train_runtime" not in entry]
+        engine = mine[metric].dropna().tolist()
+        assert len(engine) == len(stock) == args.max_steps, metric
+        torch.testing.assert_close(
+            torch.tensor(engine), torch.tensor(stock), rtol=1e-5, atol=1e-6, msg=metric
+        )
+    saved = load_file(str(exp.path / "runs" / str(run_id) / "adapter" / "adapter_model.safetensors"))
+    for key, value in stock_weights.items():
+        torch.testing.assert_close(
+            saved[key], value, rtol=1e-5, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}"
+        )
+
+
+def test_grpo_run_in_chunks_equals_stock_grpo_trainer(tmp_path, tiny_model_dir, create_tiny_model):
+    rows = math_prompt_dataset(n=8)
+    lora, args = RFLoraConfig(**LORA), grpo_args()
+    config = RFModelConfig(
+        model_name=tiny_model_dir, peft_config=lora, reward_funcs=REWARDS, training_args=args
+    )
+    exp = Experiment("grpo-fidelity", experiment_path=tmp_path, verbose=False)
+    exp.run_fit(
+        RFGridSearch(config, trainer_type="GRPO"), create_tiny_model, rows, num_chunks=NUM_CHUNKS, seed=SEED,
+        execution="sliced",
+    )  # fmt: skip
+    info = exp.get_runs_info()
+    assert info["status"].tolist() == ["COMPLETED"], info["error"].tolist()
+    metrics = ("loss", "reward", "completions/mean_length", "kl")
+    assert_grpo_run_matches_stock(exp, 1, lora, args, tiny_model_dir, create_tiny_model, rows, metrics)
+    exp.end()
