@@ -12,6 +12,8 @@ Points (each a `fault_point(name)` call in the engine):
                       (tracking.metric_buffer)
     after_checkpoint  right after a checkpoint was renamed into place, before MLflow saw the
                       steps it covers (scheduler.controller)
+    after_completion  a run is COMPLETED in the run store; MLflow has neither its last
+                      metrics nor its end (scheduler.controller)
 
 The kill is SIGKILL (no `finally`, no atexit, no flush): what a `kill -9`, an OOM kill or a
 power loss leaves. Without the variable a point costs one dict lookup.
@@ -23,7 +25,7 @@ import os
 import signal
 
 ENV = "RAPIDFIRE_FAULT"
-POINTS = frozenset({"mid_chunk", "checkpoint_write", "metric_flush", "after_checkpoint"})
+POINTS = frozenset({"mid_chunk", "checkpoint_write", "metric_flush", "after_checkpoint", "after_completion"})
 
 
 def _parse(text: str) -> dict[str, int]:

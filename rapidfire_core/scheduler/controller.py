@@ -264,8 +264,11 @@ class RunController:
     def _restore(self, spec: Any, rec: dict[str, Any], data: FitData) -> None:
         run_id, status = rec["run_id"], RunStatus(rec["status"])
         self._specs[run_id] = (spec, data)
-        if status not in (RunStatus.NEW, RunStatus.ONGOING, RunStatus.STOPPED):
+        if status in (RunStatus.COMPLETED, RunStatus.FAILED):
+            self._settle_ended_mlflow_run(rec, status)
             return
+        if status not in (RunStatus.NEW, RunStatus.ONGOING, RunStatus.STOPPED):
+            return  # DELETED
         info = CheckpointStore(run_checkpoint_dir(self.path, run_id), self.checkpoint_keep).latest()
         if info is None and rec["warm_start"]:
             self.store.update_run(
@@ -317,6 +320,16 @@ class RunController:
             if run.cohort_key is None and len(runs) > 1:
                 lines.append(f"Run {run.run_id} trains time-sliced: {run.unfused_reason}")
         return lines
+
+    def _settle_ended_mlflow_run(self, rec: dict[str, Any], status: RunStatus) -> None:
+        """A run that ended in the store whose process died before MLflow heard of it (its last
+        metrics and its end were still queued): MLflow gets them now."""
+        mlflow_id = rec["mlflow_run_id"]
+        if not mlflow_id or self.tracker.run_status(mlflow_id) != "RUNNING":
+            return
+        steps = self.store.metric_steps(rec["run_id"])
+        self.tracker.sync_metrics(mlflow_id, steps, max((step for step, _ in steps), default=0))
+        self.tracker.end_run(mlflow_id, "FINISHED" if status is RunStatus.COMPLETED else "FAILED")
 
     @property
     def made(self) -> set[int]:
@@ -641,6 +654,7 @@ class RunController:
         else:  # full fine-tuning: the run's own model
             run.model.save_pretrained(str(out / "model"))
         self._set_status(run, RunStatus.COMPLETED, chunks_done=run.chunks_done, global_step=run.global_step)
+        fault_point("after_completion")
         self.buffer.release_all(run.run_id)
         self.tracker.end_run(run.mlflow_run_id, "FINISHED")
         if self.residency is not None:

@@ -196,6 +196,15 @@ class MLflowTracker:
         self._client.delete_run(mlflow_run_id)
         return new_id
 
+    def run_status(self, mlflow_run_id: str) -> str | None:
+        """The MLflow run's status (RUNNING, FINISHED, FAILED, KILLED), None if it cannot be read."""
+        self.flush()
+        try:
+            return self._client.get_run(mlflow_run_id).info.status
+        except Exception as exc:  # noqa: BLE001 - tracking trouble must not stop training
+            logger.warning("MLflow run %s could not be read: %s: %s", mlflow_run_id, type(exc).__name__, exc)
+            return None
+
     def end_run(self, mlflow_run_id: str, status: str) -> None:
         """Queue the end of a run (after its queued metrics). status: 'FINISHED', 'FAILED' or 'KILLED'
         (a stopped run, RapidFire AI's convention)."""

@@ -98,12 +98,13 @@ def _assert_equals_uninterrupted(exp, reference, rtol: float = 1e-5) -> None:
         "checkpoint_write:9",  # run 2's first checkpoint torn (a temporary folder, no manifest)
         "metric_flush:3",  # metrics in the run store past the last checkpoint, not in MLflow
         "after_checkpoint:4",  # a checkpoint on disk whose steps MLflow never got
+        "after_completion:1",  # run 2 COMPLETED in the store, its MLflow run RUNNING, metrics missing
     ],
 )
 def test_sft_sweep_killed_at_a_fault_point_continues_exactly(tmp_path, tiny_model_dir, references, fault):
     _crash(tmp_path, "sweep", tiny_model_dir, "sft", fault)
     store = RunStore(tmp_path / "sweep" / "runs.db")
-    assert {r["status"] for r in store.runs()} <= {"NEW", "ONGOING"}  # the dead process's view
+    assert {r["status"] for r in store.runs()} <= {"NEW", "ONGOING", "COMPLETED"}  # the dead process's view
     store.close()
     exp = crash_sweep.run(str(tmp_path), "sweep", tiny_model_dir, "sft")  # the same call again
     _assert_equals_uninterrupted(exp, references["sft"])
