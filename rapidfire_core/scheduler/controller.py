@@ -304,6 +304,8 @@ class RunController:
                 global_step=run.global_step,
             )
             self.tracker.reopen_run(mlflow_id)
+        elif self.tracker.run_status(mlflow_id) == "RUNNING":  # its process died before MLflow heard
+            self.tracker.end_run(mlflow_id, "KILLED")
         where = (
             f"from its checkpoint at step {through} (chunk {run.chunks_done})" if resume else "from the start"
         )
