@@ -48,24 +48,32 @@ def create_model(model_config):
     return model, AutoTokenizer.from_pretrained(model_config["model_name"])
 
 
-def _args(lr: float) -> dict:
+def _args(lr: float, steps: int = STEPS, batch: int = BATCH) -> dict:
     return dict(
         learning_rate=lr,
-        max_steps=STEPS,
-        per_device_train_batch_size=BATCH,
+        max_steps=steps,
+        per_device_train_batch_size=batch,
         max_length=MAX_LENGTH,
         logging_steps=1,
     )
 
 
-def engine(model_dir: str, workdir: Path, n: int, execution: str, num_chunks: int = 4) -> tuple[float, int]:
+def engine(
+    model_dir: str,
+    workdir: Path,
+    n: int,
+    execution: str,
+    num_chunks: int = 4,
+    steps: int = STEPS,
+    batch: int = BATCH,
+) -> tuple[float, int]:
     """(seconds, tokens) of one run_fit of the N configs."""
     group = List(
         [
             RFModelConfig(
                 model_name=model_dir,
                 peft_config=RFLoraConfig(**lora),
-                training_args=RFSFTConfig(**_args(lr)),
+                training_args=RFSFTConfig(**_args(lr, steps, batch)),
                 formatting_func=formatting_function,
             )
             for lora, lr in configs(n)
@@ -89,7 +97,9 @@ def engine(model_dir: str, workdir: Path, n: int, execution: str, num_chunks: in
     return seconds, tokens
 
 
-def sequential_stock(model_dir: str, workdir: Path, n: int) -> tuple[float, int]:
+def sequential_stock(
+    model_dir: str, workdir: Path, n: int, steps: int = STEPS, batch: int = BATCH
+) -> tuple[float, int]:
     """(seconds, tokens) of the N configs trained one after another with stock TRL."""
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
@@ -108,7 +118,7 @@ def sequential_stock(model_dir: str, workdir: Path, n: int) -> tuple[float, int]
             disable_tqdm=True,
             use_cpu=True,
             bf16=False,
-            **_args(lr),
+            **_args(lr, steps, batch),
         )
         trainer = SFTTrainer(
             model=model,
@@ -124,13 +134,13 @@ def sequential_stock(model_dir: str, workdir: Path, n: int) -> tuple[float, int]
     return time.perf_counter() - start, tokens
 
 
-def compare(n: int, rounds: int, workdir: Path) -> dict[str, float]:
+def compare(n: int, rounds: int, workdir: Path, steps: int = STEPS, batch: int = BATCH) -> dict[str, float]:
     """Interleaved rounds of the three ways for N configs: min seconds each, and tokens/s."""
     model_dir = str(demo_assets().model_path)
     ways = {
-        "fused": lambda: engine(model_dir, workdir, n, "auto"),
-        "sliced": lambda: engine(model_dir, workdir, n, "sliced"),
-        "sequential": lambda: sequential_stock(model_dir, workdir, n),
+        "fused": lambda: engine(model_dir, workdir, n, "auto", steps=steps, batch=batch),
+        "sliced": lambda: engine(model_dir, workdir, n, "sliced", steps=steps, batch=batch),
+        "sequential": lambda: sequential_stock(model_dir, workdir, n, steps, batch),
     }
     best: dict[str, tuple[float, int]] = {}
     for _ in range(rounds):

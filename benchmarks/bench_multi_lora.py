@@ -4,9 +4,9 @@
 
 One benchmark group per (linear shape, N adapters, rank r, tokens per adapter); in each:
 
-- ``triton``     MultiLoraLinear on the Triton kernels (GPU only);
+- ``triton``     MultiLoraLinear on the Triton kernels (GPU only; opted in with ``triton_kernels()``);
 - ``torch_loop`` the per-adapter loop in plain torch autograd (``multi_lora_linear_reference``);
-- ``layer_cpu``  MultiLoraLinear on CPU (the registered ops' reference path; CPU only);
+- ``layer_cpu``  MultiLoraLinear on CPU, kernels off (its per-adapter torch path; CPU only);
 - ``peft``       N separate PEFT LoRA layers, each on its own rows, one after another;
 - ``base``       the frozen base linear alone (forward + dX): the floor.
 
@@ -28,11 +28,13 @@ import statistics
 
 import pytest
 import torch
+
+# benchmarks/linear_shapes.py: pytest puts benchmarks/ (no __init__.py) on sys.path.
+from linear_shapes import LORA_LINEAR_SHAPES
 from torch import nn
 
 from rapidfire_core.lora import LoraBatch, MultiLoraLinear, lora_batch
-from rapidfire_core.ops import AdapterWeights, lora_backend, multi_lora_linear_reference
-from rapidfire_core.ops.linear_shapes import LORA_LINEAR_SHAPES
+from rapidfire_core.ops import AdapterWeights, multi_lora_linear_reference, triton_kernels
 
 pytestmark = pytest.mark.bench
 
@@ -192,8 +194,7 @@ def test_multi_lora_layer_fwd_bwd(benchmark, shape, n_adapters, rank, tokens, im
     benchmark.group = group
     case = Case(shape, n_adapters, rank, tokens)
     if impl in ("triton", "layer_cpu"):
-        backend = "triton" if impl == "triton" else "torch"
-        with lora_backend(backend):
+        with triton_kernels(impl == "triton"):
             seconds = _time(benchmark, case.layer_step)
     elif impl == "torch_loop":
         seconds = _time(benchmark, case.torch_loop_step)
@@ -208,7 +209,7 @@ def test_multi_lora_layer_fwd_bwd(benchmark, shape, n_adapters, rank, tokens, im
             "triton": case.layer_step, "torch_loop": case.torch_loop_step, "base": case.base_step,
             "peft": (lambda: case.peft_step(layers)) if impl == "peft" else None,
         }[impl]  # fmt: skip
-        with lora_backend("triton"):
+        with triton_kernels(impl == "triton"):
             graphed = _graphed_seconds(fn)
         benchmark.extra_info["graphed_s"] = graphed
         if impl == "base":

@@ -48,7 +48,7 @@ fi
 # No tests may collect zero items quietly: pytest exits 5 then, which counts as a failure here.
 step build bash -c "$PY setup.py build_ext --inplace && $PY -c 'import rapidfire_core._C as c, pprint; pprint.pprint(c.build_info())'"
 step tests "$PY" -m pytest -m gpu -p no:cacheprovider -rA tests/ops tests/lora tests/memory tests/test_native_build.py
-step compile "$PY" -m rapidfire_core.ops.compile_check --jobs "$(nproc)"
+step compile "$PY" benchmarks/compile_check.py --jobs "$(nproc)"
 step bench_kernels "$PY" -m pytest -m bench -p no:cacheprovider benchmarks/bench_multi_lora.py \
   ${BENCH_K:+-k "$BENCH_K"} --benchmark-only --benchmark-json "$LOGS/bench_multi_lora.json"
 step bench_swap "$PY" -m pytest -m bench -p no:cacheprovider benchmarks/bench_state_swap.py \

@@ -41,14 +41,23 @@ import pandas as pd
 from rapidfire_core.automl.validate import check_grpo_eval_batches, varying_keys
 from rapidfire_core.control import Command, CommandStore, RunStore
 from rapidfire_core.control.experiment_name import check_experiment_name
+from rapidfire_core.control.log_files import ExperimentLogs, TrainingLog
 from rapidfire_core.control.owner_lease import ExperimentBusy, OwnerLease
+from rapidfire_core.fit.arguments import (
+    check_monte_carlo_simulations,
+    check_num_cpus,
+    check_num_gpus,
+    cpu_threads,
+)
 from rapidfire_core.memory.residency import RunResidency, budget_bytes
 from rapidfire_core.scheduler.chunks import ChunkPlan
 from rapidfire_core.scheduler.controller import RunController
 from rapidfire_core.scheduler.progress import ProgressDisplay
 from rapidfire_core.scheduler.resume import ResumeMismatch, plan_resume, run_fingerprint
 from rapidfire_core.scheduler.run import FitData
-from rapidfire_core.tracking.mlflow_tracker import MLflowTracker, default_tracking_uri
+from rapidfire_core.tracking.fanout import Trackers
+from rapidfire_core.tracking.mlflow_tracker import default_tracking_uri
+from rapidfire_core.tracking.selection import build_trackers, chosen_trackers
 from rapidfire_core.trainers.datasets import FormattedDatasets, as_dataset
 from rapidfire_core.trainers.factory import preload_base
 from rapidfire_core.trainers.shared_models import ModelRegistry
@@ -64,25 +73,43 @@ class Experiment:
         experiment_path: str | os.PathLike | None = None,
         tracking_uri: str | None = None,
         verbose: bool = True,
+        num_cpus: int | None = None,
+        num_gpus: int | None = None,
+        trackers: list[str] | None = None,
     ) -> None:
         """experiment_path: the root folder of experiments (default $RF_EXPERIMENT_PATH or
         ./rapidfire_experiments); this experiment lives in <root>/<experiment_name>.
         tracking_uri: an MLflow tracking URI; default an SQLite store inside the experiment dir.
-        experiment_name must be one folder name (`control.experiment_name`): ValueError otherwise."""
+        experiment_name must be one folder name (`control.experiment_name`): ValueError otherwise.
+        num_cpus / num_gpus: RapidFire AI's resource arguments (`fit.arguments`: num_cpus sets the
+        training's CPU threads; num_gpus warns unless it is the one device used).
+        trackers: the tracking backends, of "mlflow", "tensorboard", "trackio" (default: the
+        RF_MLFLOW_ENABLED / RF_TENSORBOARD_ENABLED / RF_TRACKIO_ENABLED switches, MLflow alone
+        when none is set; see `tracking.selection`).
+
+        Attributes as RapidFire AI's: `mode` ("fit"), `experiment_name`, `experiment_path` (the
+        root folder), `experiment_id` (the MLflow experiment id; None without MLflow); `path` is
+        this experiment's folder."""
         check_experiment_name(experiment_name)
         if mode != "fit":
             raise ValueError(
                 f"mode={mode!r} is not supported: rapidfire_core runs training experiments (mode='fit')"
             )
         root = Path(experiment_path or os.environ.get(DEFAULT_ROOT_ENV, "rapidfire_experiments"))
+        self.mode = mode
         self.experiment_name = experiment_name
         self.path = (root / experiment_name).resolve()
+        self.experiment_path = self.path.parent
         self.path.mkdir(parents=True, exist_ok=True)
         self.tracking_uri = tracking_uri or default_tracking_uri(self.path)
         self.verbose = verbose
+        self._num_cpus = check_num_cpus(num_cpus)
+        check_num_gpus(num_gpus, "Experiment")
+        self._tracker_names = chosen_trackers(trackers)  # ValueError for a bad name or switch now
+        self._logs = ExperimentLogs(self.path)
         self._store = RunStore(self.path / "runs.db")
         self._commands = CommandStore(self.path / "runs.db")
-        self._tracker: MLflowTracker | None = None
+        self._tracker: Trackers | None = None
         self._controller: RunController | None = None
         self._fit: FitHandle | None = None
         self._open = True
@@ -117,6 +144,8 @@ class Experiment:
         num_shards: int | None = None,
         background: bool = False,
         execution: str = "auto",
+        num_gpus: int | None = None,
+        monte_carlo_simulations: int | None = None,
         resume: bool | None = None,
     ) -> FitHandle | None:
         """Train every configuration of `config_group` chunk by chunk.
@@ -138,6 +167,8 @@ class Experiment:
         execution: "auto" (default) trains the LoRA runs that share a base model and trainer type
         (SFT, DPO) as fused cohorts, one forward and backward per step for all of them
         (`rapidfire_core.scheduler.cohort`); the rest, and every run under "sliced", take turns.
+        num_gpus, monte_carlo_simulations: RapidFire AI's; accepted, each warned about once when it
+        has no effect here (`rapidfire_core.fit.arguments`).
 
         resume: what a call on an experiment that already holds runs means
         (`rapidfire_core.scheduler.resume`). None (default): continue the stored sweep made by
@@ -150,6 +181,8 @@ class Experiment:
         self._check_no_fit()
         if execution not in ("auto", "sliced"):
             raise ValueError(f"execution must be 'auto' or 'sliced', got {execution!r}")
+        check_num_gpus(num_gpus, "run_fit")
+        check_monte_carlo_simulations(monte_carlo_simulations)
         if num_shards is not None:
             if num_chunks is not None and num_chunks != num_shards:
                 raise ValueError(f"num_chunks={num_chunks} and num_shards={num_shards} disagree: give one")
@@ -216,7 +249,7 @@ class Experiment:
         )
 
         def fit(controller: RunController) -> None:
-            progress = ProgressDisplay(shown, enabled=self.verbose)
+            progress = ProgressDisplay(shown, enabled=self.verbose, log=self._logs.main.write)
             controller.progress = progress
             if plan is not None:
                 run_ids = controller.restore_runs(plan, data)
@@ -248,7 +281,9 @@ class Experiment:
         self._own()
 
         def fit(controller: RunController) -> None:
-            progress = ProgressDisplay(controller.progress.shown_knobs, enabled=self.verbose)
+            progress = ProgressDisplay(
+                controller.progress.shown_knobs, enabled=self.verbose, log=self._logs.main.write
+            )
             self._train(controller, state_budget, progress)
 
         return self._start(fit, background)
@@ -291,7 +326,8 @@ class Experiment:
             f"Watch and steer it live: rapidfire dashboard {self.path.parent}  "
             f"(or rapidfire runs|stop|resume|delete|clone {self.path})"
         )
-        controller.run(residency, progress)
+        with cpu_threads(self._num_cpus):
+            controller.run(residency, progress)
         self._summarize()
 
     # ---- steering (IC Ops) ----------------------------------------------------------------------
@@ -321,6 +357,30 @@ class Experiment:
         command_id = command.command_id if isinstance(command, Command) else int(command)
         return self._commands.wait(command_id, timeout)
 
+    def cancel_current(self) -> None:
+        """RapidFire AI's: cancel the fit in flight, if any (from another thread or cell). Every
+        unfinished run stops at its next step (STOPPED, resumable with `resume_run` +
+        `continue_fit`); a blocking `run_fit` then raises FitCancelled, a background one's
+        `wait()` does. Waits for a background fit to unwind."""
+        fit = self._fit
+        if fit is None or (fit.background and fit.done):
+            self._say("No fit is in flight: nothing to cancel")
+            return
+        fit.cancel()
+        fit.wait(raise_errors=False)
+        self._say("Cancelled the fit in flight")
+
+    def get_log_file_path(self, log_type: str | None = None) -> Path:
+        """The experiment's log file of `log_type`: "main" / "experiment" (default; what the
+        experiment prints, turns, commands, failures) or "training" (each run's metric rows,
+        TRL/transformers warnings). Both are appended as training goes (`control.log_files`)."""
+        return self._logs.path(log_type)
+
+    @property
+    def experiment_id(self) -> str | None:
+        """The MLflow experiment id of this experiment (None when MLflow is not a tracker)."""
+        return self._get_tracker().experiment_id
+
     def get_commands(self) -> pd.DataFrame:
         """The history of commands: id, op, run, payload, source, status, result, error, times."""
         return pd.DataFrame.from_records([c.to_dict() for c in self._commands.all()])
@@ -349,6 +409,7 @@ class Experiment:
         self._commands.close()
         self._store.close()
         self._say(f"Experiment '{self.experiment_name}' ended; results in {self.path}")
+        self._logs.close()
 
     def __enter__(self) -> Experiment:
         return self
@@ -358,6 +419,7 @@ class Experiment:
 
     # ---- internals ----------------------------------------------------------------------------
     def _say(self, text: str) -> None:
+        self._logs.main.write(text)
         if self.verbose:
             print(text, flush=True)
 
@@ -369,9 +431,15 @@ class Experiment:
         if self._fit is not None and not self._fit.done:
             raise RuntimeError("a fit of this experiment is still training: wait() for its handle first")
 
-    def _get_tracker(self) -> MLflowTracker:
+    def _get_tracker(self) -> Trackers:
         if self._tracker is None:
-            self._tracker = MLflowTracker(self.experiment_name, self.tracking_uri)
+            self._tracker = build_trackers(
+                self._tracker_names,
+                self.experiment_name,
+                self.path,
+                self.tracking_uri,
+                TrainingLog(self._logs.training),
+            )
         return self._tracker
 
     @property
@@ -417,7 +485,7 @@ class Experiment:
             counts[run["status"]] = counts.get(run["status"], 0) + 1
         self._say("Done: " + ", ".join(f"{n} {status.lower()}" for status, n in sorted(counts.items())))
         self._say(f"Saved under {self.path / 'runs'}/<run_id>/: adapter/ (LoRA) or model/ (full fine-tuning)")
-        self._say(f"MLflow: {self._get_tracker().ui_hint()}")
+        self._say(f"Tracking: {self._get_tracker().ui_hint()}")
 
 
 class FitHandle:
@@ -441,6 +509,11 @@ class FitHandle:
     @property
     def done(self) -> bool:
         return self._thread is None or not self._thread.is_alive()
+
+    @property
+    def background(self) -> bool:
+        """Trains in its own thread (`run_fit(..., background=True)`)."""
+        return self._thread is not None
 
     def wait(self, timeout: float | None = None, raise_errors: bool = True) -> bool:
         """Block until training returns (True) or `timeout` passes (False); re-raises its error."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -128,7 +130,11 @@ def test_interrupted_run_fit_stops_unfinished_runs_and_ends_their_threads(
     exp.controller.hooks.between_turns.append(interrupt_after_first_turn)
     with pytest.raises(KeyboardInterrupt):
         exp.run_fit(
-            RFGridSearch(configs, trainer_type="SFT"), create_tiny_model, support_dataset(n=8), num_chunks=2
+            RFGridSearch(configs, trainer_type="SFT"),
+            create_tiny_model,
+            support_dataset(n=8),
+            num_chunks=2,
+            execution="sliced",  # one run per turn (a fused cohort's turn trains both)
         )
     info = exp.get_runs_info()
     assert info["status"].tolist() == ["STOPPED", "STOPPED"]
@@ -283,4 +289,43 @@ def test_mlflow_runs_left_running_by_a_dead_process_end_killed_on_reopen(tmp_pat
     exp = Experiment("dead", experiment_path=tmp_path, verbose=False)
     assert exp.get_runs_info()["status"].tolist() == ["STOPPED"]
     assert MlflowClient(exp.tracking_uri).get_run(mlflow_id).info.status == "KILLED"
+    exp.end()
+
+
+def test_cancel_current_stops_the_fit_in_flight(tmp_path, tiny_model_dir, create_tiny_model, capsys):
+    from rapidfire_core.scheduler.controller import FitCancelled
+
+    exp = Experiment("cancel-current", experiment_path=tmp_path)
+    exp.cancel_current()  # nothing in flight: says so
+    assert "No fit is in flight: nothing to cancel" in capsys.readouterr().out
+    handle = exp.run_fit(
+        RFGridSearch(_config(tiny_model_dir, max_steps=400), trainer_type="SFT"),
+        create_tiny_model,
+        support_dataset(n=8),
+        background=True,
+    )
+    deadline = time.monotonic() + 60
+    while exp.get_results().empty and time.monotonic() < deadline:  # it has trained a step
+        time.sleep(0.05)
+    exp.cancel_current()
+    assert handle.done  # cancel_current waited for the fit to unwind
+    info = exp.get_runs_info()
+    assert info["status"].tolist() == ["STOPPED"] and 0 < info["global_step"][0] < 400
+    with pytest.raises(FitCancelled):
+        handle.wait()
+    exp.end()
+
+
+def test_an_experiment_without_mlflow_trains_and_says_where_it_tracked(
+    tmp_path, tiny_model_dir, create_tiny_model
+):
+    exp = Experiment("untracked", experiment_path=tmp_path, verbose=False, trackers=[])
+    exp.run_fit(
+        RFGridSearch(_config(tiny_model_dir, max_steps=2), trainer_type="SFT"),
+        create_tiny_model,
+        support_dataset(n=4),
+    )
+    assert exp.get_runs_info()["status"].tolist() == ["COMPLETED"]
+    assert exp.experiment_id is None and not (exp.path / "mlflow.db").exists()
+    assert "run-1 step 2: loss=" in exp.get_log_file_path("training").read_text()
     exp.end()

@@ -25,8 +25,8 @@ with
                                            DPO truncates the joined sequence to max_length)
    max_prompt_length            GRPO       dropped (TRL 1.x GRPO does not truncate prompts)
    model_adapter_name,          DPO        dropped: the engine's DPO reference is the base
-   ref_adapter_name,                       model with the run's adapter disabled
-   force_use_ref_model
+   ref_adapter_name,                       model with the run's adapter disabled (or
+   force_use_ref_model                     ``RFModelConfig.ref_model_name``'s model)
    ===========================  =========  ===============================================
 
    (Also, silently: ``gradient_checkpointing*`` is passed as ``activation_checkpointing*``
@@ -71,7 +71,10 @@ LEGACY_FIELDS: dict[str, tuple[Any, frozenset[str]]] = {
     "force_use_ref_model": (bool, frozenset({"DPO"})),
 }
 
-_REFERENCE_NOTE = "the engine's DPO reference is the base model with this run's adapter disabled"
+_REFERENCE_NOTE = (
+    "the engine's DPO reference is the base model with this run's adapter disabled (or the model "
+    "RFModelConfig.ref_model_name names)"
+)
 _GPU_ONLY_OPTIM_MARKERS = ("8bit", "paged", "bnb")
 
 

@@ -10,10 +10,11 @@
   id, or a non-empty list of them).
 
 ``check_run`` then applies the value rules (``values.py``: ``r >= 1``, ``learning_rate >= 0``,
-...), checks the user's callbacks, applies the GRPO batch rule (below) and materializes the run
-once (``training_args.to_trl(output_dir=<tmp>, report_to="none")``, ``peft_config.to_peft()``)
-so TRL's and peft's own validation errors surface now. Its errors are ``FieldErrors``: each
-problem has a path inside the run's RFModelConfig (``peft_config.r``, ``training_args``, or
+...) and refuses the settings TRL warns about and then fails on (``trl_rules.py``), checks
+the user's callbacks, applies the GRPO batch rule (below) and materializes the run once
+(``training_args.to_trl(output_dir=<tmp>, report_to="none")``, ``peft_config.to_peft()``) so TRL's
+and peft's own validation errors surface now. Its errors are ``FieldErrors``: each problem
+has a path inside the run's RFModelConfig (``peft_config.r``, ``training_args``, or
 ``training_args.warmup_steps`` when the library's message names one field the user set), so
 ``expand()`` can name it from the search's configs (``configs[1].peft_config.r``) and a clone
 edit from its changes.
@@ -45,6 +46,7 @@ import peft
 from rapidfire_core.automl.configs import LIBRARY_TRAINING_CONFIGS, TRAINING_CONFIGS, RFLoraConfig
 from rapidfire_core.automl.model_config import RFModelConfig
 from rapidfire_core.automl.rf_config import RFConfigBase
+from rapidfire_core.automl.trl_rules import divergent_setting_problems
 from rapidfire_core.automl.values import field_problems
 from rapidfire_core.errors import ConfigError
 
@@ -189,6 +191,7 @@ def check_run(mc: RFModelConfig, trainer_type: str) -> None:
     problems += [(f"training_args.{name}", msg) for name, msg in field_problems(ta)]
     problems += _callback_problems(getattr(mc, "callbacks", None), "callbacks")
     problems += _callback_problems(getattr(ta, "callbacks", None), "training_args.callbacks")
+    problems += divergent_setting_problems(mc, trainer_type)
     if problems:
         raise FieldErrors(problems)
     try:

@@ -13,13 +13,15 @@ in the batch get no gradient at all (``.grad`` stays None, so their optimizer sk
 
 Two paths, same math (both tested against PEFT):
 
-- Triton (CUDA, or the "triton" backend): the adapters present in the batch are stacked,
+- Triton kernels, where they are enabled for the tensors' device (opt-in until verified on a
+  GPU: ``RAPIDFIRE_LORA_BACKEND=triton`` or ``ops.enable_triton_kernels()``; see ``ops._backend``):
+  the adapters present in the batch are stacked,
   zero-padded to the largest rank, and the registered ops ``rapidfire::lora_shrink`` /
   ``lora_expand`` run on the stack; autograd slices the stacked gradients back to each
   adapter. Launches per layer do not grow with the number of adapters.
-- torch (CPU, or the "torch" backend): the per-adapter loop of
-  ``ops.multi_lora_add_reference`` on the batch's host segment bounds. On CPU it beats
-  the ops' own reference path, whose per-call custom-op overhead dominates tiny layers.
+- otherwise (the default, any device): the per-adapter loop of
+  ``ops.multi_lora_add_reference`` on the batch's host segment bounds. It beats the ops' own
+  reference path, whose per-call custom-op overhead dominates tiny layers.
 
 Precision follows PEFT: the LoRA path runs in the adapters' dtype (x is cast to it),
 or in the autocast dtype inside ``torch.autocast``; it is added to the base output in that
@@ -233,7 +235,7 @@ def add_segment_adapters(
         keep = draw_keep_mask(batch.row_values(layout, dropouts), adapters.in_features, batch.generator)
         drop_scale = batch.floats(tuple(1.0 / (1.0 - p) for p in dropouts), scalar_dtype)
     y2 = result.reshape(-1, adapters.out_features)  # (M, N)
-    if not _backend.use_triton(x2):
+    if not _backend.triton_kernels_enabled(x2):
         out = _add_segment_adapters_torch(adapters, x2, y2, keep, layout, dtype)
         return out.to(result.dtype).reshape(result.shape)
     lora_a, lora_b = _stacked_weights(adapters, active, dtype)

@@ -4,11 +4,21 @@
 - ``lora_expand`` (``rapidfire::lora_expand``): Y + scale_i S B_i^T per segment, and its backward.
 - ``multi_lora_add``: both, i.e. the adapter part of a multi-LoRA linear layer.
 
-CUDA tensors run the Triton kernels when Triton imports; CPU tensors run the reference.
-``lora_backend("torch" | "triton" | "auto")`` overrides the choice (see ``_backend``).
+Every op runs its pure-torch reference by default, on any device. The Triton kernels are
+opt-in until they have passed their GPU tests: ``RAPIDFIRE_LORA_BACKEND=triton`` (read at
+import) or ``enable_triton_kernels()`` registers them with the dispatcher for CUDA (and CPU
+under the Triton interpreter); ``with triton_kernels(False | True):`` compares both paths.
+See ``_backend``.
 """
 
-from ._backend import HAS_TRITON, get_lora_backend, lora_backend, set_lora_backend, triton_interpreter_active
+from . import _backend
+from ._backend import (
+    HAS_TRITON,
+    enable_triton_kernels,
+    triton_interpreter_active,
+    triton_kernels,
+    triton_kernels_enabled,
+)
 from .lora_expand import lora_expand, lora_expand_backward, lora_expand_reference
 from .lora_shrink import lora_shrink, lora_shrink_backward, lora_shrink_reference
 from .multi_lora import (
@@ -20,14 +30,15 @@ from .multi_lora import (
 )
 from .segments import check_segments, host_segments, segment_tensors
 
+_backend.enable_from_environment()  # after the ops exist: RAPIDFIRE_LORA_BACKEND=triton registers them
+
 __all__ = [
     "HAS_TRITON",
     "AdapterWeights",
     "check_segments",
     "draw_keep_mask",
-    "get_lora_backend",
+    "enable_triton_kernels",
     "host_segments",
-    "lora_backend",
     "lora_expand",
     "lora_expand_backward",
     "lora_expand_reference",
@@ -38,6 +49,7 @@ __all__ = [
     "multi_lora_add_reference",
     "multi_lora_linear_reference",
     "segment_tensors",
-    "set_lora_backend",
     "triton_interpreter_active",
+    "triton_kernels",
+    "triton_kernels_enabled",
 ]

@@ -1,7 +1,7 @@
 """Triton kernels for segmented multi-LoRA GEMMs, and their launchers.
 
 Rows of the activations are grouped in segments; ``seg_starts`` (S+1,) int32 holds the
-row offsets (``seg_starts[0] == 0``, ``seg_starts[S] == M``) and ``seg_adapter`` (S,)
+row offsets (``seg_starts[0] == 0``, ``seg_starts[S] == M``) and ``seg_slot`` (S,)
 int32 the adapter slot of each segment, ``-1`` for rows no adapter touches. Adapter
 weights are stacked and zero-padded to the largest rank, so one launch serves every
 adapter whatever its rank (zero rows/columns add exact zeros to every sum).
@@ -9,16 +9,16 @@ adapter whatever its rank (zero rows/columns add exact zeros to every sum).
 Three kernels cover the forward and the backward of LoRA (the launchers pick the
 strides, so each serves two GEMMs)::
 
-    narrow  out[m, :] = c_a * drop(inp[m, :]) @ w[a].T        (M, R)  shrink, dS = dY B
-    wide    out[m, :] = y[m, :] + c_a * keep[m, :] * (inp[m, :] @ w[a].T)
-                                                              (M, N)  expand, dX = dS A
+    shrink  out[m, :] = c_a * drop(inp[m, :]) @ w[a].T        (M, R)  lora_shrink's S; dS = dOut B
+    expand  out[m, :] = y[m, :] + c_a * keep[m, :] * (inp[m, :] @ w[a].T)
+                                                              (M, N)  lora_expand's out; dX = dS A
     wgrad   out[a]    = c_a * inp_l[rows(a)].T @ drop(inp_r[rows(a)])
                                                               (n, P, Q)  dB, dA
 
-where ``a`` is the adapter of row ``m``'s segment and ``drop(x) = x * keep / (1 - p_a)``
+where ``a`` is the adapter slot of row ``m``'s segment and ``drop(x) = x * keep / (1 - p_a)``
 with the boolean ``keep`` mask drawn once per forward.
 
-Row-tile kernels (narrow, wide) run ``cdiv(M, BLOCK_M) + S`` programs along axis 0:
+Row-tile kernels (shrink, expand) run ``cdiv(M, BLOCK_M) + S`` programs along axis 0:
 that bounds ``sum_i cdiv(len_i, BLOCK_M)``, and each program finds its (segment, tile)
 by scanning the S segment offsets, so the launch needs only shapes (no host sync,
 no per-step tile table). Programs past the last tile do nothing.
@@ -63,8 +63,8 @@ def _locate_row_tile(pid, seg_starts_ptr, num_segments, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def _narrow_kernel(
-    in_ptr, w_ptr, out_ptr, keep_ptr, drop_scale_ptr, out_scale_ptr, seg_starts_ptr, seg_adapter_ptr,
+def _shrink_kernel(
+    in_ptr, w_ptr, out_ptr, keep_ptr, drop_scale_ptr, out_scale_ptr, seg_starts_ptr, seg_slot_ptr,
     num_segments, K, R,
     stride_in_m, stride_in_k, stride_w_a, stride_w_r, stride_w_k, stride_out_m, stride_out_r, stride_keep_m,
     HAS_DROPOUT: tl.constexpr, HAS_OUT_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -73,17 +73,17 @@ def _narrow_kernel(
     """for m in tile: out[m, r] = c_a * sum_k drop(inp)[m, k] * w[a, r, k]  (0 for a == -1)."""
     seg, row0, row_end = _locate_row_tile(tl.program_id(0), seg_starts_ptr, num_segments, BLOCK_M)
     if seg >= 0:
-        adapter = tl.load(seg_adapter_ptr + seg)
+        slot = tl.load(seg_slot_ptr + seg)
         offs_m = row0 + tl.arange(0, BLOCK_M)
         rows = offs_m.to(tl.int64)  # M * K can pass 2**31 for long batches
         mask_m = offs_m < row_end
         offs_r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
         mask_r = offs_r < R
         acc = tl.full((BLOCK_M, BLOCK_R), 0.0, tl.float32)  # (BLOCK_M, BLOCK_R)
-        if adapter >= 0:
-            w_base = w_ptr + adapter.to(tl.int64) * stride_w_a
+        if slot >= 0:
+            w_base = w_ptr + slot.to(tl.int64) * stride_w_a
             if HAS_DROPOUT:
-                drop_scale = tl.load(drop_scale_ptr + adapter)
+                drop_scale = tl.load(drop_scale_ptr + slot)
             for k0 in range(0, K, BLOCK_K):
                 offs_k = k0 + tl.arange(0, BLOCK_K)
                 mask_mk = mask_m[:, None] & (offs_k < K)[None, :]
@@ -104,14 +104,14 @@ def _narrow_kernel(
                 )  # (BLOCK_K, BLOCK_R)
                 acc = tl.dot(x, w, acc, input_precision=DOT_PRECISION)
             if HAS_OUT_SCALE:
-                acc = acc * tl.load(out_scale_ptr + adapter)
+                acc = acc * tl.load(out_scale_ptr + slot)
         out_ptrs = out_ptr + rows[:, None] * stride_out_m + offs_r[None, :] * stride_out_r
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_r[None, :])
 
 
 @triton.jit
-def _wide_kernel(
-    in_ptr, w_ptr, y_ptr, out_ptr, keep_ptr, drop_scale_ptr, out_scale_ptr, seg_starts_ptr, seg_adapter_ptr,
+def _expand_kernel(
+    in_ptr, w_ptr, y_ptr, out_ptr, keep_ptr, drop_scale_ptr, out_scale_ptr, seg_starts_ptr, seg_slot_ptr,
     num_segments, N, R,
     stride_in_m, stride_in_r, stride_w_a, stride_w_n, stride_w_r, stride_y_m, stride_y_n,
     stride_out_m, stride_out_n, stride_keep_m,
@@ -121,7 +121,7 @@ def _wide_kernel(
     """for m in tile: out[m, n] = y[m, n] + c_a * keep[m, n] / (1 - p_a) * sum_r inp[m, r] * w[a, n, r]."""
     seg, row0, row_end = _locate_row_tile(tl.program_id(0), seg_starts_ptr, num_segments, BLOCK_M)
     if seg >= 0:
-        adapter = tl.load(seg_adapter_ptr + seg)
+        slot = tl.load(seg_slot_ptr + seg)
         offs_m = row0 + tl.arange(0, BLOCK_M)
         rows = offs_m.to(tl.int64)
         mask_m = offs_m < row_end
@@ -129,8 +129,8 @@ def _wide_kernel(
         mask_n = offs_n < N
         mask_mn = mask_m[:, None] & mask_n[None, :]
         acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)  # (BLOCK_M, BLOCK_N)
-        if adapter >= 0:
-            w_base = w_ptr + adapter.to(tl.int64) * stride_w_a
+        if slot >= 0:
+            w_base = w_ptr + slot.to(tl.int64) * stride_w_a
             for r0 in range(0, R, BLOCK_R):
                 offs_r = r0 + tl.arange(0, BLOCK_R)
                 mask_r = offs_r < R
@@ -146,9 +146,9 @@ def _wide_kernel(
                 )  # (BLOCK_R, BLOCK_N)
                 acc = tl.dot(s, w, acc, input_precision=DOT_PRECISION)
             if HAS_OUT_SCALE:
-                acc = acc * tl.load(out_scale_ptr + adapter)
+                acc = acc * tl.load(out_scale_ptr + slot)
             if HAS_DROPOUT:
-                drop_scale = tl.load(drop_scale_ptr + adapter)
+                drop_scale = tl.load(drop_scale_ptr + slot)
                 keep = tl.load(
                     keep_ptr + rows[:, None] * stride_keep_m + offs_n[None, :], mask=mask_mn, other=0
                 )
@@ -164,7 +164,7 @@ def _wide_kernel(
 
 @triton.jit
 def _wgrad_kernel(
-    left_ptr, right_ptr, out_ptr, keep_ptr, drop_scale_ptr, out_scale_ptr, seg_starts_ptr, seg_adapter_ptr,
+    left_ptr, right_ptr, out_ptr, keep_ptr, drop_scale_ptr, out_scale_ptr, seg_starts_ptr, seg_slot_ptr,
     num_segments, P, Q, SPLIT,
     stride_left_m, stride_left_p, stride_right_m, stride_right_q,
     stride_out_s, stride_out_a, stride_out_p, stride_out_q, stride_keep_m,
@@ -172,7 +172,7 @@ def _wgrad_kernel(
     BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):  # fmt: skip
     """for m in rows(a), blocks split::SPLIT: out[split, a, p, q] += c_a * left[m, p] * drop(right)[m, q]."""
-    adapter = tl.program_id(0)
+    slot = tl.program_id(0)
     tile = tl.program_id(1)
     split = tl.program_id(2)
     num_q_tiles = (Q + BLOCK_Q - 1) // BLOCK_Q
@@ -182,12 +182,12 @@ def _wgrad_kernel(
     mask_q = offs_q < Q
     acc = tl.full((BLOCK_P, BLOCK_Q), 0.0, tl.float32)  # (BLOCK_P, BLOCK_Q)
     if HAS_DROPOUT:
-        drop_scale = tl.load(drop_scale_ptr + adapter)
+        drop_scale = tl.load(drop_scale_ptr + slot)
     for s in range(0, num_segments):
         start = tl.load(seg_starts_ptr + s)
         end = tl.load(seg_starts_ptr + s + 1)
         # Segments of other adapters become empty ranges: one fixed traversal order for all.
-        end = tl.where(tl.load(seg_adapter_ptr + s) == adapter, end, start)
+        end = tl.where(tl.load(seg_slot_ptr + s) == slot, end, start)
         for m0 in range(start + split * BLOCK_M, end, SPLIT * BLOCK_M):
             offs_m = m0 + tl.arange(0, BLOCK_M)
             rows = offs_m.to(tl.int64)
@@ -210,18 +210,18 @@ def _wgrad_kernel(
                 right = tl.where(keep != 0, right.to(tl.float32) * drop_scale, 0.0).to(right.dtype)
             acc = tl.dot(left_t, right, acc, input_precision=DOT_PRECISION)
     if HAS_OUT_SCALE:
-        acc = acc * tl.load(out_scale_ptr + adapter)
+        acc = acc * tl.load(out_scale_ptr + slot)
     out_ptrs = (
         out_ptr
         + split.to(tl.int64) * stride_out_s
-        + adapter.to(tl.int64) * stride_out_a
+        + slot.to(tl.int64) * stride_out_a
         + offs_p[:, None] * stride_out_p
         + offs_q[None, :] * stride_out_q
     )
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_q[None, :])
 
 
-KERNELS = {"narrow": _narrow_kernel, "wide": _wide_kernel, "wgrad": _wgrad_kernel}
+KERNELS = {"shrink": _shrink_kernel, "expand": _expand_kernel, "wgrad": _wgrad_kernel}
 
 # Decided when this module was imported: with TRITON_INTERPRET=1, @triton.jit returned
 # interpreter functions that run on CPU tensors (the test suite's way to run kernels).
@@ -229,7 +229,7 @@ KERNELS = {"narrow": _narrow_kernel, "wide": _wide_kernel, "wgrad": _wgrad_kerne
 # imported without it (peft imports Triton); that works because the kernels call only
 # tl builtins (tl.full, not tl.zeros; integer ceil-division, not tl.cdiv): Triton's own
 # @jit helpers stay compiled-mode functions that the interpreter cannot call.
-INTERPRETED = not isinstance(_narrow_kernel, triton.runtime.JITFunction)
+INTERPRETED = not isinstance(_shrink_kernel, triton.runtime.JITFunction)
 
 # --------------------------------------------------------------------------- block sizes
 
@@ -250,14 +250,14 @@ def _sm_count(t: torch.Tensor) -> int:
 
 
 def _rank_block(r: int, cap: int) -> int:
-    # tl.dot needs every block dim >= 16; ranks above `cap` loop (wide) or tile (narrow).
+    # tl.dot needs every block dim >= 16; ranks above `cap` loop (expand) or tile (shrink).
     return min(cap, max(16, triton.next_power_of_2(r)))
 
 
-def _wide_block(dtype: torch.dtype) -> int:
+def _feature_block(dtype: torch.dtype) -> int:
     """Columns per tile along N or K. fp32 operands take twice the registers of 16-bit ones, and
     IEEE fp32 dots run on FMA units with both operands in registers: 128-wide fp32 tiles spill
-    (up to 20 KB of stack per thread in wgrad, see compile_check), 64-wide ones do not."""
+    (up to 20 KB of stack per thread in wgrad, see benchmarks/compile_check.py), 64-wide ones do not."""
     return 64 if dtype == torch.float32 else 128
 
 
@@ -304,11 +304,11 @@ def _dummy(t: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- launchers
 
 
-def segmented_narrow(
+def segmented_shrink(
     inp: torch.Tensor,
     w: torch.Tensor,
     seg_starts: torch.Tensor,
-    seg_adapter: torch.Tensor,
+    seg_slot: torch.Tensor,
     *,
     keep: torch.Tensor | None = None,
     drop_scale: torch.Tensor | None = None,
@@ -324,20 +324,20 @@ def segmented_narrow(
     out = torch.empty((m, r), device=inp.device, dtype=inp.dtype)  # (M, R)
     block_r = _rank_block(r, 128)
     n_r_tiles = triton.cdiv(r, block_r)
-    num_segments = seg_adapter.shape[0]
+    num_segments = seg_slot.shape[0]
     block_m = _row_block(m, n_r_tiles, inp)
-    # The K loop's tile: 128 columns for small ranks, 64 for large; halved in fp32 (see _wide_block).
+    # The K loop's tile: 128 columns for small ranks, 64 for large; halved in fp32 (see _feature_block).
     block_k = (
         32 if _interpreting() else (128 if block_r <= 32 else 64) // (2 if inp.dtype == torch.float32 else 1)
     )
     keep_u8 = keep.contiguous().view(torch.uint8) if keep is not None else None  # rows of K bytes
     grid = (triton.cdiv(m, block_m) + num_segments, n_r_tiles)
     with _device_of(inp):
-        _narrow_kernel[grid](
+        _shrink_kernel[grid](
             inp, w, out, keep_u8 if keep_u8 is not None else _dummy(inp),
             drop_scale if drop_scale is not None else _dummy(seg_starts),
             out_scale if out_scale is not None else _dummy(seg_starts),
-            seg_starts, seg_adapter,
+            seg_starts, seg_slot,
             num_segments, k, r,
             inp.stride(0), inp.stride(1), w.stride(0), w.stride(1), w.stride(2), out.stride(0), out.stride(1),
             keep_u8.stride(0) if keep_u8 is not None else 0,
@@ -348,11 +348,11 @@ def segmented_narrow(
     return out
 
 
-def segmented_wide(
+def segmented_expand(
     inp: torch.Tensor,
     w: torch.Tensor,
     seg_starts: torch.Tensor,
-    seg_adapter: torch.Tensor,
+    seg_slot: torch.Tensor,
     *,
     y: torch.Tensor | None = None,
     keep: torch.Tensor | None = None,
@@ -368,20 +368,20 @@ def segmented_wide(
     m, r = inp.shape
     n = w.shape[1]
     out = torch.empty((m, n), device=inp.device, dtype=out_dtype or inp.dtype)  # (M, N)
-    block_n = 32 if _interpreting() else _wide_block(inp.dtype)
+    block_n = 32 if _interpreting() else _feature_block(inp.dtype)
     n_n_tiles = triton.cdiv(n, block_n)
     block_m = _row_block(m, n_n_tiles, inp)
     block_r = _rank_block(r, 64)
-    num_segments = seg_adapter.shape[0]
+    num_segments = seg_slot.shape[0]
     keep_u8 = keep.contiguous().view(torch.uint8) if keep is not None else None  # rows of K bytes
     grid = (triton.cdiv(m, block_m) + num_segments, n_n_tiles)
     with _device_of(inp):
-        _wide_kernel[grid](
+        _expand_kernel[grid](
             inp, w, y if y is not None else _dummy(inp), out,
             keep_u8 if keep_u8 is not None else _dummy(inp),
             drop_scale if drop_scale is not None else _dummy(seg_starts),
             out_scale if out_scale is not None else _dummy(seg_starts),
-            seg_starts, seg_adapter,
+            seg_starts, seg_slot,
             num_segments, n, r,
             inp.stride(0), inp.stride(1), w.stride(0), w.stride(1), w.stride(2),
             y.stride(0) if y is not None else 0, y.stride(1) if y is not None else 0,
@@ -412,7 +412,7 @@ def segmented_wgrad(
     left: torch.Tensor,
     right: torch.Tensor,
     seg_starts: torch.Tensor,
-    seg_adapter: torch.Tensor,
+    seg_slot: torch.Tensor,
     num_adapters: int,
     *,
     keep: torch.Tensor | None = None,
@@ -430,11 +430,11 @@ def segmented_wgrad(
     q = right.shape[1]
     out_dtype = out_dtype or left.dtype
     interp = _interpreting()
-    # The narrow side (a rank) gets a rank-sized block, the wide side (N or K) 128 columns
-    # (64 in fp32, see _wide_block).
-    wide = 32 if interp else _wide_block(left.dtype)
-    block_p = _rank_block(p, 64) if p <= 64 else wide
-    block_q = _rank_block(q, 64) if q <= 64 else wide
+    # A rank side gets a rank-sized block, a feature side (N or K) 128 columns
+    # (64 in fp32, see _feature_block).
+    feature_block = 32 if interp else _feature_block(left.dtype)
+    block_p = _rank_block(p, 64) if p <= 64 else feature_block
+    block_q = _rank_block(q, 64) if q <= 64 else feature_block
     block_m = 16 if interp else (32 if left.dtype == torch.float32 else 64)
     tiles = triton.cdiv(p, block_p) * triton.cdiv(q, block_q)
     if split is None:
@@ -445,7 +445,7 @@ def segmented_wgrad(
     else:
         out = torch.empty((split, num_adapters, p, q), device=left.device, dtype=torch.float32)
         out_stride_s = out.stride(0)
-    num_segments = seg_adapter.shape[0]
+    num_segments = seg_slot.shape[0]
     keep_u8 = keep.contiguous().view(torch.uint8) if keep is not None else None  # rows of K bytes
     stride_a, stride_p, stride_q = out.stride()[-3:]
     if num_adapters > 0:
@@ -454,7 +454,7 @@ def segmented_wgrad(
                 left, right, out, keep_u8 if keep_u8 is not None else _dummy(left),
                 drop_scale if drop_scale is not None else _dummy(seg_starts),
                 out_scale if out_scale is not None else _dummy(seg_starts),
-                seg_starts, seg_adapter,
+                seg_starts, seg_slot,
                 num_segments, p, q, split,
                 left.stride(0), left.stride(1), right.stride(0), right.stride(1),
                 out_stride_s, stride_a, stride_p, stride_q, keep_u8.stride(0) if keep_u8 is not None else 0,

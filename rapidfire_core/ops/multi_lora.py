@@ -10,10 +10,10 @@ Semantics of one linear layer with frozen W (and bias) shared by n adapters::
 
 Gradients flow to X (through W and every adapter), A_i and B_i; never to W.
 
-``multi_lora_add`` does the adapter part with the registered ops (Triton on CUDA,
-reference on CPU); ``multi_lora_linear_reference`` is the same math as a plain autograd
-loop over adapters: the oracle the tests compare against PEFT, and the "per-adapter torch
-loop" of the benchmarks.
+``multi_lora_add`` does the adapter part with the registered ops (their pure-torch reference
+by default, the Triton kernels where enabled: see ``_backend``); ``multi_lora_linear_reference``
+is the same math as a plain autograd loop over adapters: the oracle the tests compare against
+PEFT, and the "per-adapter torch loop" of the benchmarks.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def multi_lora_add(
     lora_b: torch.Tensor,
     scales: torch.Tensor,
     seg_starts: torch.Tensor,
-    seg_adapter: torch.Tensor,
+    seg_slot: torch.Tensor,
     keep: torch.Tensor | None = None,
     drop_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -45,8 +45,8 @@ def multi_lora_add(
     scales, drop_scale (n,) fp32; keep (M, K) bool. x, lora_a and lora_b share one dtype (the
     LoRA compute dtype); y may have its own, and the result is in y's dtype.
     """
-    s = lora_shrink(x, lora_a, seg_starts, seg_adapter, keep, drop_scale)  # (M, R)
-    return lora_expand(y, s, lora_b, scales, seg_starts, seg_adapter)  # (M, N)
+    s = lora_shrink(x, lora_a, seg_starts, seg_slot, keep, drop_scale)  # (M, R)
+    return lora_expand(y, s, lora_b, scales, seg_starts, seg_slot)  # (M, N)
 
 
 def draw_keep_mask(

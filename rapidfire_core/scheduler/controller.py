@@ -64,6 +64,7 @@ from rapidfire_core.scheduler.resume import ResumePlan, run_fingerprint
 from rapidfire_core.scheduler.run import FitData, Run, RunHooks, TurnEnd
 from rapidfire_core.scheduler.run_checkpoint import RunResume
 from rapidfire_core.scheduler.run_checkpoint import capture as capture_run
+from rapidfire_core.tracking.effective_params import spec_params
 from rapidfire_core.tracking.metric_buffer import MetricBuffer
 from rapidfire_core.tracking.mlflow_tracker import MLflowTracker
 from rapidfire_core.trainers.warm_start import WarmStart, capture_parent
@@ -143,7 +144,7 @@ class RunController:
         )
         name = f"run-{run_id}"
         tags = {"rapidfire.run_id": str(run_id)}
-        params = {"trainer_type": spec.trainer_type, **knobs}
+        params: dict[str, Any] = {"trainer_type": spec.trainer_type}  # the knobs follow once built
         if parent_run_id is not None:
             tags |= {
                 "rapidfire.parent_run_id": str(parent_run_id),
@@ -167,6 +168,7 @@ class RunController:
         warm: WarmStart | None = None,
     ) -> Run | None:
         """The `Run` of a registered run (None: it failed to build, and is FAILED)."""
+        knobs = dict(spec.knobs)
         self.buffer.register(run_id, mlflow_id)
         self._specs[run_id] = (spec, data)
         run_hooks = RunHooks(
@@ -177,7 +179,7 @@ class RunController:
                 run_id=run_id,
                 name=name,
                 spec=spec,
-                knobs=dict(spec.knobs),
+                knobs=knobs,
                 mlflow_run_id=mlflow_id,
                 data=data,
                 hooks=run_hooks,
@@ -186,6 +188,7 @@ class RunController:
                 warm_start=warm,
             )
         except Exception as exc:  # noqa: BLE001 - one bad run must not stop the others
+            self.tracker.log_params(mlflow_id, knobs)  # never built: only what was typed
             self._fail_unbuilt(run_id, mlflow_id, data, exc, traceback.format_exc())
             return None
         except BaseException:  # interrupted while building: leave no NEW run or RUNNING MLflow run
@@ -196,6 +199,8 @@ class RunController:
             self.tracker.end_run(mlflow_id, "KILLED")
             data.registry.discard_adapter(f"run_{run_id}")
             raise
+        # The values the run uses (fp16=False on a CPU, ...), and what was typed where they differ.
+        self.tracker.log_params(mlflow_id, spec_params(spec, knobs, run.trainer.args))
         self.runs[run_id] = run
         if self.residency is not None and self._status[run_id] in IN_FLIGHT:
             self.residency.add(run)
@@ -655,7 +660,9 @@ class RunController:
             save_adapter(run.model, run.adapter_name, out / "adapter")
         else:  # full fine-tuning: the run's own model
             run.model.save_pretrained(str(out / "model"))
-        self._set_status(run, RunStatus.COMPLETED, chunks_done=run.chunks_done, global_step=run.global_step)
+        # The chunk it ended in counts as done, even one it finished partway through (max_steps).
+        chunks = max(run.chunks_done, run.current_chunk)
+        self._set_status(run, RunStatus.COMPLETED, chunks_done=chunks, global_step=run.global_step)
         fault_point("after_completion")
         self.buffer.release_all(run.run_id)
         self.tracker.end_run(run.mlflow_run_id, "FINISHED")

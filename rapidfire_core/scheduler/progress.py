@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
@@ -48,9 +49,17 @@ def _duration(seconds: float) -> str:
 
 
 class ProgressDisplay:
-    def __init__(self, shown_knobs: list[str], stream: TextIO | None = None, enabled: bool = True) -> None:
-        """shown_knobs: the knob names printed for each run (those that differ between runs)."""
+    def __init__(
+        self,
+        shown_knobs: list[str],
+        stream: TextIO | None = None,
+        enabled: bool = True,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        """shown_knobs: the knob names printed for each run (those that differ between runs).
+        log: also receives every finished-turn line and note, enabled or not (the experiment log)."""
         self.shown_knobs = shown_knobs
+        self.log = log
         self.stream = stream or sys.stdout
         self.enabled = enabled
         self.mode = "off"
@@ -125,6 +134,8 @@ class ProgressDisplay:
         self._print(text)
 
     def _print(self, text: str) -> None:
+        if self.log is not None:
+            self.log(text)
         if self.mode == "off":
             return
         if self._handle is not None:  # the notebook's live line ends with the turn

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from rapidfire_core.control.faults import fault_point
 from rapidfire_core.scheduler.chunks import ChunkPlan, make_sampler
 from rapidfire_core.scheduler.run_checkpoint import RunResume
@@ -42,6 +44,7 @@ from rapidfire_core.trainers.fused_step import (
     install_fused_generate,
 )
 from rapidfire_core.trainers.process_state import ProcessState
+from rapidfire_core.trainers.run_clock import RunClock, own_runtime_metrics
 from rapidfire_core.trainers.shared_models import ModelRegistry
 from rapidfire_core.trainers.warm_start import WarmStart
 
@@ -108,6 +111,8 @@ class Run:
         self.latest: dict[str, float] = {}
         self.current_chunk = 1  # the chunk (counted across epochs) being trained: labels metrics
         self._pause_reason = TurnEnd.CHUNK
+        self._model_training: bool | None = None  # the shared model's mode when the run paused
+        self.clock = RunClock()  # the time it waits paused: out of its train_runtime
 
         self.gate = ChunkGate(self)
         callbacks = [self.gate, MetricsForwarder(self)]
@@ -146,6 +151,10 @@ class Run:
         self.process_state: ProcessState | None = ProcessState.capture()
         self.resume: RunResume | None = None  # set by `continue_from` (crash-resume)
         self._resume_pending = False
+        # torch's intra-op thread count is per OS thread: a new thread would start at the default
+        # (all cores), not at what the caller set (`torch.set_num_threads`). The run's thread
+        # uses the caller's, as the same code run without the engine would.
+        self.intra_op_threads = torch.get_num_threads()
         self.worker = RunWorker(name, self._train)
 
     def _plan_fusion(self, execution: str) -> str | None:
@@ -156,6 +165,8 @@ class Run:
             return "execution='sliced'"
         if self.adapter_name is None:
             return "full fine-tuning (no LoRA adapter)"
+        if getattr(self.trainer, "ref_model", None) is not None:  # a cohort's reference is the base
+            return "its own DPO reference model (ref_model_name)"
         try:
             check_fusable_args(self.spec.trainer_type, self.trainer.args)
             check_fusable(self.model, self.adapter_name)
@@ -240,6 +251,7 @@ class Run:
 
     # ---- the run's own thread --------------------------------------------------------------------
     def _train(self) -> None:
+        torch.set_num_threads(self.intra_op_threads)
         bind_run_thread(self.trainer)
         self._activate()
         if self.resume is not None:
@@ -248,15 +260,24 @@ class Run:
             self.trainer.train()
 
     def _activate(self) -> None:
-        """Make this run's process state and adapter current (it has just got the turn)."""
+        """Make this run's process state, adapter and model mode current (it has just got the
+        turn). The mode: the base is shared, and a sibling evaluating meanwhile left it in eval
+        mode, which TRL reads when it logs (train or eval metrics) and the layers for dropout."""
         if self.process_state is not None:
             self.process_state.restore()
+        if self.model is not None and self._model_training is not None:
+            if self.model.training != self._model_training:
+                self.model.train(self._model_training)
         if self.adapter_name is not None:
             self.model.set_adapter(self.adapter_name)
+        self.clock.resume()
 
     def _pause(self, reason: TurnEnd) -> None:
+        if reason is not TurnEnd.FUSED:  # a fused cohort's shared forward/backward is its time too
+            self.clock.pause()
         self._pause_reason = reason
         self.process_state = ProcessState.capture()
+        self._model_training = self.model.training if self.model is not None else None
         self.worker.pause()  # raises RunAborted if the controller ends the run meanwhile
         self._activate()
 
@@ -280,6 +301,7 @@ class Run:
             fault_point("mid_chunk")
 
     def record_metrics(self, step: int, epoch: float | None, logs: dict[str, Any]) -> None:
+        logs = own_runtime_metrics(logs, self.clock.waited())
         scalars = {
             k: float(v)
             for k, v in logs.items()

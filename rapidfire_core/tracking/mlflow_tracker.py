@@ -117,15 +117,21 @@ class MLflowTracker:
     def start_run(
         self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str] | None = None
     ) -> str:
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import RunTag
 
         run = self._client.create_run(self.experiment_id, run_name=run_name)
         run_id = run.info.run_id
-        items = [Param(k, v) for k, v in _param_items(params)]
         self._client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
-        for start in range(0, len(items), _PARAMS_PER_BATCH):
-            self._client.log_batch(run_id, params=items[start : start + _PARAMS_PER_BATCH])
+        self.log_params(run_id, params)
         return run_id
+
+    def log_params(self, mlflow_run_id: str, params: Mapping[str, Any]) -> None:
+        """Log params now (MLflow params are write-once: each key once per run)."""
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in _param_items(params)]
+        for start in range(0, len(items), _PARAMS_PER_BATCH):
+            self._client.log_batch(mlflow_run_id, params=items[start : start + _PARAMS_PER_BATCH])
 
     def log_metric_steps(self, mlflow_run_id: str, steps: Sequence[tuple[int, Mapping[str, float]]]) -> None:
         """Queue many (step, metrics) pairs of one run; written in as few `log_batch` calls as allowed."""

@@ -120,7 +120,10 @@ def build_trainer(
     eval_dataset,
     reward_funcs: Any,
     callbacks: list,
+    ref_model: Any = None,
 ):
+    """ref_model: a DPO run's own reference model (`ref_model_name`); None: the base model with
+    the run's adapter disabled (`reference_is_base_model`)."""
     cls = TRAINER_CLASSES[trainer_type]
     kwargs: dict[str, Any] = dict(
         model=model,
@@ -132,6 +135,8 @@ def build_trainer(
     )
     if trainer_type == "GRPO":
         kwargs["reward_funcs"] = reward_funcs
+    if ref_model is not None:
+        kwargs["ref_model"] = ref_model
     if adapter_name is not None:
         model.set_adapter(adapter_name)
     if trainer_type in ("DPO", "GRPO"):
@@ -256,6 +261,9 @@ def build_run_trainer(
         seed=args.seed,
         share_key_extra=sharing_constraints(args),
     )
+    ref_model = None
+    if spec.trainer_type == "DPO" and model_config.get("ref_model_name"):
+        ref_model = registry.reference(model_config, disable_dropout=args.disable_dropout)
     func = model_config.get("formatting_func")
     with quiet_dataset_preparation():
         train_ds = _with_source_rows(formatted.get(train, func))
@@ -270,6 +278,7 @@ def build_run_trainer(
             eval_dataset=eval_ds,
             reward_funcs=model_config.get("reward_funcs"),
             callbacks=callbacks,
+            ref_model=ref_model,
         )
     source_rows = _take_source_rows(trainer, len(train), spec.trainer_type)
     generation_eval = None

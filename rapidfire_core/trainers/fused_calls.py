@@ -41,6 +41,7 @@ class ModelCall:
     adapter: str | None  # the run's adapter, or None for a reference (adapters off) call
     kwargs: dict[str, Any]
     grad: bool  # torch.is_grad_enabled() where the run called
+    training: bool = True  # the model's mode when the run called (dropout, checkpointing)
     output: Any = None
     error: BaseException | None = None
     batch: LoraBatch | None = None  # the segment layout the call ran in (its backward needs it)
@@ -71,7 +72,7 @@ class ModelCall:
                 scalars.append((name, value.dim(), value.dtype, value.device))
             elif name != "num_items_in_batch":
                 scalars.append((name, repr(value)))
-        return (self.grad, tuple(scalars))
+        return (self.grad, self.training, tuple(scalars))
 
 
 def _pad_to(t: torch.Tensor, length: int, value: int | float) -> torch.Tensor:
@@ -130,6 +131,8 @@ def _forward(model, calls: Sequence[ModelCall]) -> None:
         )
     segments = [(c.adapter, c.rows * length) for c in calls]
     batch = LoraBatch(segments, kwargs["input_ids"].device)
+    if model.training != calls[0].training:
+        model.train(calls[0].training)  # a sibling's evaluation may have left it in eval mode
     with torch.set_grad_enabled(calls[0].grad), segment_forward(model), lora_batch(batch):
         output = model(**kwargs)
     start = 0

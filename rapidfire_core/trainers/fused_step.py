@@ -88,8 +88,8 @@ class FusedSlot:
         self.loss_batch: Any = None  # the LoraBatch of the run's last gradient call: its backward's
 
     # ---- the member's thread ---------------------------------------------------------------------
-    def model_call(self, kwargs: dict[str, Any]) -> Any:
-        self.call = ModelCall(self.adapter, dict(kwargs), torch.is_grad_enabled())
+    def model_call(self, model: Any, kwargs: dict[str, Any]) -> Any:
+        self.call = ModelCall(self.adapter, dict(kwargs), torch.is_grad_enabled(), bool(model.training))
         try:
             self.wait()
             call = self.call
@@ -154,7 +154,7 @@ class FusedModel:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if args:
             raise UnfusableRun("a fused model call passes its inputs by name")
-        return self._slot.model_call(kwargs)
+        return self._slot.model_call(self._model, kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)

@@ -70,6 +70,16 @@ def base_model_key(model_config: dict[str, Any], extra: dict[str, Any] | None = 
     )
 
 
+def reference_model_config(model_config: dict[str, Any]) -> dict[str, Any]:
+    """What `create_model` receives for a run's DPO reference model (`ModelRegistry.reference`)."""
+    return {
+        **model_config,
+        "model_name": model_config["ref_model_name"],
+        "model_type": model_config.get("ref_model_type") or model_config.get("model_type"),
+        "model_kwargs": model_config.get("ref_model_kwargs") or model_config.get("model_kwargs") or {},
+    }
+
+
 class CreateModelContractError(TypeError):
     """`create_model` returned something other than `(model, tokenizer)`."""
 
@@ -109,9 +119,27 @@ class ModelRegistry:
         self._bases: dict[str, tuple[Any, Any]] = {}
         self._preloaded_own: dict[str, tuple[Any, Any]] = {}  # full fine-tuning models made early
         self._preload_errors: dict[str, Exception] = {}  # create_model's error, for the run it was for
+        self._references: dict[str, Any] = {}  # DPO reference models (ref_model_name), by reference_key
 
     def _create(self, model_config: dict[str, Any]) -> tuple[Any, Any]:
-        return check_created(self._create_model(model_config))
+        """The user's `create_model` on `model_config` with its `model_kwargs` made to work on this
+        machine (`trainers.model_kwargs`: 16-bit dtypes -> float32 on CPU, 4/8-bit flags ->
+        quantization_config), each change and a CPU model left in 16 bits warned about."""
+        import warnings
+
+        from rapidfire_core.automl.translate import gpu_available
+        from rapidfire_core.errors import ConfigTranslationWarning
+        from rapidfire_core.trainers.model_kwargs import for_device, sixteen_bit_warning
+
+        gpu = gpu_available()
+        kwargs, messages = for_device(model_config.get("model_kwargs") or {}, gpu)
+        for message in messages:
+            warnings.warn(message, ConfigTranslationWarning, stacklevel=3)
+        model, tokenizer = check_created(self._create_model({**model_config, "model_kwargs": kwargs}))
+        late = None if gpu else sixteen_bit_warning(model)
+        if late is not None:
+            warnings.warn(late, ConfigTranslationWarning, stacklevel=3)
+        return model, tokenizer
 
     def preload(self, model_config: dict[str, Any], lora_config, seed: int, share_key_extra: dict) -> None:
         """Make the model the run (`model_config`, `lora_config`, `seed`) will attach to, now.
@@ -175,6 +203,28 @@ class ModelRegistry:
             model = get_peft_model(model, lora_config, adapter_name=adapter_name)
             self._bases[key] = (model, tokenizer)
         return AttachedModel(model, tokenizer, adapter_name)
+
+    def reference(self, model_config: dict[str, Any], disable_dropout: bool) -> Any:
+        """The DPO reference model a run's `ref_model_name` names, made by the user's
+        `create_model` once and shared by every run that names the same one.
+
+        `create_model` receives the run's model config with `model_name = ref_model_name`,
+        `model_type = ref_model_type or model_type` and `model_kwargs = ref_model_kwargs or
+        model_kwargs` (translated for this machine like any base); the tokenizer it returns is not
+        used (the run's tokenizer tokenizes for both models). The model is frozen (no gradients, eval
+        mode). TRL's DPOTrainer sets every dropout of its reference to p=0 when `disable_dropout`,
+        so runs that differ there get separate references."""
+        config = reference_model_config(model_config)
+        key = _stable_key(
+            {k: config.get(k) for k in ("model_name", "model_type", "model_kwargs")}
+            | {"disable_dropout": bool(disable_dropout)}
+        )
+        if key not in self._references:
+            model, _ = self._create(config)
+            model.requires_grad_(False)
+            model.eval()
+            self._references[key] = model
+        return self._references[key]
 
     def discard_adapter(self, adapter_name: str) -> None:
         """Free a failed or deleted run's adapter, wherever it was attached (other runs on the

@@ -19,7 +19,9 @@ def test_demo_command_runs_the_4_config_sweep(tmp_path, capsys):
 
     from rapidfire_core.demo.main import run_demo  # the same, as a function, quiet
 
-    board = run_demo(experiment_path=str(tmp_path), num_chunks=2, max_steps=4, quiet=True, compare_sliced=False)
+    board = run_demo(
+        experiment_path=str(tmp_path), num_chunks=2, max_steps=4, quiet=True, compare_sliced=False
+    )
     assert capsys.readouterr().out == ""
     assert len(board) == 4
     assert set(board["status"]) == {"COMPLETED"}, board.to_string()

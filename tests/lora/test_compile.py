@@ -54,14 +54,19 @@ def test_compiled_layer_with_dropout_has_no_graph_break():
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_compiled_layer_on_the_registered_ops(kernel_device, backend):
-    """The Triton path: the custom ops are traced through their fake kernels and called from the graph."""
-    from rapidfire_core.ops import lora_backend
+    """The Triton path: the custom ops are traced through their fake kernels and called from the graph.
+
+    In a fresh compile cache: a cache shared with an older checkout once replayed a backward
+    compiled against the old schema of ``lora_expand_backward`` (8 arguments, now 6)."""
+    from torch._inductor.utils import fresh_cache
+
+    from rapidfire_core.ops import triton_kernels
 
     torch._dynamo.reset()
     layer = _layer(dropout=0.0).to(kernel_device)
     batch = LoraBatch([("a", 5), (None, 3), ("b", 6)], kernel_device, adapter_sets=[layer.adapter_names])
     x = torch.randn(14, 32, device=kernel_device)
-    with lora_backend("triton"):
+    with triton_kernels(), fresh_cache():
         eager_out, eager_grads = _step(layer, layer, x, batch)
         out, grads = _step(torch.compile(layer, fullgraph=True, backend=backend), layer, x, batch)
     torch.testing.assert_close(out, eager_out, rtol=1e-5, atol=1e-5)

@@ -25,7 +25,7 @@ from rapidfire_core.lora import (
     remove_lora_adapter,
     unload_multi_lora,
 )
-from rapidfire_core.ops import lora_backend
+from rapidfire_core.ops import triton_kernels
 
 CONFIGS = {
     "run-a": LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
@@ -99,11 +99,11 @@ def fused_vs_alone(tiny_llama, backend, device="cpu"):
         device,
         adapter_sets=lora_adapter_sets(fused),
     )
-    with lora_backend(backend), lora_batch(batch):
+    with triton_kernels(backend == "triton"), lora_batch(batch):
         logits = fused(input_ids=input_ids).logits  # (7, seq, vocab)
     rows = {"run-a": slice(0, 2), "run-b": slice(2, 4), None: slice(4, 5), "run-c": slice(5, 7)}
     # Per run: its own loss on its own rows; the sum trains every run at once.
-    with lora_backend(backend):
+    with triton_kernels(backend == "triton"):
         sum(logits[rows[n]].float().logsumexp(-1).mean() for n in CONFIGS).backward()
     # Each run alone, through plain PEFT with the same weights.
     for name, config in CONFIGS.items():

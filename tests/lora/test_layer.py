@@ -8,7 +8,7 @@ from torch import nn
 
 import rapidfire_core.lora.layer as layer_module
 from rapidfire_core.lora import LoraBatch, MultiLoraLinear, lora_batch
-from rapidfire_core.ops import draw_keep_mask, lora_backend
+from rapidfire_core.ops import draw_keep_mask, triton_kernels
 from tests.ops.peft_oracle import Spec, peft_multi_lora
 
 SPECS = {"a": Spec(4, 8), "b": Spec(16, 16, dropout=0.1, rslora=True), "c": Spec(1, 2, dropout=0.3)}
@@ -96,7 +96,7 @@ def test_triton_path_equals_torch_path(kernel_device, monkeypatch):
         x = torch.randn(m, 24, generator=gen).to(kernel_device)
         grad_out = torch.randn(m, 20, generator=gen).to(kernel_device)
         batch = LoraBatch(SEGMENTS, kernel_device, generator=torch.Generator(kernel_device).manual_seed(5))
-        with lora_backend(backend):
+        with triton_kernels(backend == "triton"):
             results.append(_layer_step(layer, x, grad_out, batch))
     assert torch.equal(masks[0], masks[1])  # same generator seed -> same mask on both paths
     ref, got = results
@@ -116,7 +116,7 @@ def test_two_backward_passes_are_bit_identical(kernel_device):
     for _ in range(2):  # same dropout mask both times (seeded generator), so only the reductions could differ
         layer.zero_grad(set_to_none=True)
         batch = LoraBatch(SEGMENTS, kernel_device, generator=torch.Generator(kernel_device).manual_seed(3))
-        with lora_backend("triton"):
+        with triton_kernels():
             runs.append(_layer_step(layer, x, g, batch))
     for key in ("da", "db"):
         for first, second in zip(runs[0][key], runs[1][key], strict=True):
@@ -223,7 +223,7 @@ def test_adapters_of_mixed_dtypes_in_one_batch(kernel_device):
                 p.normal_()
         layer.lora_A["b"].to(torch.bfloat16), layer.lora_B["b"].to(torch.bfloat16)
         x = torch.randn(5, 16, device=kernel_device, generator=torch.Generator(kernel_device).manual_seed(1))
-        with lora_backend(backend), lora_batch(LoraBatch([("a", 3), ("b", 2)], kernel_device)):
+        with triton_kernels(backend == "triton"), lora_batch(LoraBatch([("a", 3), ("b", 2)], kernel_device)):
             layer(x).sum().backward()
         grads = [layer.lora_A[n].weight.grad for n in ("a", "b")]
         assert [g.dtype for g in grads] == [torch.float32, torch.bfloat16]
@@ -245,7 +245,7 @@ def test_base_output_is_never_rounded_to_the_lora_dtype(kernel_device, backend):
     layer.lora_A["a"].half(), layer.lora_B["a"].half()
     x = torch.randn(7, 16, device=kernel_device)
     base = layer.base_layer(x)
-    with lora_backend(backend), lora_batch(LoraBatch([("a", 4), (None, 3)], kernel_device)):
+    with triton_kernels(backend == "triton"), lora_batch(LoraBatch([("a", 4), (None, 3)], kernel_device)):
         out = layer(x)
     assert out.dtype == torch.float32
     assert torch.equal(out[4:], base[4:])

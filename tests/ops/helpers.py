@@ -56,7 +56,7 @@ class Problem:
     lora_b: torch.Tensor  # (n, N, R), zero beyond each adapter's rank
     scales: torch.Tensor  # (n,) fp32
     seg_starts: torch.Tensor  # (S+1,) int32
-    seg_adapter: torch.Tensor  # (S,) int32
+    seg_slot: torch.Tensor  # (S,) int32
     keep: torch.Tensor | None  # (M, K) bool
     drop_scale: torch.Tensor | None  # (n,) fp32
     grad_out: torch.Tensor  # (M, N) upstream gradient
@@ -73,7 +73,7 @@ class Problem:
         return replace(
             self,
             x=move(self.x), y=move(self.y), lora_a=move(self.lora_a), lora_b=move(self.lora_b),
-            scales=move(self.scales, False), seg_starts=move(self.seg_starts), seg_adapter=move(self.seg_adapter),
+            scales=move(self.scales, False), seg_starts=move(self.seg_starts), seg_slot=move(self.seg_slot),
             keep=move(self.keep), drop_scale=move(self.drop_scale, False), grad_out=move(self.grad_out),
         )  # fmt: skip
 
@@ -105,7 +105,7 @@ def make_problem(
         lora_a[i, :r] = torch.randn(r, k, generator=gen) / k**0.5
         lora_b[i, :, :r] = torch.randn(n, r, generator=gen) / r**0.5
     scales = torch.tensor([2.0 / r for r in ranks]) * torch.linspace(1, 2, len(ranks))
-    seg_starts, seg_adapter = segment_tensors(lengths, slots)
+    seg_starts, seg_slot = segment_tensors(lengths, slots)
     keep = drop_scale = None
     if dropout > 0:
         ps = dropout_probs(len(ranks), dropout)
@@ -119,7 +119,7 @@ def make_problem(
         drop_scale = torch.tensor([1.0 / (1.0 - p) for p in ps])
     grad_out = torch.randn(m, n, generator=gen)
     return Problem(
-        x, y, lora_a, lora_b, scales, seg_starts, seg_adapter, keep, drop_scale, grad_out, tuple(ranks)
+        x, y, lora_a, lora_b, scales, seg_starts, seg_slot, keep, drop_scale, grad_out, tuple(ranks)
     )
 
 

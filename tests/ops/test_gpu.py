@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from rapidfire_core.lora import LoraBatch, MultiLoraLinear, lora_batch
-from rapidfire_core.ops import lora_backend
+from rapidfire_core.ops import triton_kernels
 from tests.ops.helpers import assert_within_torch_error, make_problem
 from tests.ops.test_kernels import GRADS, forward_backward
 
@@ -56,7 +56,9 @@ def _layer(dtype=torch.bfloat16) -> MultiLoraLinear:
     return layer
 
 
-def test_layer_step_makes_no_host_sync():
+@pytest.mark.parametrize("kernels", [False, True], ids=["torch-path", "triton"])
+def test_layer_step_makes_no_host_sync(kernels):
+    """Neither the default path (the per-adapter loop) nor the kernels wait for the GPU."""
     layer = _layer().train()
     batch = LoraBatch(
         [("run0", 512), (None, 64), ("run1", 512), ("run2", 256)], "cuda", adapter_sets=[layer.adapter_names]
@@ -64,9 +66,9 @@ def test_layer_step_makes_no_host_sync():
     x = torch.randn(1344, 1024, device="cuda", dtype=torch.bfloat16, requires_grad=True)
 
     def step():
-        with lora_batch(batch):
+        with triton_kernels(kernels), lora_batch(batch):
             out = layer(x)
-        out.float().square().mean().backward()
+            out.float().square().mean().backward()
 
     step()  # first call fills the batch's small caches (pinned, non-blocking copies)
     torch.cuda.synchronize()
@@ -93,7 +95,7 @@ def test_layer_triton_equals_torch_path_under_autocast():
         )  # fmt: skip
         x = torch.randn(612, 1024, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
         upstream = torch.randn(612, 512, device="cuda", generator=gen)
-        with lora_backend(backend), lora_batch(batch), torch.autocast("cuda", torch.bfloat16):
+        with triton_kernels(backend == "triton"), lora_batch(batch), torch.autocast("cuda", torch.bfloat16):
             out = layer(x)
         (out.float() * upstream).sum().backward()
         grads = [p.grad.float() for p in (*layer.lora_A.parameters(), *layer.lora_B.parameters())]
@@ -111,13 +113,14 @@ def test_layer_triton_equals_torch_path_under_autocast():
         close(a, b, f"adapter gradient {i}")
 
 
-def test_compiled_layer_on_gpu_equals_eager():
+@pytest.mark.parametrize("kernels", [False, True], ids=["torch-path", "triton"])
+def test_compiled_layer_on_gpu_equals_eager(kernels):
     torch._dynamo.reset()
     layer = _layer().eval()
     batch = LoraBatch([("run0", 128), ("run2", 64)], "cuda", adapter_sets=[layer.adapter_names])
     x = torch.randn(192, 1024, device="cuda", dtype=torch.bfloat16)
     compiled = torch.compile(layer, fullgraph=True)
-    with lora_batch(batch):
+    with triton_kernels(kernels), lora_batch(batch):
         eager = layer(x)
         comp = compiled(x)
     torch.testing.assert_close(comp, eager, rtol=1e-2, atol=1e-2)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rapidfire_core.ops import lora_backend, multi_lora_add, segment_tensors
+from rapidfire_core.ops import multi_lora_add, segment_tensors, triton_kernels
 from tests.ops.helpers import Problem, assert_within_torch_error, make_problem
 
 # name: (rows per segment, adapter slot per segment, rank per adapter)
@@ -43,8 +43,8 @@ def forward_backward(p: Problem, backend: str, x_grad: bool = True) -> dict[str,
     y = p.y.clone().requires_grad_()
     a = p.lora_a.clone().requires_grad_()
     b = p.lora_b.clone().requires_grad_()
-    with lora_backend(backend):
-        out = multi_lora_add(y, x, a, b, p.scales, p.seg_starts, p.seg_adapter, p.keep, p.drop_scale)
+    with triton_kernels(backend == "triton"):
+        out = multi_lora_add(y, x, a, b, p.scales, p.seg_starts, p.seg_slot, p.keep, p.drop_scale)
         inputs = [x, y, a, b] if x_grad else [y, a, b]
         grads = torch.autograd.grad(out, inputs, p.grad_out)
     if not x_grad:
@@ -102,9 +102,9 @@ def test_wgrad_row_splits_are_exact_and_deterministic(kernel_device, split):
     dy = p.grad_out
     s = torch.randn(p.x.shape[0], max(ranks), device=kernel_device)
     kern = _backend.kernels
-    db = kern.segmented_wgrad(dy, s, p.seg_starts, p.seg_adapter, 2, out_scale=p.scales, split=split)
+    db = kern.segmented_wgrad(dy, s, p.seg_starts, p.seg_slot, 2, out_scale=p.scales, split=split)
     da = kern.segmented_wgrad(
-        s, p.x, p.seg_starts, p.seg_adapter, 2, keep=p.keep, drop_scale=p.drop_scale, split=split
+        s, p.x, p.seg_starts, p.seg_slot, 2, keep=p.keep, drop_scale=p.drop_scale, split=split
     )
     for i in range(2):
         rows = torch.cat(
@@ -117,7 +117,7 @@ def test_wgrad_row_splits_are_exact_and_deterministic(kernel_device, split):
         drop = p.x[rows] * p.keep[rows] * p.drop_scale[i]
         torch.testing.assert_close(db[i], p.scales[i] * dy[rows].T @ s[rows], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(da[i], s[rows].T @ drop, rtol=1e-5, atol=1e-5)
-    again = kern.segmented_wgrad(dy, s, p.seg_starts, p.seg_adapter, 2, out_scale=p.scales, split=split)
+    again = kern.segmented_wgrad(dy, s, p.seg_starts, p.seg_slot, 2, out_scale=p.scales, split=split)
     assert torch.equal(db, again)
 
 
@@ -156,32 +156,52 @@ def test_segment_tensors_validate_on_host():
         segment_tensors([1], [-2])
 
 
-def test_bad_operands_are_rejected_before_any_launch(kernel_device):
+@pytest.mark.parametrize("path", ["reference", "triton", "fake"])
+def test_bad_operands_are_rejected_before_any_launch(kernel_device, path):
     """The kernels index by the operands' shapes: a mismatch would read or write out of bounds on
-    a GPU, so the Triton path checks shapes, dtypes, devices and the dropout pair first."""
+    a GPU. So every implementation (the reference, the kernels, and the fake kernel torch.compile
+    traces) checks shapes, dtypes, devices and the dropout pair first, with the same errors."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
     p = make_problem(*CASES["n2-r16"], 32, 16, dropout=0.3, seed=3).to(torch.float32, kernel_device)
 
     def run(**changes):
         args = dict(
             y=p.y, x=p.x, lora_a=p.lora_a, lora_b=p.lora_b, scales=p.scales, seg_starts=p.seg_starts,
-            seg_adapter=p.seg_adapter, keep=p.keep, drop_scale=p.drop_scale,
+            seg_slot=p.seg_slot, keep=p.keep, drop_scale=p.drop_scale,
         )  # fmt: skip
         args.update(changes)
-        with lora_backend("triton"):
+        if path == "fake":
+            with FakeTensorMode() as mode:
+                return multi_lora_add(**{k: v if v is None else mode.from_tensor(v) for k, v in args.items()})
+        with triton_kernels(path == "triton"):
             return multi_lora_add(**args)
 
     with pytest.raises(ValueError, match="keep and drop_scale"):
         run(drop_scale=None)
     with pytest.raises(ValueError, match="lora_a has shape"):
         run(lora_a=p.lora_a[:, :, :-1])  # K of A differs from K of x
-    with pytest.raises(ValueError, match="y_or_grad has shape"):
+    with pytest.raises(ValueError, match="lora_a has shape"):
+        run(lora_a=p.lora_a[0])  # not a stack
+    with pytest.raises(TypeError, match="lora_a is torch.float16, expected torch.float32"):
+        run(lora_a=p.lora_a.half())
+    with pytest.raises(ValueError, match="y has shape"):
         run(y=p.y[:-1])
+    with pytest.raises(ValueError, match="lora_b has shape"):
+        run(lora_b=p.lora_b[:, :-1])  # N of B differs from N of y
     with pytest.raises(ValueError, match="keep has shape"):
         run(keep=p.keep[:, :-1])
+    with pytest.raises(ValueError, match="keep is on meta"):
+        run(keep=p.keep.to("meta"))
     with pytest.raises(TypeError, match="seg_starts is torch.int64"):
         run(seg_starts=p.seg_starts.long())
-    with pytest.raises(TypeError, match="scales is torch.float64"):
-        run(scales=p.scales.double())
+    with pytest.raises(ValueError, match="seg_starts has shape"):
+        run(seg_starts=p.seg_starts[:-1])
+    with pytest.raises(ValueError, match="scales has shape"):
+        run(scales=p.scales[:1])
+    if path == "triton":  # the kernels load per-adapter scalars as fp32; the reference takes any float
+        with pytest.raises(TypeError, match="scales is torch.float64"):
+            run(scales=p.scales.double())
 
 
 def test_a_non_contiguous_keep_mask_is_honoured(kernel_device):
@@ -189,9 +209,9 @@ def test_a_non_contiguous_keep_mask_is_honoured(kernel_device):
     as its contiguous copy: the kernels read the mask row by row."""
     p = make_problem(*CASES["n2-r16"], 32, 16, dropout=0.3, seed=4).to(torch.float32, kernel_device)
     transposed_layout = p.keep.t().contiguous().t()  # same values, column-major
-    with lora_backend("triton"):
+    with triton_kernels():
         want = multi_lora_add(
-            p.y, p.x, p.lora_a, p.lora_b, p.scales, p.seg_starts, p.seg_adapter, p.keep, p.drop_scale
+            p.y, p.x, p.lora_a, p.lora_b, p.scales, p.seg_starts, p.seg_slot, p.keep, p.drop_scale
         )
         got = multi_lora_add(
             p.y,
@@ -200,7 +220,7 @@ def test_a_non_contiguous_keep_mask_is_honoured(kernel_device):
             p.lora_b,
             p.scales,
             p.seg_starts,
-            p.seg_adapter,
+            p.seg_slot,
             transposed_layout,
             p.drop_scale,
         )

@@ -1,7 +1,8 @@
 """torch.library.opcheck on every registered op: schema, fake kernel, autograd registration, AOT dispatch.
 
-Run on the CPU reference and, with the "triton" backend, on the kernels (interpreter on
-CPU, compiled on a GPU).
+Run on the reference (the default implementation) and, with the Triton kernels enabled, on
+the kernels (interpreter on CPU, compiled on a GPU). The backward ops are checked with every
+subset of the gradients they compute (dX needs A, dA needs X; dS needs B, dB needs S).
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ import pytest
 import torch
 
 from rapidfire_core.ops import (
-    lora_backend,
     lora_expand,
     lora_expand_backward,
     lora_shrink,
     lora_shrink_backward,
+    triton_kernels,
 )
 from tests.ops.helpers import make_problem
 
@@ -22,7 +23,7 @@ LAYOUT = ([5, 0, 9, 3, 4], [1, 0, -1, 0, 1], [4, 8])
 
 
 def _cases(p, dropout: bool):
-    m, r = p.x.shape[0], p.lora_a.shape[1]
+    m, n, r = p.x.shape[0], p.lora_a.shape[0], p.lora_a.shape[1]
     keep, ds = (p.keep, p.drop_scale) if dropout else (None, None)
     x = p.x.clone().requires_grad_()
     a = p.lora_a.clone().requires_grad_()
@@ -31,18 +32,14 @@ def _cases(p, dropout: bool):
     s = torch.randn(m, r, device=p.x.device, dtype=p.x.dtype, requires_grad=True)
     grad_s = torch.randn(m, r, device=p.x.device, dtype=p.x.dtype)
     return [
-        (lora_shrink, (x, a, p.seg_starts, p.seg_adapter, keep, ds)),
-        (lora_shrink_backward, (grad_s, p.x, p.lora_a, p.seg_starts, p.seg_adapter, keep, ds, True, True)),
-        (lora_shrink_backward, (grad_s, p.x, p.lora_a, p.seg_starts, p.seg_adapter, keep, ds, False, True)),
-        (lora_expand, (y, s, b, p.scales, p.seg_starts, p.seg_adapter)),
-        (
-            lora_expand_backward,
-            (p.grad_out, s.detach(), p.lora_b, p.scales, p.seg_starts, p.seg_adapter, True, True),
-        ),
-        (
-            lora_expand_backward,
-            (p.grad_out, s.detach(), p.lora_b, p.scales, p.seg_starts, p.seg_adapter, True, False),
-        ),
+        (lora_shrink, (x, a, p.seg_starts, p.seg_slot, keep, ds)),
+        (lora_shrink_backward, (grad_s, p.x, p.lora_a, p.seg_starts, p.seg_slot, keep, ds, n)),
+        (lora_shrink_backward, (grad_s, p.x, None, p.seg_starts, p.seg_slot, keep, ds, n)),
+        (lora_shrink_backward, (grad_s, None, p.lora_a, p.seg_starts, p.seg_slot, keep, ds, n)),
+        (lora_expand, (y, s, b, p.scales, p.seg_starts, p.seg_slot)),
+        (lora_expand_backward, (p.grad_out, s.detach(), p.lora_b, p.scales, p.seg_starts, p.seg_slot)),
+        (lora_expand_backward, (p.grad_out, None, p.lora_b, p.scales, p.seg_starts, p.seg_slot)),
+        (lora_expand_backward, (p.grad_out, s.detach(), None, p.scales, p.seg_starts, p.seg_slot)),
     ]
 
 
@@ -50,7 +47,7 @@ def _cases(p, dropout: bool):
 def test_opcheck_reference(dropout):
     p = make_problem(*LAYOUT, 12, 10, dropout=0.3, seed=0)
     for op, args in _cases(p, dropout):
-        with lora_backend("torch"):
+        with triton_kernels(False):
             torch.library.opcheck(op, args)
 
 
@@ -58,7 +55,7 @@ def test_opcheck_reference(dropout):
 def test_opcheck_triton(kernel_device, dropout):
     p = make_problem(*LAYOUT, 12, 10, dropout=0.3, seed=0).to(device=kernel_device)
     for op, args in _cases(p, dropout):
-        with lora_backend("triton"):
+        with triton_kernels():
             torch.library.opcheck(op, args)
 
 
@@ -78,7 +75,7 @@ def test_outputs_are_contiguous_and_match_the_fake_kernels(kernel_device, backen
     p.x, p.y, p.grad_out = column_major(p.x), column_major(p.y), column_major(p.grad_out)
     for op, args in _cases(p, dropout=True):
         args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
-        with lora_backend(backend):
+        with triton_kernels(backend == "triton"):
             real = op(*args)
         with FakeTensorMode(allow_non_fake_inputs=True) as mode:
             fake = op(*(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args))

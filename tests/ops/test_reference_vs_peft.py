@@ -51,9 +51,7 @@ def _ops_path(base, specs, weights, x, segments, grad_out, keep):
     r_max = max(s.r for s in specs)
     a_stack = torch.stack([F.pad(a, (0, 0, 0, r_max - a.shape[0])) for a, _ in params])
     b_stack = torch.stack([F.pad(b, (0, r_max - b.shape[1])) for _, b in params])
-    seg_starts, seg_adapter = segment_tensors(
-        [e - s for s, e, _ in segments], [slot for *_, slot in segments]
-    )
+    seg_starts, seg_slot = segment_tensors([e - s for s, e, _ in segments], [slot for *_, slot in segments])
     scales = torch.tensor([s.scale for s in specs])
     # fp32 is the ops contract; fp64 runs keep 1/(1-p) in fp64 so the comparison stays at rounding level.
     scale_dtype = torch.promote_types(x.dtype, torch.float32)
@@ -61,7 +59,7 @@ def _ops_path(base, specs, weights, x, segments, grad_out, keep):
         torch.tensor([1 / (1 - s.dropout) for s in specs], dtype=scale_dtype) if keep is not None else None
     )
     y = F.linear(x, base.weight, base.bias)
-    out = multi_lora_add(y, x, a_stack, b_stack, scales, seg_starts, seg_adapter, keep, drop_scale)
+    out = multi_lora_add(y, x, a_stack, b_stack, scales, seg_starts, seg_slot, keep, drop_scale)
     (out * grad_out).sum().backward()
     return {
         "out": out.detach(),

@@ -101,4 +101,5 @@ def test_a_sweep_prints_no_dataset_preparation_bars(
     text = out.out + out.err
     for bar in ("Tokenizing", "Truncating", "Adding EOS", "Converting", "Applying chat template"):
         assert bar not in text
-    assert "[epoch 1 chunk 1/2] run 1" in text and "rapidfire dashboard" in text
+    # the two LoRA runs share the base model: they train fused, and each line names its run
+    assert "[epoch 1 chunk 1/2] runs 1,2 fused: run 1" in text and "rapidfire dashboard" in text

@@ -16,11 +16,12 @@ interpreter cannot: type errors in loop-carried values, unsupported ops, dot sha
 shared memory beyond the 227 KiB an H100 block may use, and, from the cubin's resource usage
 (``cuobjdump -res-usage``), registers and local-memory spills.
 
-    python -m rapidfire_core.ops.compile_check            # every distinct launch (GPU report)
-    python -m rapidfire_core.ops.compile_check --quick    # the largest blocks per kernel/dtype
-    ... --jobs N                                          # compile in N processes
+    python benchmarks/compile_check.py            # every distinct launch (GPU report)
+    python benchmarks/compile_check.py --quick    # the largest blocks per kernel/dtype
+    ... --jobs N                                  # compile in N processes
 
-Must run with ``TRITON_INTERPRET`` unset (the interpreter replaces ``@triton.jit``).
+Must run with ``TRITON_INTERPRET`` unset (the interpreter replaces ``@triton.jit``). A dev tool,
+not part of the installed package: it imports the checkout's ``rapidfire_core``.
 """
 
 from __future__ import annotations
@@ -36,16 +37,23 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from .linear_shapes import LORA_LINEAR_SHAPES
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # linear_shapes, beside this file
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the checkout's rapidfire_core
+from linear_shapes import LORA_LINEAR_SHAPES  # noqa: E402
+
+from rapidfire_core.ops import _kernels  # noqa: E402
+from rapidfire_core.ops.lora_expand import _expand_backward_triton, _expand_triton  # noqa: E402
+from rapidfire_core.ops.lora_shrink import _shrink_backward_triton, _shrink_triton  # noqa: E402
 
 H100_SMS = 132
 SM90_SHARED_LIMIT = 227 * 1024  # bytes of shared memory one block may opt in to on sm_90
 
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-ADAPTERS = (1, 4, 8, 16)  # 16 x 2048 rows: the only batches where narrow picks 64-row tiles
+ADAPTERS = (1, 4, 8, 16)  # 16 x 2048 rows: the only batches where shrink picks 64-row tiles
 RANKS = (1, 8, 16, 64, 128)  # stack rank = the largest adapter rank in the batch
 TOKENS = (512, 2048)  # rows per adapter
 
@@ -79,7 +87,7 @@ class Launch:
         return area
 
 
-_FIRST_OPERAND = {"narrow": "in_ptr", "wide": "in_ptr", "wgrad": "left_ptr"}
+_FIRST_OPERAND = {"shrink": "in_ptr", "expand": "in_ptr", "wgrad": "left_ptr"}
 
 
 # ---------------------------------------------------------------------------------- recording
@@ -118,8 +126,6 @@ class _Recorder:
 
 @contextlib.contextmanager
 def _recording(sink: list[Launch]) -> Iterator[None]:
-    from . import _kernels
-
     saved = {name: getattr(_kernels, attr) for name, attr in _KERNEL_ATTRS.items()}
     sm_count = _kernels._sm_count
     try:
@@ -133,14 +139,11 @@ def _recording(sink: list[Launch]) -> Iterator[None]:
         _kernels._sm_count = sm_count
 
 
-_KERNEL_ATTRS = {"narrow": "_narrow_kernel", "wide": "_wide_kernel", "wgrad": "_wgrad_kernel"}
+_KERNEL_ATTRS = {"shrink": "_shrink_kernel", "expand": "_expand_kernel", "wgrad": "_wgrad_kernel"}
 
 
 def _run_layer_ops(k: int, n: int, adapters: int, rank: int, tokens: int, dtype, dropout: bool) -> None:
     """One training step's kernel calls of a MultiLoraLinear (forward + backward), on meta tensors."""
-    from .lora_expand import _expand_backward_triton, _expand_triton
-    from .lora_shrink import _shrink_backward_triton, _shrink_triton
-
     meta = {"device": "meta"}
     m = adapters * tokens
     x = torch.empty((m, k), dtype=dtype, **meta)  # (M, K)
@@ -149,14 +152,14 @@ def _run_layer_ops(k: int, n: int, adapters: int, rank: int, tokens: int, dtype,
     lora_b = torch.empty((adapters, n, rank), dtype=dtype, **meta)  # (n, N, R)
     scales = torch.empty((adapters,), dtype=torch.float32, **meta)
     seg_starts = torch.empty((adapters + 1,), dtype=torch.int32, **meta)
-    seg_adapter = torch.empty((adapters,), dtype=torch.int32, **meta)
+    seg_slot = torch.empty((adapters,), dtype=torch.int32, **meta)
     keep = torch.empty((m, k), dtype=torch.bool, **meta) if dropout else None
     drop_scale = torch.empty((adapters,), dtype=torch.float32, **meta) if dropout else None
 
-    s = _shrink_triton(x, lora_a, seg_starts, seg_adapter, keep, drop_scale)
-    _expand_triton(y, s, lora_b, scales, seg_starts, seg_adapter)
-    grad_s, _ = _expand_backward_triton(y, s, lora_b, scales, seg_starts, seg_adapter, True, True)
-    _shrink_backward_triton(grad_s, x, lora_a, seg_starts, seg_adapter, keep, drop_scale, True, True)
+    s = _shrink_triton(x, lora_a, seg_starts, seg_slot, keep, drop_scale)
+    _expand_triton(y, s, lora_b, scales, seg_starts, seg_slot)
+    grad_s, _ = _expand_backward_triton(y, s, lora_b, scales, seg_starts, seg_slot)  # y stands in for dOut
+    _shrink_backward_triton(grad_s, x, lora_a, seg_starts, seg_slot, keep, drop_scale, adapters)
 
 
 def record_launches(full: bool = True) -> list[Launch]:
@@ -165,8 +168,6 @@ def record_launches(full: bool = True) -> list[Launch]:
 
     ``full=False``: per (kernel, dtype), the launch with the largest blocks (the most registers
     and shared memory), so every kernel and dtype compiles once (the CI check)."""
-    from . import _kernels
-
     if _kernels.INTERPRETED:
         raise RuntimeError(
             "compile_check needs TRITON_INTERPRET unset (the interpreter replaces @triton.jit)"
@@ -197,8 +198,6 @@ def compile_launch(launch: Launch, target=None):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-
-    from . import _kernels
 
     fn = _kernels.KERNELS[launch.kernel]
     index = {name: i for i, name in enumerate(fn.arg_names)}
