@@ -38,6 +38,8 @@ divided by an activation estimate per token, `activation_bytes_per_token`).
 from __future__ import annotations
 
 import enum
+import queue
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -173,6 +175,46 @@ class ReferenceCache:
         self.computed += rows
 
 
+class ComputeThread:
+    """One long-lived thread that runs the cohorts' fused forwards and backwards.
+
+    Not the controller's thread: that is the process's main thread when `run_fit` runs in the
+    foreground, and there torch's OpenMP team ran the same work 2.5-13x slower on the shared
+    2-core dev machine than in any other thread (spin-waiting teams; with OMP_WAIT_POLICY=PASSIVE
+    the difference vanishes). The runs' own work already runs in their threads."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue = queue.Queue()
+        self._done = threading.Semaphore(0)
+        self._intra_op_threads = torch.get_num_threads()  # the caller's setting (per OS thread)
+        self._thread = threading.Thread(target=self._main, name="rapidfire-cohort", daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        torch.set_num_threads(self._intra_op_threads)
+        while (job := self._jobs.get()) is not None:
+            fn, args, outcome = job
+            try:
+                outcome.append((True, fn(*args)))
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                outcome.append((False, exc))
+            self._done.release()
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the compute thread; its result, or its exception raised here.
+        One job at a time (the controller waits for each)."""
+        outcome: list = []
+        self._jobs.put((fn, args, outcome))
+        self._done.acquire()
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value
+
+    def close(self) -> None:
+        self._jobs.put(None)
+
+
 class CohortTurn:
     """One turn of a cohort (module docstring). The controller supplies what a turn needs."""
 
@@ -185,6 +227,7 @@ class CohortTurn:
         wants_turn: Callable[[Any], bool],
         joiners: Callable[[], list[Any]],
         fail: Callable[[Any, BaseException], None],
+        compute: Callable[..., Any],
     ) -> None:
         self.state = {m: MemberState.READY for m in members}
         self.advance = advance
@@ -192,6 +235,7 @@ class CohortTurn:
         self.wants_turn = wants_turn
         self.joiners = joiners
         self.fail = fail
+        self.compute = compute  # runs the fused forwards/backwards (`ComputeThread.run`)
         self.parking = GradientParking()
         self.references = ReferenceCache()
         self.fused_steps = 0  # forwards that fused 2+ members' calls
@@ -221,7 +265,7 @@ class CohortTurn:
                 self._reference(refs)
             elif generating := self._in(MemberState.GENERATE):
                 requests = [run.slot.generation for run in generating]
-                self.batched_generations += run_generations(self._model(generating), requests)
+                self.batched_generations += self.compute(run_generations, self._model(generating), requests)
                 self._resume_all(generating, MemberState.READY)
             elif at_boundary := self._in(MemberState.COMMANDS):
                 self.apply_commands()
@@ -238,12 +282,12 @@ class CohortTurn:
     def _forward(self, runs: list[Any]) -> None:
         calls: list[ModelCall] = [run.slot.call for run in runs]
         _train_adapters([run for run, call in zip(runs, calls, strict=True) if call.grad])
-        self.fused_steps += run_model_calls(self._model(runs), calls)
+        self.fused_steps += self.compute(run_model_calls, self._model(runs), calls)
         self._resume_all(runs, MemberState.READY)
 
     def _reference(self, runs: list[Any]) -> None:
         try:
-            self.references.fill(self._model(runs), [run.slot.reference for run in runs])
+            self.compute(self.references.fill, self._model(runs), [run.slot.reference for run in runs])
         except Exception as exc:  # noqa: BLE001 - these runs fail; the others go on
             for run in runs:
                 self._fail_member(run, exc)
@@ -258,7 +302,7 @@ class CohortTurn:
         # member's adapter requires grad (each member's own turn re-selects only its adapter).
         _train_adapters(runs)
         try:
-            run_backward(self._model(runs), losses, [run.slot.loss_batch for run in runs])
+            self.compute(run_backward, self._model(runs), losses, [run.slot.loss_batch for run in runs])
         except Exception as exc:  # noqa: BLE001 - these runs fail; the others go on
             for run in runs:
                 self.parking.park(run)

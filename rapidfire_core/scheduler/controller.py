@@ -56,7 +56,7 @@ from rapidfire_core.control.run_status import IN_FLIGHT
 from rapidfire_core.errors import ConfigError
 from rapidfire_core.memory.residency import RunResidency
 from rapidfire_core.scheduler.checkpoint_writer import CheckpointWriter
-from rapidfire_core.scheduler.cohort import Cohort, CohortTurn, MemberState, plan_cohorts
+from rapidfire_core.scheduler.cohort import Cohort, CohortTurn, ComputeThread, MemberState, plan_cohorts
 from rapidfire_core.scheduler.interrupts import sigint_deferred
 from rapidfire_core.scheduler.loop import LoopHooks, run_rounds
 from rapidfire_core.scheduler.progress import ProgressDisplay
@@ -114,6 +114,7 @@ class RunController:
         self._writer = CheckpointWriter()
         self._last_poll = 0.0
         self._cancel = threading.Event()
+        self._compute: ComputeThread | None = None  # runs fused forwards/backwards (scheduler.cohort)
         self.fused_steps = 0  # forwards that fused 2+ runs' calls (all cohorts)
         self.batched_generations = 0  # generates that batched 2+ runs' prompts (GRPO cohorts)
         # DPO reference log-probs of fused cohorts: [sequences computed, sequences served]
@@ -398,6 +399,7 @@ class RunController:
             wants_turn=self.wants_turn,
             joiners=lambda: self._joiners(cohort.key, turn),
             fail=lambda run, exc: self._fail(run, exc, traceback.format_exc()),
+            compute=self._compute_thread().run,
         )
         try:
             turn.run()
@@ -409,6 +411,11 @@ class RunController:
             for run in turn.state:
                 if run.trainer is not None:
                     run.trainer.rapidfire_slot = None
+
+    def _compute_thread(self) -> ComputeThread:
+        if self._compute is None:
+            self._compute = ComputeThread()
+        return self._compute
 
     def _joiners(self, key: tuple, turn: CohortTurn) -> list[Run]:
         """Runs made during a cohort's turn (clones) that fuse with it: they join at the next step."""
@@ -726,6 +733,9 @@ class RunController:
         for run in list(self.runs.values()):
             run.abort()
             self._forget(run)
+        if self._compute is not None:
+            self._compute.close()
+            self._compute = None
 
 
 def save_adapter(model, adapter_name: str, out_dir: Path) -> None:
