@@ -342,8 +342,8 @@ def _cmd_runs(args) -> int:
 def _print_runs(args, path, runs, commands) -> int:
     from rapidfire_core.dashboard.summary import LatestMetrics, finite, run_rows
 
-    table = run_rows(runs, LatestMetrics())
     alive = commands.controller_alive()
+    table = run_rows(runs, LatestMetrics(), owner_alive=alive)
     if args.json:
         body = {"experiment": str(path.resolve()), "controller_alive": alive, **table}
         print(json.dumps(finite(body), indent=2))
@@ -372,21 +372,29 @@ def format_runs(runs: list[dict], varying: list[str]) -> str:
     from rapidfire_core.dashboard.summary import HEADLINE_METRICS
 
     metrics = [m for m in HEADLINE_METRICS if any(m in r["latest"] for r in runs)] or ["loss"]
-    header = ["id", "status", "chunks", "step", "origin", *(k.split(".")[-1] for k in varying), *metrics]
+    knob_names = [k.split(".")[-1] for k in varying]
+    header = ["id", "status", "chunks", "step", "resume", "origin", *knob_names, *metrics]
     lines = [header]
     for run in runs:
         origin = "-"
         if run["parent_run_id"] is not None:
             origin = f"clone of {run['parent_run_id']} ({'warm' if run['warm_start'] else 'cold'})"
         step = f"{run['global_step']}/{run['max_steps']}" if run["max_steps"] else str(run["global_step"])
+        point = run.get("resume_from")
+        resumes = f"chunk{point['chunk']}:{point['how']}" if point else "-"
         lines.append([
-            str(run["run_id"]), run["status"], str(run["chunks_done"]), step, origin,
+            str(run["run_id"]), run["status"], str(run["chunks_done"]), step, resumes, origin,
             *(_cell(run["knobs"].get(k)) for k in varying), *(_cell(run["latest"].get(m)) for m in metrics),
         ])  # fmt: skip
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines]
     errors = [f"  run {r['run_id']}: {r['error'].strip().splitlines()[-1]}" for r in runs if r["error"]]
-    return "\n".join(out + (["errors:", *errors] if errors else []))
+    notes = []
+    if any((r.get("resume_from") or {}).get("how") == "run_fit" for r in runs):
+        notes.append(":run_fit = interrupted; run_fit again with the same arguments continues it there")
+    if any((r.get("resume_from") or {}).get("how") == "resume_run" for r in runs):
+        notes.append(":resume_run = stopped by a command; `rapidfire resume` and a fit continue it there")
+    return "\n".join(out + (["errors:", *errors] if errors else []) + notes)
 
 
 _DONE = {

@@ -22,7 +22,10 @@ then hands the runs to the experiment's run controller (`rapidfire_core.schedule
 which builds them and trains them chunk by chunk. A run that fails (exception, OOM, NaN) is
 marked FAILED with its reason; the others go on. `run_fit` returns when no run is NEW or
 ONGOING: a run STOPPED by a command stays parked, with all its state, and `continue_fit()`
-trains it after a `resume_run` (this process only: crash-resume is not there yet).
+trains it after a `resume_run`.
+
+After a crash or an interrupt, `run_fit` with the same arguments continues the sweep from each
+run's last chunk checkpoint (`rapidfire_core.scheduler.resume`, `scheduler.run_checkpoint`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from rapidfire_core.automl.validate import check_grpo_eval_batches, varying_keys
 from rapidfire_core.control import Command, CommandStore, RunStore
 from rapidfire_core.control.experiment_name import check_experiment_name
 from rapidfire_core.control.log_files import ExperimentLogs, TrainingLog
+from rapidfire_core.control.owner_lease import ExperimentBusy, OwnerLease
 from rapidfire_core.fit.arguments import (
     check_monte_carlo_simulations,
     check_num_cpus,
@@ -49,6 +53,7 @@ from rapidfire_core.memory.residency import RunResidency, budget_bytes
 from rapidfire_core.scheduler.chunks import ChunkPlan
 from rapidfire_core.scheduler.controller import RunController
 from rapidfire_core.scheduler.progress import ProgressDisplay
+from rapidfire_core.scheduler.resume import ResumeMismatch, plan_resume, run_fingerprint
 from rapidfire_core.scheduler.run import FitData
 from rapidfire_core.tracking.fanout import Trackers
 from rapidfire_core.tracking.mlflow_tracker import default_tracking_uri
@@ -108,15 +113,21 @@ class Experiment:
         self._controller: RunController | None = None
         self._fit: FitHandle | None = None
         self._open = True
-        # Runs left NEW/ONGOING are orphans only if no live process trains them (its heartbeat):
+        # Runs left NEW/ONGOING are orphans only if no live process trains them (its owner lease):
         # a second process that opens the experiment to read results must not stop them.
         if self._commands.controller_alive():
             self._say("Another process is training this experiment now: its runs are left as they are")
         else:
-            orphans = self._store.stop_orphaned_runs("the process ended while the run was in flight")
-            if orphans:
-                self._say(f"Runs {orphans} were left in flight by an earlier process; marked STOPPED")
-                self._end_orphaned_mlflow_runs(orphans)
+            lease = OwnerLease(self._commands)  # held while reconciling: no trainer starts meanwhile
+            try:
+                lease.acquire()
+            except ExperimentBusy:
+                self._say("Another process started training this experiment: its runs are left as they are")
+            else:
+                try:
+                    self._reconcile_dead_owner()
+                finally:
+                    lease.release()
         self._say(f"Experiment '{experiment_name}' at {self.path}")
 
     # ---- training -----------------------------------------------------------------------------
@@ -135,6 +146,7 @@ class Experiment:
         execution: str = "auto",
         num_gpus: int | None = None,
         monte_carlo_simulations: int | None = None,
+        resume: bool | None = None,
     ) -> FitHandle | None:
         """Train every configuration of `config_group` chunk by chunk.
 
@@ -156,7 +168,15 @@ class Experiment:
         (SFT, DPO) as fused cohorts, one forward and backward per step for all of them
         (`rapidfire_core.scheduler.cohort`); the rest, and every run under "sliced", take turns.
         num_gpus, monte_carlo_simulations: RapidFire AI's; accepted, each warned about once when it
-        has no effect here (`rapidfire_core.fit.arguments`)."""
+        has no effect here (`rapidfire_core.fit.arguments`).
+
+        resume: what a call on an experiment that already holds runs means
+        (`rapidfire_core.scheduler.resume`). None (default): continue the stored sweep made by
+        the same arguments (after a crash or an interrupt, every unfinished run continues from
+        its last chunk checkpoint; finished runs stay as they are), or start the first sweep;
+        configs that match no stored sweep raise ResumeMismatch saying what differs. True: only
+        continue. False: start a new sweep beside the stored runs.
+        A second run_fit while another live process trains the experiment raises ExperimentBusy."""
         self._check_open()
         self._check_no_fit()
         if execution not in ("auto", "sliced"):
@@ -210,14 +230,32 @@ class Experiment:
         # any run exists (its ordinary errors fail only the run that needs the model).
         preload_base(specs[0], data.registry, self.path / "runs", evals is not None)
         shown = varying_keys([s.knobs for s in specs])
+        controller = self._own()
+        try:
+            fingerprints = [run_fingerprint(spec, data) for spec in specs]
+            plan = plan_resume(self._store.runs(), specs, fingerprints, resume, self.experiment_name)
+            if plan is not None and policy is not None:
+                raise ResumeMismatch(
+                    f"experiment '{self.experiment_name}' holds this {type(config_group).__name__}'s runs; "
+                    "continuing an automatic search after a crash is not supported yet (its decisions so "
+                    "far are not persisted): pass resume=False for a new sweep, or use a new experiment name"
+                )
+        except BaseException:
+            controller.lease.release()
+            raise
         self._say(
             f"{len(specs)} {trainer_type} configuration(s), {len(train)} training rows in {num_chunks} chunks"
+            + (f" (continuing sweep {plan.sweep})" if plan is not None else "")
         )
 
         def fit(controller: RunController) -> None:
             progress = ProgressDisplay(shown, enabled=self.verbose, log=self._logs.main.write)
             controller.progress = progress
-            run_ids = controller.add_runs(specs, data)
+            if plan is not None:
+                run_ids = controller.restore_runs(plan, data)
+            else:
+                controller.sweep = self._store.next_sweep()
+                run_ids = controller.add_runs(specs, data)
             for line in controller.execution_summary(run_ids):
                 self._say(line)
             if policy is None:
@@ -240,6 +278,7 @@ class Experiment:
         self._check_open()
         self._check_no_fit()
         state_budget = budget_bytes(gpu_state_budget)
+        self._own()
 
         def fit(controller: RunController) -> None:
             progress = ProgressDisplay(
@@ -249,17 +288,36 @@ class Experiment:
 
         return self._start(fit, background)
 
+    def _own(self) -> RunController:
+        """Take the experiment's owner lease (ExperimentBusy if another live process trains it)
+        and treat the runs a dead owner left in flight as interrupted. `_start` gives it back."""
+        controller = self._get_controller()
+        controller.lease.acquire()
+        try:
+            self._reconcile_dead_owner(held=set(controller.runs))
+        except BaseException:
+            controller.lease.release()
+            raise
+        return controller
+
     def _start(self, fit: Callable[[RunController], None], background: bool) -> FitHandle | None:
         controller = self._get_controller()
         handle = FitHandle(controller)
         self._fit = handle
-        if not background:
+
+        def owned(controller: RunController) -> None:
             try:
                 fit(controller)
             finally:
+                controller.lease.release()
+
+        if not background:
+            try:
+                owned(controller)
+            finally:
                 self._fit = None
             return None
-        handle._start(fit)
+        handle._start(owned)
         return handle
 
     def _train(self, controller: RunController, state_budget: int | None, progress: ProgressDisplay) -> None:
@@ -395,6 +453,19 @@ class Experiment:
                 self.path, self._store, self._commands, self._get_tracker(), self._say
             )
         return self._controller
+
+    def _reconcile_dead_owner(self, held: set[int] | None = None) -> None:
+        """Runs left NEW/ONGOING by a process that ended (kill -9, OOM, power loss, a second
+        Ctrl-C) become STOPPED and interrupted, in runs.db and MLflow (KILLED); the next run_fit
+        of their sweep continues them. Commands it had claimed but not finished fail with the
+        reason (they are applied at most once); pending ones wait for the next owner."""
+        orphans = self._store.stop_orphaned_runs(
+            "the process ended while the run was in flight", keep=held or set()
+        )
+        if orphans:
+            self._say(f"Runs {orphans} were left in flight by an earlier process; marked STOPPED (resumable)")
+            self._end_orphaned_mlflow_runs(orphans)
+        self._commands.fail_unfinished("the process applying it ended before it finished")
 
     def _end_orphaned_mlflow_runs(self, run_ids: list[int]) -> None:
         """The MLflow runs of runs a dead process left in flight end as KILLED, like runs.db's."""

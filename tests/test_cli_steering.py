@@ -55,11 +55,11 @@ def test_runs_table_shows_varying_knobs_progress_and_latest_loss(root, capsys):
     assert run_cli(root, "runs", "sweep") == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert "no process is training it now" in lines[0]
+    assert "no process is training it now" in lines[0]  # so its runs would continue on a run_fit
     header = lines[1].split()
-    assert header == ["id", "status", "chunks", "step", "origin", "learning_rate", "loss"]
-    assert lines[2].split() == ["1", "ONGOING", "1", "2/400", "-", "0.001", "2.25"]
-    assert lines[3].split() == ["2", "NEW", "0", "0/400", "-", "0.0001", "-"]
+    assert header == ["id", "status", "chunks", "step", "resume", "origin", "learning_rate", "loss"]
+    assert lines[2].split() == ["1", "ONGOING", "1", "2/400", "chunk0:run_fit", "-", "0.001", "2.25"]
+    assert lines[3].split() == ["2", "NEW", "0", "0/400", "chunk0:run_fit", "-", "0.0001", "-"]
 
 
 def test_runs_json(root, capsys):

@@ -255,20 +255,20 @@ def test_inputs_the_engine_cannot_honour_are_rejected_before_training(
 
 def test_opening_an_experiment_another_live_process_trains_leaves_its_runs_alone(tmp_path):
     from rapidfire_core.control import CommandStore, RunStatus, RunStore
-    from rapidfire_core.control.command_store import Heartbeat
+    from rapidfire_core.control.owner_lease import OwnerLease
 
     db = tmp_path / "live" / "runs.db"
     store = RunStore(db)
     run = store.create_run("a", "SFT", {})
     store.update_run(run, status=RunStatus.ONGOING)
-    beat = Heartbeat(CommandStore(db))  # as the training process's controller keeps it
-    beat.start()
+    beat = OwnerLease(CommandStore(db))  # as the training process's controller keeps it
+    beat.acquire()
     try:
         reader = Experiment("live", experiment_path=tmp_path, verbose=False)
         assert reader.get_runs_info()["status"].tolist() == ["ONGOING"]
         reader.end()
     finally:
-        beat.stop()
+        beat.release()
     reopened = Experiment("live", experiment_path=tmp_path, verbose=False)  # the trainer is gone now
     assert reopened.get_runs_info()["status"].tolist() == ["STOPPED"]
     reopened.end()

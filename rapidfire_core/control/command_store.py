@@ -17,8 +17,10 @@ the pending ones in `command_id` order, each once:
     delete  {}                                        end it, free its state (DELETED)
     clone   {"changes": {knob: value}, "warm_start": bool}   a new run; result {"run_id": N}
 
-The controller refreshes a heartbeat every few seconds while it runs, so a submitter can
-tell whether anyone will apply its command soon (`controller_alive`).
+The `controllers` row is the experiment's owner lease (`control.owner_lease`): the one process
+that trains the experiment holds it and refreshes its heartbeat every few seconds, so a
+submitter can tell whether anyone will apply its command soon (`controller_alive`), and a
+second trainer is refused (`take_lease`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -217,6 +218,18 @@ class CommandStore:
             )
         return self.get(command_id)
 
+    def fail_unfinished(self, reason: str) -> list[int]:
+        """Commands left `applying` by an owner that died: failed with `reason` (at most once)."""
+        with self._lock, self._db:
+            rows = self._db.execute(
+                "SELECT command_id FROM commands WHERE status = ?", (APPLYING,)
+            ).fetchall()
+            self._db.execute(
+                "UPDATE commands SET status = ?, applied_at = ?, error = ? WHERE status = ?",
+                (FAILED, time.time(), reason, APPLYING),
+            )
+        return [row[0] for row in rows]
+
     # ---- controller liveness ------------------------------------------------------------------
     def beat(self, started_at: float) -> None:
         """Record that this process's controller is alive (called every HEARTBEAT_SECONDS)."""
@@ -234,43 +247,54 @@ class CommandStore:
             self._db.execute("DELETE FROM controllers WHERE pid = ?", (os.getpid(),))
 
     def controller_alive(self) -> bool:
-        """True if a controller refreshed its heartbeat within HEARTBEAT_STALE_SECONDS."""
+        """True if the experiment's owner is alive: it refreshed its heartbeat within
+        HEARTBEAT_STALE_SECONDS and, on this host, its process still exists (a kill -9 is seen
+        at once, not after the heartbeat goes stale)."""
+        return self.owner() is not None
+
+    def owner(self) -> tuple[int, str, float] | None:
+        """(pid, host, started_at) of the live owner, or None."""
         with self._lock:
-            row = self._db.execute("SELECT heartbeat_at FROM controllers WHERE id = 1").fetchone()
-        return row is not None and time.time() - row[0] < HEARTBEAT_STALE_SECONDS
+            row = self._db.execute(
+                "SELECT pid, host, started_at, heartbeat_at FROM controllers WHERE id = 1"
+            ).fetchone()
+        return row[:3] if row is not None and _alive(*row) else None
 
-
-class Heartbeat:
-    """A daemon thread that keeps `store.beat` fresh while a controller runs."""
-
-    def __init__(self, store: CommandStore) -> None:
-        self._store = store
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._started_at = time.time()
-
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._store.beat(self._started_at)
-        self._thread = threading.Thread(target=self._loop, name="rapidfire-heartbeat", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
+    def take_lease(self, started_at: float) -> tuple[int, str, float] | None:
+        """Become the owner unless another live process is (then its (pid, host, started_at)).
+        One IMMEDIATE transaction: two processes that start at once cannot both win."""
+        with self._lock:
+            self._db.commit()
+            self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._store.beat(self._started_at)
-            except sqlite3.Error:
-                pass  # a busy or closed store: the next beat retries; liveness is advisory
+                row = self._db.execute(
+                    "SELECT pid, host, started_at, heartbeat_at FROM controllers WHERE id = 1"
+                ).fetchone()
+                mine = row is not None and row[0] == os.getpid() and row[1] == socket.gethostname()
+                if row is not None and not mine and _alive(*row):
+                    self._db.rollback()
+                    return row[:3]
+                self._db.execute(
+                    "INSERT OR REPLACE INTO controllers(id, pid, host, started_at, heartbeat_at)"
+                    " VALUES (1, ?, ?, ?, ?)",
+                    (os.getpid(), socket.gethostname(), started_at, time.time()),
+                )
+                self._db.commit()
+            except BaseException:
+                self._db.rollback()
+                raise
+        return None
 
-    def stop(self) -> None:
-        if self._thread is None:
-            return
-        self._stop.set()
-        self._thread.join()
-        self._thread = None
-        try:
-            self._store.clear_beat()
-        except sqlite3.Error:
-            pass
+
+def _alive(pid: int, host: str, started_at: float, heartbeat_at: float) -> bool:
+    if time.time() - heartbeat_at >= HEARTBEAT_STALE_SECONDS:
+        return False
+    if host != socket.gethostname():
+        return True  # another machine: its heartbeat is all we can see
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True

@@ -9,7 +9,9 @@
     NEW, ONGOING, STOPPED --error, OOM, NaN--> FAILED
 
 STOPPED is also where a run lands when `run_fit` is interrupted or its process died while the
-run was in flight (found when the experiment is reopened). A transition not in the table is
+run was in flight (found when the experiment is reopened, or by the next owner): such a run is
+marked `interrupted` in the store, and the next `run_fit` of its sweep trains it on from its
+last checkpoint (STOPPED -> ONGOING). A transition not in the table is
 an `IllegalTransition`: the store never writes it.
 """
 

@@ -2,8 +2,14 @@
 
 Tables:
   runs(run_id, name, trainer_type, status, error, knobs_json, mlflow_run_id, parent_run_id,
-       warm_start, chunks_done, global_step, created_at, updated_at)
+       warm_start, chunks_done, global_step, created_at, updated_at,
+       fingerprint, sweep, interrupted)
   metrics(run_id, step, epoch, chunk, name, value, ts)   -- one row per logged scalar
+
+`fingerprint` identifies the run's config (`scheduler.resume.run_fingerprint`) and `sweep` the
+`run_fit` that made it (clones inherit their parent's): a later `run_fit` with the same configs
+continues that sweep. `interrupted` is 1 for a run that stopped because its process ended or
+run_fit was interrupted (not by a stop command): the next `run_fit` of its sweep trains it on.
 
 `parent_run_id` / `warm_start` are set for runs made by a clone command (see
 `rapidfire_core.control.command_store`, whose table lives in the same file). A status change
@@ -19,6 +25,7 @@ process takes one lock, and the connection is opened with `check_same_thread=Fal
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -56,6 +63,12 @@ CREATE TABLE IF NOT EXISTS metrics (
 );
 CREATE INDEX IF NOT EXISTS metrics_by_run ON metrics(run_id, step);
 """
+# Columns added after the first release: added to an older runs.db when it is opened.
+_ADDED_COLUMNS = {
+    "fingerprint": "TEXT",
+    "sweep": "INTEGER NOT NULL DEFAULT 1",
+    "interrupted": "INTEGER NOT NULL DEFAULT 0",
+}
 
 
 class MetricRecord(NamedTuple):
@@ -72,6 +85,15 @@ class RunStore:
     def __init__(self, path: str | Path) -> None:
         self._file = SQLiteFile(path, _SCHEMA)
         self.path, self._lock, self._db = self._file.path, self._file.lock, self._file.db
+        with self._lock, self._db:
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+            for name, kind in _ADDED_COLUMNS.items():
+                if name not in have:
+                    try:
+                        self._db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+                    except sqlite3.OperationalError as exc:  # another process added it meanwhile
+                        if "duplicate column" not in str(exc):
+                            raise
 
     def close(self) -> None:
         self._file.close()
@@ -84,13 +106,15 @@ class RunStore:
         knobs: Mapping[str, Any],
         parent_run_id: int | None = None,
         warm_start: bool = False,
+        fingerprint: str | None = None,
+        sweep: int = 1,
     ) -> int:
         """A NEW run; parent_run_id / warm_start for a run made by a clone command."""
         now = time.time()
         with self._lock, self._db:
             cur = self._db.execute(
                 "INSERT INTO runs(name, trainer_type, status, knobs_json, parent_run_id, warm_start,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " fingerprint, sweep, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     name,
                     trainer_type,
@@ -98,16 +122,24 @@ class RunStore:
                     json.dumps(dict(knobs), default=str),
                     parent_run_id,
                     int(bool(warm_start)),
+                    fingerprint,
+                    int(sweep),
                     now,
                     now,
                 ),
             )
             return int(cur.lastrowid)
 
+    def next_sweep(self) -> int:
+        """The sweep number a new run_fit's runs get (1 for the first)."""
+        with self._lock:
+            row = self._db.execute("SELECT MAX(sweep) FROM runs").fetchone()
+        return 1 if row is None or row[0] is None else int(row[0]) + 1
+
     def update_run(self, run_id: int, **fields: Any) -> None:
         """Set columns of one run. A `status` (RunStatus or its value) must be an allowed
         transition from the stored one, else IllegalTransition and nothing is written."""
-        allowed = {"name", "status", "error", "mlflow_run_id", "chunks_done", "global_step"}
+        allowed = {"name", "status", "error", "mlflow_run_id", "chunks_done", "global_step", "interrupted"}
         unknown = set(fields) - allowed
         if unknown:
             raise KeyError(f"RunStore.update_run: unknown column(s) {sorted(unknown)}")
@@ -125,20 +157,31 @@ class RunStore:
                 (*fields.values(), time.time(), run_id),
             )
 
-    def stop_orphaned_runs(self, reason: str) -> list[int]:
-        """Mark runs left NEW or ONGOING by a process that ended mid-run_fit as STOPPED.
+    def stop_orphaned_runs(self, reason: str, keep: set[int] | frozenset[int] = frozenset()) -> list[int]:
+        """Mark runs left NEW or ONGOING by a process that ended mid-run_fit as STOPPED and
+        interrupted (resumable), except the runs in `keep` (this process trains them).
 
-        Called when an experiment is (re)opened: no run of this store is in flight then.
+        Called only when no live process owns the experiment, or by its owner.
         Returns the run ids it changed.
         """
         in_flight = (RunStatus.NEW.value, RunStatus.ONGOING.value)
         with self._lock, self._db:
             rows = self._db.execute("SELECT run_id FROM runs WHERE status IN (?, ?)", in_flight).fetchall()
-            self._db.execute(
-                "UPDATE runs SET status = ?, error = ?, updated_at = ? WHERE status IN (?, ?)",
-                (RunStatus.STOPPED.value, reason, time.time(), *in_flight),
+            orphans = [row[0] for row in rows if row[0] not in keep]
+            self._db.executemany(
+                "UPDATE runs SET status = ?, error = ?, interrupted = 1, updated_at = ? WHERE run_id = ?",
+                [(RunStatus.STOPPED.value, reason, time.time(), run_id) for run_id in orphans],
             )
-        return [row[0] for row in rows]
+        return orphans
+
+    def rollback_metrics(self, run_id: int, after_step: int) -> int:
+        """Delete run `run_id`'s metric rows logged after step `after_step` (a run continued from
+        its checkpoint at that step trains them again). Returns the rows deleted."""
+        with self._lock, self._db:
+            cur = self._db.execute(
+                "DELETE FROM metrics WHERE run_id = ? AND step > ?", (run_id, int(after_step))
+            )
+        return cur.rowcount
 
     def status(self, run_id: int) -> RunStatus:
         with self._lock:
@@ -154,7 +197,8 @@ class RunStore:
         with self._lock:
             cur = self._db.execute(
                 "SELECT run_id, name, trainer_type, status, error, chunks_done, global_step, mlflow_run_id,"
-                " parent_run_id, warm_start, created_at, updated_at, knobs_json FROM runs ORDER BY run_id"
+                " parent_run_id, warm_start, created_at, updated_at, fingerprint, sweep, interrupted,"
+                " knobs_json FROM runs ORDER BY run_id"
             )
             names = [d[0] for d in cur.description]
             rows = cur.fetchall()
@@ -163,6 +207,7 @@ class RunStore:
             rec = dict(zip(names, row, strict=True))
             rec["knobs"] = json.loads(rec.pop("knobs_json"))
             rec["warm_start"] = bool(rec["warm_start"])
+            rec["interrupted"] = bool(rec["interrupted"])
             out.append(rec)
         return out
 
@@ -181,6 +226,7 @@ class RunStore:
             knobs = rec.pop("knobs")
             rec.pop("created_at")
             rec.pop("updated_at")
+            rec.pop("fingerprint")
             rec.update(knobs)
             records.append(rec)
         return pd.DataFrame.from_records(records)
@@ -224,6 +270,15 @@ class RunStore:
                 f"SELECT value FROM metrics WHERE {where} ORDER BY step DESC, rowid DESC LIMIT 1", params
             ).fetchone()
         return None if row is None else row[0]
+
+    def metric_steps(self, run_id: int) -> list[tuple[int, dict[str, float]]]:
+        """Run `run_id`'s metric rows as (step, {name: value, "chunk": chunk}) in logging order
+        (the form MLflow is given; used to repair an MLflow run after a crash)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT step, chunk, name, value FROM metrics WHERE run_id = ? ORDER BY rowid", (run_id,)
+            ).fetchall()
+        return [(step, {name: value, "chunk": chunk}) for step, chunk, name, value in rows]
 
     def metric_names(self, run_id: int) -> list[str]:
         """The names of the metrics a run has logged (sorted)."""

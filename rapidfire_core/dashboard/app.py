@@ -212,8 +212,9 @@ def experiments(request: Request) -> Response:
 
 def runs(request: Request) -> Response:
     opened = _state(request).experiment(request.path_params["name"])
-    body = run_rows(opened.runs, opened.latest)
-    body["controller_alive"] = opened.commands.controller_alive()
+    alive = opened.commands.controller_alive()
+    body = run_rows(opened.runs, opened.latest, owner_alive=alive)
+    body["controller_alive"] = alive
     body["store_id"] = opened.store_id
     return _json(body)
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import math
 import threading
+import warnings
 from typing import Any
 
 from rapidfire_core.control import RunStore
+from rapidfire_core.control.checkpoints import CheckpointStore, run_checkpoint_dir
 
 # Metrics shown as columns wherever a run is one line (the charts show every metric).
 HEADLINE_METRICS = ("loss", "eval_loss", "reward")
@@ -66,13 +68,33 @@ class LatestMetrics:
             return {name: value for name, (_step, value) in self._latest.get(run_id, {}).items()}
 
 
-def run_rows(store: RunStore, latest: LatestMetrics) -> dict[str, Any]:
-    """{"runs": [run dict (RunStore.runs) + "latest": {metric: value} + "max_steps"],
-    "varying_knobs": [...]} after bringing `latest` up to date."""
+def resume_point(store: RunStore, run: dict[str, Any], owner_alive: bool = True) -> dict[str, Any] | None:
+    """Where a run would continue: {"chunk", "step", "how"} from its newest whole checkpoint
+    (chunk 0, step 0 without one), or None for a run that will not continue (finished, or
+    training now). how: "run_fit" (it was interrupted, or is NEW/ONGOING with no live owner: the
+    next run_fit of its sweep trains it on) or "resume_run" (stopped by a command)."""
+    orphaned = run["status"] in ("NEW", "ONGOING") and not owner_alive
+    if run["status"] != "STOPPED" and not orphaned:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a torn newest checkpoint: the one before it is shown
+        info = CheckpointStore(run_checkpoint_dir(store.path.parent, run["run_id"])).latest()
+    return {
+        "chunk": info.chunks_done if info is not None else 0,
+        "step": info.global_step if info is not None else 0,
+        "how": "run_fit" if orphaned or run.get("interrupted") else "resume_run",
+    }
+
+
+def run_rows(store: RunStore, latest: LatestMetrics, owner_alive: bool = True) -> dict[str, Any]:
+    """{"runs": [run dict (RunStore.runs) + "latest": {metric: value} + "max_steps" +
+    "resume_from" (`resume_point`)], "varying_knobs": [...]} after bringing `latest` up to date.
+    owner_alive: whether a live process trains the experiment (its owner lease)."""
     latest.update(store)
     runs = store.runs()
     for run in runs:
         run["latest"] = latest.of(run["run_id"])
+        run["resume_from"] = resume_point(store, run, owner_alive)
         max_steps = run["knobs"].get("train.max_steps")
         # -1 is TRL's "not set" (epochs decide): no known total.
         run["max_steps"] = max_steps if isinstance(max_steps, int) and max_steps > 0 else None

@@ -45,14 +45,25 @@ from typing import Any
 
 from rapidfire_core.automl.edit import edit_spec
 from rapidfire_core.control import Command, CommandStore, RunStatus, RunStore
-from rapidfire_core.control.command_store import Heartbeat
+from rapidfire_core.control.checkpoints import (
+    DEFAULT_KEEP,
+    CheckpointStore,
+    run_checkpoint_dir,
+)
+from rapidfire_core.control.faults import fault_point
+from rapidfire_core.control.owner_lease import OwnerLease
 from rapidfire_core.control.run_status import IN_FLIGHT
 from rapidfire_core.errors import ConfigError
 from rapidfire_core.memory.residency import RunResidency
+from rapidfire_core.scheduler.checkpoint_writer import CheckpointWriter
 from rapidfire_core.scheduler.cohort import Cohort, CohortTurn, ComputeThread, MemberState, plan_cohorts
+from rapidfire_core.scheduler.interrupts import sigint_deferred
 from rapidfire_core.scheduler.loop import LoopHooks, run_rounds
 from rapidfire_core.scheduler.progress import ProgressDisplay
+from rapidfire_core.scheduler.resume import ResumePlan, run_fingerprint
 from rapidfire_core.scheduler.run import FitData, Run, RunHooks, TurnEnd
+from rapidfire_core.scheduler.run_checkpoint import RunResume
+from rapidfire_core.scheduler.run_checkpoint import capture as capture_run
 from rapidfire_core.tracking.effective_params import spec_params
 from rapidfire_core.tracking.metric_buffer import MetricBuffer
 from rapidfire_core.tracking.mlflow_tracker import MLflowTracker
@@ -92,7 +103,15 @@ class RunController:
         self.runs: dict[int, Run] = {}  # built runs this process holds (parked ones included)
         self._status: dict[int, RunStatus] = {}  # mirror of the store for the runs above
         self._specs: dict[int, tuple[Any, FitData]] = {}  # every run made here: clones need them
-        self._heartbeat = Heartbeat(commands)
+        self.lease = OwnerLease(commands)
+        self.sweep = 1  # the sweep (run_fit) new runs belong to; set by Experiment.run_fit
+        self.checkpoint_keep = DEFAULT_KEEP
+        # Time persisting on the training path (flush + host copy) and in the background writer
+        # (files, fsyncs, rename): benchmarks/bench_checkpoint_cost.py.
+        self.persist_seconds = 0.0
+        self.write_seconds = 0.0
+        self.checkpoints_written = 0
+        self._writer = CheckpointWriter()
         self._last_poll = 0.0
         self._cancel = threading.Event()
         self._compute: ComputeThread | None = None  # runs fused forwards/backwards (scheduler.cohort)
@@ -115,7 +134,15 @@ class RunController:
         start_position: int = 0,
     ) -> int:
         knobs = dict(spec.knobs)
-        run_id = self.store.create_run("run", spec.trainer_type, knobs, parent_run_id, warm is not None)
+        run_id = self.store.create_run(
+            "run",
+            spec.trainer_type,
+            knobs,
+            parent_run_id,
+            warm is not None,
+            fingerprint=run_fingerprint(spec, data),
+            sweep=self._sweep_of(parent_run_id),
+        )
         name = f"run-{run_id}"
         tags = {"rapidfire.run_id": str(run_id)}
         params: dict[str, Any] = {"trainer_type": spec.trainer_type}  # the knobs follow once built
@@ -127,9 +154,24 @@ class RunController:
             params |= {"parent_run_id": parent_run_id, "warm_start": warm is not None}
         mlflow_id = self.tracker.start_run(name, params, tags=tags)
         self.store.update_run(run_id, name=name, mlflow_run_id=mlflow_id)
+        self._status[run_id] = RunStatus.NEW
+        self._build(run_id, name, mlflow_id, spec, data, start_position, warm)
+        return run_id
+
+    def _build(
+        self,
+        run_id: int,
+        name: str,
+        mlflow_id: str,
+        spec: Any,
+        data: FitData,
+        start_position: int = 0,
+        warm: WarmStart | None = None,
+    ) -> Run | None:
+        """The `Run` of a registered run (None: it failed to build, and is FAILED)."""
+        knobs = dict(spec.knobs)
         self.buffer.register(run_id, mlflow_id)
         self._specs[run_id] = (spec, data)
-        self._status[run_id] = RunStatus.NEW
         run_hooks = RunHooks(
             record=self.buffer.record, on_progress=self.progress_step, should_pause=self.should_pause
         )
@@ -149,9 +191,11 @@ class RunController:
         except Exception as exc:  # noqa: BLE001 - one bad run must not stop the others
             self.tracker.log_params(mlflow_id, knobs)  # never built: only what was typed
             self._fail_unbuilt(run_id, mlflow_id, data, exc, traceback.format_exc())
-            return run_id
+            return None
         except BaseException:  # interrupted while building: leave no NEW run or RUNNING MLflow run
-            self.store.update_run(run_id, status=RunStatus.STOPPED, error="run_fit was interrupted")
+            self.store.update_run(
+                run_id, status=RunStatus.STOPPED, error="run_fit was interrupted", interrupted=1
+            )
             self._status.pop(run_id, None)
             self.tracker.end_run(mlflow_id, "KILLED")
             data.registry.discard_adapter(f"run_{run_id}")
@@ -161,7 +205,117 @@ class RunController:
         self.runs[run_id] = run
         if self.residency is not None and self._status[run_id] in IN_FLIGHT:
             self.residency.add(run)
-        return run_id
+        return run
+
+    def _sweep_of(self, parent_run_id: int | None) -> int:
+        if parent_run_id is not None:
+            return int(self.store.get_run(parent_run_id)["sweep"])
+        return self.sweep
+
+    # ---- durability (see scheduler.resume and scheduler.run_checkpoint) -------------------------
+    def checkpoint(self, run: Run) -> bool:
+        """Persist `run`'s complete training state now, then let MLflow see the steps it covers.
+        Called where a run completes a chunk and where it is stopped (a paused run, at an
+        optimizer-step boundary). The state is copied to the host here; the files are written
+        by the background writer (`scheduler.checkpoint_writer`). A disk that refused this
+        run's previous write (full, read-only) fails the run now with the reason (False); the
+        store and the other runs are untouched."""
+        if not self._fail_on_write_error(run):
+            return False
+        if not run.started or run.finished or run.trainer is None:
+            return True  # nothing trained since it was built (or from its checkpoint)
+        began = time.perf_counter()
+        self.buffer.flush()
+        state = capture_run(run)
+        store = CheckpointStore(run_checkpoint_dir(self.path, run.run_id), self.checkpoint_keep)
+        run_id, step = run.run_id, state.global_step
+
+        def write() -> None:
+            wrote = time.perf_counter()
+            state.write(store)
+            self.write_seconds += time.perf_counter() - wrote
+            fault_point("after_checkpoint")
+
+        self._writer.submit(run_id, write, then=lambda: self.buffer.release(run_id, step))
+        self.persist_seconds += time.perf_counter() - began
+        self.checkpoints_written += 1
+        return True
+
+    def _fail_on_write_error(self, run: Run) -> bool:
+        error = self._writer.take_error(run.run_id)
+        if error is None:
+            return True
+        if run.run_id in self.runs and self._status.get(run.run_id) in (*IN_FLIGHT, RunStatus.STOPPED):
+            self._fail(run, error, None)
+        return False
+
+    def _settle_checkpoints(self) -> None:
+        """Wait for queued checkpoint writes; a run whose write failed fails now."""
+        self._writer.drain()
+        for run in list(self.runs.values()):
+            self._fail_on_write_error(run)
+
+    def restore_runs(self, plan: ResumePlan, data: FitData) -> list[int]:
+        """Take back the runs of a stored sweep (`scheduler.resume`): finished ones are only
+        registered (clones need their configs); the others are rebuilt and continue from their
+        last checkpoint (from the start without one). Interrupted and NEW runs train on; runs
+        STOPPED by a command stay parked, resumable. Returns the sweep's run ids."""
+        self.sweep = plan.sweep
+        ids = []
+        for spec, rec in plan.runs(self.commands):
+            ids.append(rec["run_id"])
+            self._restore(spec, rec, data)
+        return ids
+
+    def _restore(self, spec: Any, rec: dict[str, Any], data: FitData) -> None:
+        run_id, status = rec["run_id"], RunStatus(rec["status"])
+        self._specs[run_id] = (spec, data)
+        if status in (RunStatus.COMPLETED, RunStatus.FAILED):
+            self._settle_ended_mlflow_run(rec, status)
+            return
+        if status not in (RunStatus.NEW, RunStatus.ONGOING, RunStatus.STOPPED):
+            return  # DELETED
+        info = CheckpointStore(run_checkpoint_dir(self.path, run_id), self.checkpoint_keep).latest()
+        if info is None and rec["warm_start"]:
+            self.store.update_run(
+                run_id,
+                status=RunStatus.FAILED,
+                error="interrupted before its first checkpoint: its warm start cannot be rebuilt",
+            )
+            self.tracker.end_run(rec["mlflow_run_id"], "FAILED")
+            return
+        resume = RunResume(info) if info is not None else None
+        start = resume.engine["sampler_start"] if resume is not None else 0
+        through = resume.global_step if resume is not None else 0
+        # What it logged after its checkpoint is trained again: out of the store; MLflow made to
+        # hold exactly the store's durable steps (it may lack some, or hold a torn checkpoint's).
+        self.store.rollback_metrics(run_id, through)
+        mlflow_id = self.tracker.sync_metrics(rec["mlflow_run_id"], self.store.metric_steps(run_id), through)
+        if mlflow_id != rec["mlflow_run_id"]:
+            self.store.update_run(run_id, mlflow_run_id=mlflow_id)
+        parked = status is RunStatus.STOPPED and not rec["interrupted"]
+        self._status[run_id] = RunStatus.STOPPED if parked else RunStatus.NEW
+        run = self._build(run_id, rec["name"], mlflow_id, spec, data, start)
+        if run is None:
+            return
+        if resume is not None:
+            run.continue_from(resume)
+        if not parked:
+            self._set_status(
+                run,
+                RunStatus.ONGOING,
+                error=None,
+                interrupted=0,
+                chunks_done=run.chunks_done,
+                global_step=run.global_step,
+            )
+            self.tracker.reopen_run(mlflow_id)
+        elif self.tracker.run_status(mlflow_id) == "RUNNING":  # its process died before MLflow heard
+            self.tracker.end_run(mlflow_id, "KILLED")
+        where = (
+            f"from its checkpoint at step {through} (chunk {run.chunks_done})" if resume else "from the start"
+        )
+        self.progress.note(f"run {run_id} {'stays STOPPED, resumable' if parked else 'continues'} {where}")
 
     def execution_summary(self, run_ids: Sequence[int]) -> list[str]:
         """How the runs `run_ids` will train: which fuse, and why the others are time-sliced."""
@@ -174,6 +328,16 @@ class RunController:
             if run.cohort_key is None and len(runs) > 1:
                 lines.append(f"Run {run.run_id} trains time-sliced: {run.unfused_reason}")
         return lines
+
+    def _settle_ended_mlflow_run(self, rec: dict[str, Any], status: RunStatus) -> None:
+        """A run that ended in the store whose process died before MLflow heard of it (its last
+        metrics and its end were still queued): MLflow gets them now."""
+        mlflow_id = rec["mlflow_run_id"]
+        if not mlflow_id or self.tracker.run_status(mlflow_id) != "RUNNING":
+            return
+        steps = self.store.metric_steps(rec["run_id"])
+        self.tracker.sync_metrics(mlflow_id, steps, max((step for step, _ in steps), default=0))
+        self.tracker.end_run(mlflow_id, "FINISHED" if status is RunStatus.COMPLETED else "FAILED")
 
     @property
     def made(self) -> set[int]:
@@ -291,6 +455,8 @@ class RunController:
             self._complete(run)
             status = RunStatus.COMPLETED
         elif status is not RunStatus.DELETED:
+            if status is RunStatus.ONGOING and not self.checkpoint(run):
+                return  # it failed persisting its state
             self.store.update_run(run.run_id, chunks_done=run.chunks_done, global_step=run.global_step)
         self.progress.end_turn(run, status.value)
         if self.residency is not None and run.run_id in self.runs:
@@ -315,7 +481,7 @@ class RunController:
         self.progress = progress
         self.residency = residency
         self._cancel.clear()
-        self._heartbeat.start()
+        self.lease.acquire()
         # Every trainer's train() starts with a full gc.collect() (accelerate's free_memory). In
         # this process the heap holds every run's trainer, datasets, MLflow and the rest: ~0.5 s a
         # collection on the 2-core dev machine, per run. What exists now lives until run_fit
@@ -330,10 +496,11 @@ class RunController:
             self.interrupt("run_fit was interrupted")
             raise
         finally:
+            self._settle_checkpoints()
             gc.unfreeze()
             self.buffer.flush()
             self.tracker.flush()  # the MLflow store is complete when run_fit returns
-            self._heartbeat.stop()
+            self.lease.release()
             if residency is not None:
                 self.residency = None
                 residency.close()
@@ -347,15 +514,26 @@ class RunController:
         with `reason`; runs stopped by a command stay STOPPED (neither can resume in-process)."""
         # The run holding the turn (still training when the interrupt came) stops first, at its
         # next step: paused runs are only woken, to unwind, once no other run is executing.
-        for run in sorted(self.runs.values(), key=lambda r: not r.worker.has_turn):
-            run.abort()
-            if self._status.get(run.run_id) in IN_FLIGHT:
-                self._set_status(run, RunStatus.STOPPED, error=reason, global_step=run.global_step)
-                self.tracker.end_run(run.mlflow_run_id, "KILLED")
-                self.progress.note(f"run {run.run_id} STOPPED ({reason})")
-            self._forget(run)
-        self.buffer.flush()
-        self.tracker.flush()
+        # More Ctrl-Cs while this runs are held off: every run must end up consistent.
+        with sigint_deferred():
+            self._writer.drain()  # checkpoints already taken reach the disk
+            for run in sorted(self.runs.values(), key=lambda r: not r.worker.has_turn):
+                run.abort()
+                if self._status.get(run.run_id) in IN_FLIGHT:
+                    # It continues from its last checkpoint on the next run_fit: what it logged
+                    # after that checkpoint is trained again, so MLflow never gets it.
+                    self.buffer.flush()
+                    self.buffer.discard(run.run_id)
+                    self._set_status(
+                        run, RunStatus.STOPPED, error=reason, global_step=run.global_step, interrupted=1
+                    )
+                    self.tracker.end_run(run.mlflow_run_id, "KILLED")
+                    self.progress.note(
+                        f"run {run.run_id} STOPPED ({reason}); resumable from its last checkpoint"
+                    )
+                self._forget(run)
+            self.buffer.flush()
+            self.tracker.flush()
 
     # ---- commands --------------------------------------------------------------------------------
     def apply_commands(self) -> None:
@@ -401,7 +579,8 @@ class RunController:
         run = self.runs.get(run_id)
         if run is None:
             raise CommandRejected(
-                f"run {run_id} is not held by this process (it was trained by one that has ended), "
+                f"run {run_id} is not held by this process (it was trained by one that has ended; "
+                "run_fit with its sweep's arguments takes it back), "
                 f"so it cannot be {op}"
             )
         return run
@@ -410,7 +589,8 @@ class RunController:
         if status not in IN_FLIGHT:
             raise CommandRejected(f"run {run_id} is {status.value}: only a NEW or ONGOING run can be stopped")
         run = self._held(run_id, "stopped")
-        self.buffer.flush()
+        if not self.checkpoint(run):
+            raise CommandRejected(f"run {run_id} FAILED while persisting its state at the stop")
         self._set_status(run, RunStatus.STOPPED, chunks_done=run.chunks_done, global_step=run.global_step)
         self.tracker.end_run(run.mlflow_run_id, "KILLED")
         if self.residency is not None:
@@ -490,6 +670,8 @@ class RunController:
         # The chunk it ended in counts as done, even one it finished partway through (max_steps).
         chunks = max(run.chunks_done, run.current_chunk)
         self._set_status(run, RunStatus.COMPLETED, chunks_done=chunks, global_step=run.global_step)
+        fault_point("after_completion")
+        self.buffer.release_all(run.run_id)
         self.tracker.end_run(run.mlflow_run_id, "FINISHED")
         if self.residency is not None:
             self.residency.forget(run)
@@ -497,7 +679,7 @@ class RunController:
 
     def _fail(self, run: Run, exc: BaseException, tb: str | None) -> None:
         reason = f"{type(exc).__name__}: {exc}"
-        self.buffer.flush()
+        self.buffer.release_all(run.run_id)
         if self._status.get(run.run_id) is not RunStatus.DELETED:
             self._set_status(run, RunStatus.FAILED, error=reason, global_step=run.global_step)
             self.tracker.end_run(run.mlflow_run_id, "FAILED")

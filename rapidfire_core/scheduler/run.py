@@ -29,7 +29,9 @@ from typing import Any
 
 import torch
 
+from rapidfire_core.control.faults import fault_point
 from rapidfire_core.scheduler.chunks import ChunkPlan, make_sampler
+from rapidfire_core.scheduler.run_checkpoint import RunResume
 from rapidfire_core.scheduler.worker import RunAborted, RunWorker
 from rapidfire_core.trainers.callbacks import ChunkGate, MetricsForwarder
 from rapidfire_core.trainers.datasets import FormattedDatasets
@@ -147,6 +149,8 @@ class Run:
         # transformers' Trainer.__init__ re-seeds with args.seed; a stock run starts train() from
         # the RNG state its trainer's __init__ leaves, so that is the state this run starts from.
         self.process_state: ProcessState | None = ProcessState.capture()
+        self.resume: RunResume | None = None  # set by `continue_from` (crash-resume)
+        self._resume_pending = False
         # torch's intra-op thread count is per OS thread: a new thread would start at the default
         # (all cores), not at what the caller set (`torch.set_num_threads`). The run's thread
         # uses the controller's as of the run's first turn, as the same code run alone would.
@@ -194,6 +198,44 @@ class Run:
         """The run's place in the shared chunk order, in plan rows (a warm clone starts here)."""
         return self.gate.position()
 
+    # ---- run state (the seam for checkpoints: a fused cohort keeps the adapter elsewhere) --------
+    def adapter_state(self) -> dict[str, Any]:
+        """The run's trainable weights by name: its PEFT adapter (LoRA), or the model's state dict
+        (full fine-tuning). Live tensors: copy them before the run trains on."""
+        if self.adapter_name is None:
+            return dict(self.model.state_dict())
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(self.model, adapter_name=self.adapter_name)
+
+    def load_adapter_state(self, state: dict[str, Any]) -> None:
+        """Set the run's trainable weights from `adapter_state()`'s form (every key must fit)."""
+        if self.adapter_name is None:
+            self.model.load_state_dict(state, strict=True)
+            return
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(self.model, state, adapter_name=self.adapter_name)
+        unexpected = getattr(result, "unexpected_keys", None)
+        if unexpected:
+            raise ValueError(f"run {self.run_id}: checkpoint weights {unexpected[:3]} do not fit its adapter")
+
+    def continue_from(self, resume: RunResume) -> None:
+        """Make this freshly built run continue from a checkpoint (see `scheduler.run_checkpoint`):
+        before its first turn."""
+        if self.started:
+            raise RuntimeError(f"run {self.run_id} has trained already: it cannot continue from a checkpoint")
+        self.load_adapter_state(resume.adapter)
+        engine = resume.engine
+        self.resume = resume
+        self._resume_pending = True
+        self.trainer.rapidfire_resume = resume
+        self.gate.resume_at(engine["gate_epoch"], engine["gate_micro_batches"])
+        self.global_step = resume.global_step
+        self.chunks_done = resume.chunks_done
+        self.current_chunk = engine["current_chunk"]
+        self.latest = dict(engine["latest"])
+
     def abort(self) -> None:
         """End the run's thread (at once if paused; at its next step if it holds the turn)."""
         self.worker.abort()
@@ -214,7 +256,10 @@ class Run:
         torch.set_num_threads(self.intra_op_threads)
         bind_run_thread(self.trainer)
         self._activate()
-        self.trainer.train()
+        if self.resume is not None:
+            self.trainer.train(resume_from_checkpoint=str(self.resume.path))
+        else:
+            self.trainer.train()
 
     def _activate(self) -> None:
         """Make this run's process state, adapter and model mode current (it has just got the
@@ -241,6 +286,9 @@ class Run:
     def step_boundary(self, chunk_complete: bool) -> None:
         if self.worker.abort_requested:
             raise RunAborted(self.name)
+        if self._resume_pending:  # where the checkpoint's RNG and loss accumulators were captured
+            self._resume_pending = False
+            self.resume.at_first_step(self.trainer)
         if chunk_complete:
             self._pause(TurnEnd.CHUNK)
         while self.hooks.should_pause():
@@ -251,6 +299,8 @@ class Run:
         self.global_step = global_step
         self.max_steps = max_steps
         self.hooks.on_progress(self)
+        if not self.gate.pause_pending:
+            fault_point("mid_chunk")
 
     def record_metrics(self, step: int, epoch: float | None, logs: dict[str, Any]) -> None:
         logs = own_runtime_metrics(logs, self.clock.waited())

@@ -9,6 +9,7 @@ the training log file), each under that backend's own id for the run:
     log_params(run id, params)                # once per run, after it is built (effective values)
     log_metric_steps(run id, [(step, {metric: value})])
     end_run(run id, status) / reopen_run / delete_run / flush / close / ui_hint
+    sync_metrics / run_status                 # crash-resume repair: the MLflow primary only
 
 A call for a run id this process did not start (a run a dead process left in flight) goes to
 the primary backend alone, under that id. One backend's failure is logged as a warning and
@@ -103,6 +104,19 @@ class Trackers:
 
     def delete_run(self, run_id: str) -> None:
         self._each(run_id, "delete_run")
+
+    # ---- crash-resume (MLflow only: the other backends are append-only logs) -------------------
+    def sync_metrics(
+        self, run_id: str, steps: Sequence[tuple[int, Mapping[str, float]]], through_step: int
+    ) -> str:
+        """MLflowTracker.sync_metrics on the primary MLflow run; the run id to use from now on."""
+        if self.primary != "mlflow":
+            return run_id
+        return self.mlflow.sync_metrics(run_id, steps, through_step)
+
+    def run_status(self, run_id: str) -> str | None:
+        """The primary MLflow run's status (None without MLflow as the primary)."""
+        return self.mlflow.run_status(run_id) if self.primary == "mlflow" else None
 
     def flush(self) -> None:
         for name, backend in self.backends.items():

@@ -15,11 +15,12 @@ refuses the plain file store), and `mlflow ui --backend-store-uri ...` opens it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,27 @@ logger = logging.getLogger(__name__)
 
 def default_tracking_uri(experiment_path: str | Path) -> str:
     return f"sqlite:///{Path(experiment_path).resolve() / 'mlflow.db'}"
+
+
+@contextlib.contextmanager
+def _store_init_lock(tracking_uri: str) -> Iterator[None]:
+    """An exclusive lock on `<store>.lock` for a local SQLite store (elsewhere: nothing)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; starting two processes at once stays unsafe there
+        yield
+        return
+    lock_path = Path(tracking_uri[len("sqlite:///") :] + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _param_items(params: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -55,11 +77,15 @@ class MLflowTracker:
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri = tracking_uri
-        self._client = MlflowClient(tracking_uri=tracking_uri)
-        existing = self._client.get_experiment_by_name(experiment_name)
-        self.experiment_id = (
-            existing.experiment_id if existing else self._client.create_experiment(experiment_name)
-        )
+        # The first use of a new SQLite store runs MLflow's schema migrations; two processes that
+        # start the same new experiment at once raced there ("duplicate column name: step"), and
+        # on creating the experiment. One file lock beside the store makes the start serial.
+        with _store_init_lock(tracking_uri):
+            self._client = MlflowClient(tracking_uri=tracking_uri)
+            existing = self._client.get_experiment_by_name(experiment_name)
+            self.experiment_id = (
+                existing.experiment_id if existing else self._client.create_experiment(experiment_name)
+            )
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rapidfire-mlflow")
         self._queued: list[Future] = []
         self._queue_lock = threading.Lock()  # metrics are queued from run threads too
@@ -123,6 +149,67 @@ class MLflowTracker:
 
     def _write_metrics(self, mlflow_run_id: str, batch: list) -> None:
         self._client.log_batch(mlflow_run_id, metrics=batch)
+
+    def sync_metrics(
+        self, mlflow_run_id: str, steps: Sequence[tuple[int, Mapping[str, float]]], through_step: int
+    ) -> str:
+        """Make the MLflow run hold exactly the (metric, step) pairs of `steps`, the run store's
+        durable rows of a run continued from its checkpoint at `through_step` after a crash.
+        Pairs it lacks are logged. If it holds steps past `through_step` (they were covered by a
+        newer checkpoint that turned out torn), its history cannot be cut by step, so it is
+        rewritten: a new MLflow run with the same name, params and tags gets `steps`, and the old
+        one goes to MLflow's trash. Returns the MLflow run id to use from now on. Synchronous."""
+        from mlflow.entities import Metric
+
+        self.flush()
+        wanted: dict[str, dict[int, float]] = {}
+        for step, metrics in steps:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    wanted.setdefault(_UNSAFE_KEY_CHARS.sub("_", k), {})[int(step)] = float(v)
+        now = int(time.time() * 1000)
+        try:
+            keys = self._client.get_run(mlflow_run_id).data.metrics  # {key: latest value}
+            have = {
+                key: {m.step for m in self._client.get_metric_history(mlflow_run_id, key)} for key in keys
+            }
+            if any(step > through_step for steps_of in have.values() for step in steps_of):
+                mlflow_run_id, have = self._rewrite(mlflow_run_id), {}
+            missing = [
+                Metric(key, v, now, step)
+                for key, by_step in wanted.items()
+                for step, v in by_step.items()
+                if step not in have.get(key, ())
+            ]
+            for start in range(0, len(missing), _METRICS_PER_BATCH):
+                self._client.log_batch(mlflow_run_id, metrics=missing[start : start + _METRICS_PER_BATCH])
+        except Exception as exc:  # noqa: BLE001 - tracking trouble must not stop training
+            self.failed_writes += 1
+            logger.warning("MLflow repair of run %s failed: %s: %s", mlflow_run_id, type(exc).__name__, exc)
+        return mlflow_run_id
+
+    def _rewrite(self, mlflow_run_id: str) -> str:
+        """A fresh MLflow run with `mlflow_run_id`'s name, params and tags; the old one is deleted."""
+        from mlflow.entities import Param
+
+        old = self._client.get_run(mlflow_run_id)
+        new_id = self._client.create_run(
+            self.experiment_id, run_name=old.info.run_name, tags=old.data.tags
+        ).info.run_id
+        params = [Param(k, v) for k, v in old.data.params.items()]
+        for start in range(0, len(params), _PARAMS_PER_BATCH):
+            self._client.log_batch(new_id, params=params[start : start + _PARAMS_PER_BATCH])
+        self._client.delete_run(mlflow_run_id)
+        return new_id
+
+    def run_status(self, mlflow_run_id: str) -> str | None:
+        """The MLflow run's status (RUNNING, FINISHED, FAILED, KILLED), None if it cannot be read."""
+        self.flush()
+        try:
+            return self._client.get_run(mlflow_run_id).info.status
+        except Exception as exc:  # noqa: BLE001 - tracking trouble must not stop training
+            logger.warning("MLflow run %s could not be read: %s: %s", mlflow_run_id, type(exc).__name__, exc)
+            return None
 
     def end_run(self, mlflow_run_id: str, status: str) -> None:
         """Queue the end of a run (after its queued metrics). status: 'FINISHED', 'FAILED' or 'KILLED'

@@ -59,6 +59,12 @@ class ChunkGate(TrainerCallback):
         self.micro_batches = 0
         self.engine_log = False  # this step's training log is one the engine forced
         self.engine_eval = False  # this step's evaluation is one the engine forced
+        self._resume_at: tuple[int, int] | None = None
+
+    def resume_at(self, epoch: int, micro_batches: int) -> None:
+        """A run continued from a checkpoint: transformers resumes in trainer epoch `epoch` with
+        `micro_batches` of it already consumed (it skips them), so count from there."""
+        self._resume_at = (epoch, micro_batches)
 
     def position(self) -> int:
         """The run's position in plan rows (at an optimizer-step boundary; see the chunks module)."""
@@ -68,6 +74,8 @@ class ChunkGate(TrainerCallback):
 
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         self.epoch, self.micro_batches = -1, 0  # train() may restart (auto_find_batch_size)
+        if self._resume_at is not None:
+            self.epoch = self._resume_at[0] - 1  # the next on_epoch_begin is the resumed epoch
         loader = train_dataloader
         # accelerate's DataLoaderShard keeps DataLoader.batch_size; with a batch sampler it is None.
         batch = getattr(loader, "total_batch_size", None) or getattr(loader, "batch_size", None)
@@ -77,6 +85,8 @@ class ChunkGate(TrainerCallback):
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.epoch += 1
         self.micro_batches = 0
+        if self._resume_at is not None:
+            self.micro_batches, self._resume_at = self._resume_at[1], None
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.engine_log = self.engine_eval = False

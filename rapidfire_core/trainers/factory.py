@@ -40,11 +40,33 @@ SOURCE_ROW_COLUMN = "rapidfire_source_row"
 
 class _ChunkSamplerMixin:
     rapidfire_sampler = None
+    rapidfire_resume = None  # a `scheduler.run_checkpoint.RunResume` when the run continues one
 
     def _get_train_sampler(self, train_dataset=None):
         if self.rapidfire_sampler is None:
             raise RuntimeError("the engine did not set a chunk sampler on this trainer")
         return self.rapidfire_sampler
+
+    # train(resume_from_checkpoint=...) on an engine checkpoint: transformers keeps its own part
+    # (trainer state, skipping trained batches); the rest comes from the engine's checkpoint.
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if self.rapidfire_resume is None:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        # the weights were loaded by the engine through Run.load_adapter_state
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        if self.rapidfire_resume is None:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        self.rapidfire_resume.load_optimizer_and_scheduler(self)
+
+    def _load_rng_state(self, checkpoint):
+        if self.rapidfire_resume is None:
+            return super()._load_rng_state(checkpoint)
+        # restored at the run's first step boundary, where it was captured (RunResume.at_first_step)
+
+    def _load_scaler(self, checkpoint):
+        if self.rapidfire_resume is None:
+            return super()._load_scaler(checkpoint)
 
 
 class ChunkedSFTTrainer(_ChunkSamplerMixin, FusedStepMixin, SFTTrainer):

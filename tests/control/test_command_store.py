@@ -96,12 +96,12 @@ def test_two_processes_submitting_and_two_claiming_apply_each_command_once(tmp_p
 
 
 def test_controller_liveness_follows_its_heartbeat(tmp_path):
-    from rapidfire_core.control.command_store import Heartbeat
+    from rapidfire_core.control.owner_lease import OwnerLease
 
     store = CommandStore(tmp_path / "runs.db")
     assert not store.controller_alive()
-    beat = Heartbeat(store)
-    beat.start()
+    beat = OwnerLease(store)
+    beat.acquire()
     assert CommandStore(tmp_path / "runs.db").controller_alive()
-    beat.stop()
+    beat.release()
     assert not store.controller_alive()

@@ -304,7 +304,11 @@
       knobs.map((k) => h("td", { class: "knob", title: `${k} = ${JSON.stringify(run.knobs[k])}` },
         k in run.knobs ? knobText(run.knobs[k]) : "—")),
       h("td", { class: "progress" }, h("div", null, `step ${steps}`,
-        h("span", { class: "muted" }, ` · ${run.chunks_done} chunk${run.chunks_done === 1 ? "" : "s"}`)), frac !== null ? bar : null),
+        h("span", { class: "muted" }, ` · ${run.chunks_done} chunk${run.chunks_done === 1 ? "" : "s"}`),
+        run.resume_from ? h("div", { class: "muted resume-from",
+          title: run.resume_from.how === "run_fit" ? "interrupted: run_fit with the same arguments continues it"
+            : "stopped: Resume continues it" }, `resumable from chunk ${run.resume_from.chunk}`) : null),
+        frac !== null ? bar : null),
       metrics.map((m) => h("td", { class: "num" }, m in run.latest ? formatNumber(run.latest[m]) : "–")),
       h("td", null, origin),
       h("td", { class: "actions" }, button("stop", "Stop"), button("resume", "Resume"),

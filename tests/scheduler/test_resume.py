@@ -1,0 +1,135 @@
+"""What run_fit does with an experiment that holds runs: config fingerprints, continuing a
+sweep, an explicit new sweep, a clear error otherwise; a second trainer refused."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from rapidfire_core import Experiment
+from rapidfire_core.automl import RFGridSearch, RFLoraConfig, RFModelConfig, RFSFTConfig
+from rapidfire_core.control.checkpoints import CheckpointError, CheckpointStore
+from rapidfire_core.control.owner_lease import ExperimentBusy
+from rapidfire_core.demo.data import formatting_function, support_dataset
+from rapidfire_core.scheduler.resume import ResumeMismatch, describe, run_fingerprint
+from tests.scheduler import crash_sweep
+
+
+def _group(model_dir, lr=1e-3, func=formatting_function):
+    config = RFModelConfig(
+        model_name=model_dir,
+        peft_config=RFLoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+        training_args=RFSFTConfig(learning_rate=lr, max_steps=2, per_device_train_batch_size=2, logging_steps=1,
+                                  max_length=64),
+        formatting_func=func,
+    )  # fmt: skip
+    return RFGridSearch(config, trainer_type="SFT")
+
+
+def _other_format(row):  # same name, another body: another config
+    return {"prompt": row["instruction"].upper(), "completion": row["response"]}
+
+
+_other_format.__qualname__ = formatting_function.__qualname__
+
+
+class _Data:  # what run_fingerprint reads of a FitData
+    def __init__(self, rows):
+        from rapidfire_core.scheduler.chunks import ChunkPlan
+
+        self.trainer_type, self.train, self.evals = "SFT", rows, None
+        self.plan = ChunkPlan(len(rows), 2, 42)
+
+
+def test_fingerprints_follow_knobs_functions_and_data_not_object_identity(tiny_model_dir):
+    rows = support_dataset(n=8)
+    (spec,) = _group(tiny_model_dir).expand()
+    (again,) = _group(tiny_model_dir).expand()  # a new object tree, as after a restart
+    fingerprint = run_fingerprint(spec, _Data(rows))
+    assert run_fingerprint(again, _Data(rows)) == fingerprint
+    assert " at 0x" not in repr(describe(spec.model_config))  # no object addresses
+    (lr,) = _group(tiny_model_dir, lr=2e-3).expand()
+    (func,) = _group(tiny_model_dir, func=_other_format).expand()
+    assert run_fingerprint(lr, _Data(rows)) != fingerprint
+    assert run_fingerprint(func, _Data(rows)) != fingerprint
+    assert run_fingerprint(spec, _Data(support_dataset(n=8, seed=1))) != fingerprint
+
+
+def test_run_fit_again_continues_its_sweep_and_another_group_is_an_explicit_choice(
+    tmp_path, tiny_model_dir, create_tiny_model
+):
+    rows = support_dataset(n=8)
+    exp = Experiment("reuse", experiment_path=tmp_path, verbose=False)
+    exp.run_fit(_group(tiny_model_dir), create_tiny_model, rows, num_chunks=2)
+    results = exp.get_results()
+    exp.end()
+
+    exp = Experiment("reuse", experiment_path=tmp_path, verbose=False)  # a later session
+    exp.run_fit(_group(tiny_model_dir), create_tiny_model, rows, num_chunks=2)  # all done: nothing to train
+    assert exp.get_runs_info()["status"].tolist() == ["COMPLETED"]
+    assert exp.get_results().equals(results)
+    with pytest.raises(ResumeMismatch) as err:
+        exp.run_fit(_group(tiny_model_dir, lr=2e-3), create_tiny_model, rows, num_chunks=2)
+    assert "train.learning_rate: 0.001 -> 0.002" in str(err.value) and "resume=False" in str(err.value)
+    with pytest.raises(ResumeMismatch, match="a function .* or the data differs"):
+        exp.run_fit(_group(tiny_model_dir), create_tiny_model, rows, num_chunks=2, seed=7)
+    assert len(exp.get_runs_info()) == 1  # nothing was added by the refused calls
+
+    exp.run_fit(_group(tiny_model_dir, lr=2e-3), create_tiny_model, rows, num_chunks=2, resume=False)
+    info = exp.get_runs_info()
+    assert info["sweep"].tolist() == [1, 2] and info["status"].tolist() == ["COMPLETED", "COMPLETED"]
+    exp.run_fit(_group(tiny_model_dir), create_tiny_model, rows, num_chunks=2, resume=True)  # sweep 1 again
+    assert len(exp.get_runs_info()) == 2
+    exp.end()
+
+    fresh = Experiment("fresh", experiment_path=tmp_path, verbose=False)
+    with pytest.raises(ResumeMismatch, match="holds no runs to continue"):
+        fresh.run_fit(_group(tiny_model_dir), create_tiny_model, rows, num_chunks=2, resume=True)
+    fresh.end()
+
+
+def test_a_second_run_fit_on_an_experiment_being_trained_is_refused(
+    tmp_path, tiny_model_dir, create_tiny_model
+):
+    rows = support_dataset(n=8)
+    owner = Experiment("busy", experiment_path=tmp_path, verbose=False)
+    training, proceed = threading.Event(), threading.Event()
+
+    def hold(controller):  # the owner is mid-sweep while the second run_fit is tried
+        training.set()
+        proceed.wait(60)
+
+    owner.controller.hooks.between_turns.append(hold)
+    handle = owner.run_fit(_group(tiny_model_dir), create_tiny_model, rows, num_chunks=4, background=True)
+    assert training.wait(60)
+    other = Experiment("busy", experiment_path=tmp_path, verbose=False)
+    try:
+        with pytest.raises(ExperimentBusy, match="already trains"):
+            other.run_fit(_group(tiny_model_dir), create_tiny_model, rows, num_chunks=4)
+        assert other.get_runs_info()["status"].tolist() == ["ONGOING"]
+    finally:
+        proceed.set()
+    handle.wait()
+    assert other.get_runs_info()["status"].tolist() == ["COMPLETED"]  # the reader changed nothing
+    assert other.get_runs_info()["error"].isna().all()
+    other.end()
+    owner.end()
+
+
+def test_a_disk_that_refuses_a_checkpoint_fails_only_that_run(tmp_path, tiny_model_dir, monkeypatch):
+    real_write = CheckpointStore.write
+
+    def write(self, *args, **kwargs):
+        if self.directory.parent.name == "2":
+            raise CheckpointError(
+                "could not write the checkpoint: OSError: [Errno 28] No space left on device"
+            )
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(CheckpointStore, "write", write)
+    exp = crash_sweep.run(str(tmp_path), "full-disk", tiny_model_dir, "sft")
+    info = exp.get_runs_info().set_index("run_id")
+    assert info.loc[1, "status"] == "COMPLETED"
+    assert info.loc[2, "status"] == "FAILED" and "No space left on device" in info.loc[2, "error"]
+    exp.end()
