@@ -6,6 +6,10 @@ Work per config: STEPS optimizer steps at batch BATCH on the demo's pretrained t
 fp32, no eval set; N = 1, 2, 4, 8 configs that differ in LoRA rank, targets and learning rate.
 The three ways run interleaved, round by round (this machine is shared and noisy), and the
 ratios of the per-way minimum over rounds are reported with tokens/s (tokens TRL counted).
+
+Environment: RF_BENCH_N (e.g. "1,2,4,8"), RF_BENCH_ROUNDS, RF_BENCH_STEPS, RF_BENCH_BATCH, and
+RF_BENCH_MODEL, a model folder instead of the tiny one (e.g. SmolLM2-135M from
+`python benchmarks/smollm2.py`).
 """
 
 from __future__ import annotations
@@ -151,7 +155,7 @@ def in_worker_thread(fn):
 
 def compare(n: int, rounds: int, workdir: Path, steps: int = STEPS, batch: int = BATCH) -> dict[str, float]:
     """Interleaved rounds of the three ways for N configs: min seconds each, and tokens/s."""
-    model_dir = str(demo_assets().model_path)
+    model_dir = os.environ.get("RF_BENCH_MODEL") or str(demo_assets().model_path)
     ways = {
         "fused": lambda: engine(model_dir, workdir, n, "auto", steps=steps, batch=batch),
         "sliced": lambda: engine(model_dir, workdir, n, "sliced", steps=steps, batch=batch),
