@@ -77,3 +77,35 @@ def stock_sft_run(create_model, model_config, lora_config, args, train_rows, for
     return stock_run(
         SFTTrainer, create_model, model_config, lora_config, args, train_rows, formatting_func, plan, epochs
     )
+
+
+def assert_metrics_equal_stock(
+    results, run_id: int, history, metrics, steps: int, atol: float = 1e-6
+) -> None:
+    """Each of ``metrics`` the engine logged for ``run_id`` (a results frame) equals, step by step,
+    what the stock trainer logged (its ``log_history``), over ``steps`` steps, at rtol 1e-5."""
+    import torch
+
+    mine = results[results.run_id == run_id]
+    for metric in metrics:
+        stock = [
+            e[metric] for e in history if metric in e and "eval_loss" not in e and "train_runtime" not in e
+        ]
+        engine = mine[metric].dropna().tolist()
+        assert len(engine) == len(stock) == steps, metric
+        torch.testing.assert_close(
+            torch.tensor(engine), torch.tensor(stock), rtol=1e-5, atol=atol, msg=metric
+        )
+
+
+def assert_adapter_equals_stock(run_dir, stock_weights, atol: float = 1e-6) -> None:
+    """The adapter the engine saved in ``run_dir`` equals the stock trainer's, key by key (rtol 1e-5)."""
+    import torch
+    from safetensors.torch import load_file
+
+    saved = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+    assert saved.keys() == stock_weights.keys()
+    for key, value in stock_weights.items():
+        torch.testing.assert_close(
+            saved[key], value, rtol=1e-5, atol=atol, msg=lambda m, key=key: f"{key}: {m}"
+        )

@@ -20,8 +20,9 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+import warnings
 
-from rapidfire_core.control.command_store import HEARTBEAT_SECONDS, CommandStore
+from rapidfire_core.control.command_store import HEARTBEAT_SECONDS, HEARTBEAT_STALE_SECONDS, CommandStore
 
 # Leases held in this process, by database file: the row's pid cannot tell two Experiment
 # objects of one process apart.
@@ -72,11 +73,27 @@ class OwnerLease:
         self._thread.start()
 
     def _loop(self) -> None:
+        failing_since: float | None = None
+        warned = False
         while not self._stop.wait(HEARTBEAT_SECONDS):
             try:
                 self._store.beat(self._started_at)
-            except sqlite3.Error:
-                pass  # a busy or closed store: the next beat retries
+            except sqlite3.Error as exc:
+                # A busy store: the next beat retries. Failing for half the stale time means a
+                # process on another host may soon take this lease as dead: say so, once.
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if not warned and now - failing_since >= HEARTBEAT_STALE_SECONDS / 2:
+                    warned = True
+                    warnings.warn(
+                        f"the experiment's owner heartbeat has failed for {now - failing_since:.0f} s "
+                        f"({type(exc).__name__}: {exc}); after {HEARTBEAT_STALE_SECONDS:.0f} s another "
+                        "host may treat this process as dead",
+                        RuntimeWarning,
+                        stacklevel=1,
+                    )
+            else:
+                failing_since, warned = None, False
 
     def release(self) -> None:
         if self._depth == 0:

@@ -17,6 +17,17 @@ from tests.trainers.test_fidelity_sft import (
 )
 
 
+def _fit_completed(tmp_path, name, configs, trainer_type, create_model, rows, num_chunks, seed):
+    """An experiment that trained ``configs`` (default execution: fused where they can) to the end."""
+    exp = Experiment(name, experiment_path=tmp_path, verbose=False)
+    exp.run_fit(
+        RFGridSearch(configs, trainer_type=trainer_type), create_model, rows, num_chunks=num_chunks, seed=seed
+    )
+    info = exp.get_runs_info()
+    assert (info["status"] == "COMPLETED").all(), info["error"].tolist()
+    return exp
+
+
 @pytest.fixture
 def train_rows():
     return support_dataset(n=NUM_ROWS, seed=3)
@@ -45,16 +56,10 @@ def test_fused_sft_runs_each_equal_their_solo_stock_run(
     tmp_path, tiny_model_dir, create_tiny_model, train_rows
 ):
     configs = List([_model_config(tiny_model_dir, lora, args) for lora, args in FUSED_VARIANTS])
-    exp = Experiment("fused-sft", experiment_path=tmp_path, verbose=False)
-    exp.run_fit(
-        RFGridSearch(configs, trainer_type="SFT"),
-        create_tiny_model,
-        train_rows,
-        num_chunks=NUM_CHUNKS,
-        seed=SEED,
+    exp = _fit_completed(
+        tmp_path, "fused-sft", configs, "SFT", create_tiny_model, train_rows, NUM_CHUNKS, SEED
     )
     info = exp.get_runs_info()
-    assert info["status"].tolist() == ["COMPLETED"] * 4, info["error"].tolist()
     # 12 steps of run 1 at least, each a fused forward (with 2+ members until the short runs end)
     assert exp.controller.fused_steps >= 12
     for run_id, (lora, args) in zip(info.run_id.tolist(), FUSED_VARIANTS, strict=True):
@@ -68,14 +73,12 @@ DPO_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies
 def test_fused_dpo_runs_each_equal_their_solo_stock_run(tmp_path, tiny_model_dir, create_tiny_model):
     # Betas, loss types, ranks, learning rates and batch sizes differ; the reference log-probs are
     # computed once per distinct sequence and shared by the runs.
-    import torch
-    from safetensors.torch import load_file
     from trl import DPOTrainer
 
     from rapidfire_core.automl import RFDPOConfig, RFModelConfig
     from rapidfire_core.demo.data import preference_dataset
     from rapidfire_core.scheduler.chunks import ChunkPlan
-    from tests.stock_trl import stock_run
+    from tests.stock_trl import assert_adapter_equals_stock, assert_metrics_equal_stock, stock_run
 
     rows = preference_dataset(n=12, seed=4)
     common = dict(max_steps=6, max_length=64, logging_steps=1)
@@ -91,10 +94,8 @@ def test_fused_dpo_runs_each_equal_their_solo_stock_run(tmp_path, tiny_model_dir
     ]  # fmt: skip
     configs = List([RFModelConfig(model_name=tiny_model_dir, peft_config=lora, training_args=args)
                     for lora, args in variants])  # fmt: skip
-    exp = Experiment("fused-dpo", experiment_path=tmp_path, verbose=False)
-    exp.run_fit(RFGridSearch(configs, trainer_type="DPO"), create_tiny_model, rows, num_chunks=3, seed=1)
+    exp = _fit_completed(tmp_path, "fused-dpo", configs, "DPO", create_tiny_model, rows, 3, 1)
     info = exp.get_runs_info()
-    assert info["status"].tolist() == ["COMPLETED"] * 3, info["error"].tolist()
     assert exp.controller.fused_steps >= 6
     computed, served = exp.controller.reference_sequences
     assert 0 < computed < served  # runs 1 and 2 see the same pairs in the same steps: shared
@@ -107,26 +108,13 @@ def test_fused_dpo_runs_each_equal_their_solo_stock_run(tmp_path, tiny_model_dir
             DPOTrainer, create_tiny_model, {"model_name": tiny_model_dir}, lora.to_peft(), stock_args, rows, None,
             ChunkPlan(len(rows), 3, 1), epochs=4, with_history=True,
         )  # fmt: skip
-        mine = results[results.run_id == run_id]
-        for metric in DPO_METRICS:
-            stock = [entry[metric] for entry in history if metric in entry and "eval_loss" not in entry]
-            engine = mine[metric].dropna().tolist()
-            assert len(engine) == len(stock) == args.max_steps, metric
-            torch.testing.assert_close(
-                torch.tensor(engine), torch.tensor(stock), rtol=1e-5, atol=1e-5, msg=metric
-            )
+        assert_metrics_equal_stock(results, run_id, history, DPO_METRICS, args.max_steps, atol=1e-5)
         # Weights: each is a sum of <= 6 Adam updates of size ~lr. Computing the reference in another
         # batch (fp32 summation order) can move an element whose gradient sits at the noise floor
         # by a small fraction of one update: atol 1% of the learning rate.
-        saved = load_file(str(exp.path / "runs" / str(run_id) / "adapter" / "adapter_model.safetensors"))
-        for key, value in stock_weights.items():
-            torch.testing.assert_close(
-                saved[key],
-                value,
-                rtol=1e-5,
-                atol=0.01 * args.learning_rate,
-                msg=lambda m, key=key: f"{key}: {m}",
-            )
+        assert_adapter_equals_stock(
+            exp.path / "runs" / str(run_id), stock_weights, atol=0.01 * args.learning_rate
+        )
     exp.end()
 
 
@@ -223,13 +211,8 @@ def test_fused_dropout_runs_stay_within_the_band_of_solo_stock_runs(
     seeds = [7, 8, 9, 10]
     variants = [(lora, _sft_args(seed=seed)) for seed in seeds[:2]]
     configs = List([_model_config(tiny_model_dir, lo, args) for lo, args in variants])
-    exp = Experiment("fused-dropout", experiment_path=tmp_path, verbose=False)
-    exp.run_fit(
-        RFGridSearch(configs, trainer_type="SFT"),
-        create_tiny_model,
-        train_rows,
-        num_chunks=NUM_CHUNKS,
-        seed=SEED,
+    exp = _fit_completed(
+        tmp_path, "fused-dropout", configs, "SFT", create_tiny_model, train_rows, NUM_CHUNKS, SEED
     )
     assert exp.controller.fused_steps >= 12
     results = exp.get_results()
@@ -272,16 +255,9 @@ def test_fused_grpo_generation_equals_each_runs_own_generation(tmp_path, tiny_mo
     ]  # fmt: skip
     configs = List([RFModelConfig(model_name=tiny_model_dir, peft_config=lora, reward_funcs=REWARDS,
                                   training_args=args) for lora, args in variants])  # fmt: skip
-    exp = Experiment("fused-grpo", experiment_path=tmp_path, verbose=False)
-    exp.run_fit(
-        RFGridSearch(configs, trainer_type="GRPO"),
-        create_tiny_model,
-        rows,
-        num_chunks=GRPO_CHUNKS,
-        seed=GRPO_SEED,
+    exp = _fit_completed(
+        tmp_path, "fused-grpo", configs, "GRPO", create_tiny_model, rows, GRPO_CHUNKS, GRPO_SEED
     )
-    info = exp.get_runs_info()
-    assert info["status"].tolist() == ["COMPLETED"] * 2, info["error"].tolist()
     assert exp.controller.batched_generations >= 2  # both runs completed in one generate
     metrics = ("loss", "reward", "completions/mean_length")
     for run_id, (lora, args) in zip((1, 2), variants, strict=True):

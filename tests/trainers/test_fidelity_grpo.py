@@ -4,8 +4,6 @@ losses, same final adapter (sampling included: the run's RNG streams are its own
 
 from __future__ import annotations
 
-import torch
-from safetensors.torch import load_file
 from trl import GRPOTrainer
 
 from rapidfire_core import Experiment
@@ -14,6 +12,7 @@ from rapidfire_core.demo.data import math_prompt_dataset
 from rapidfire_core.demo.rewards import answer_reward, format_reward
 from rapidfire_core.scheduler.chunks import ChunkPlan, make_sampler
 from tests.small_configs import LORA
+from tests.stock_trl import assert_adapter_equals_stock, assert_metrics_equal_stock
 
 NUM_CHUNKS, SEED = 2, 3
 REWARDS = [answer_reward, format_reward]
@@ -58,20 +57,8 @@ def assert_grpo_run_matches_stock(exp, run_id, lora, args, model_dir, create_mod
     history, stock_weights = stock_grpo_run(
         create_model, model_dir, lora.to_peft(), stock_args, rows, ChunkPlan(len(rows), NUM_CHUNKS, SEED)
     )
-    results = exp.get_results()
-    mine = results[results.run_id == run_id]
-    for metric in metrics:
-        stock = [entry[metric] for entry in history if metric in entry and "train_runtime" not in entry]
-        engine = mine[metric].dropna().tolist()
-        assert len(engine) == len(stock) == args.max_steps, metric
-        torch.testing.assert_close(
-            torch.tensor(engine), torch.tensor(stock), rtol=1e-5, atol=1e-6, msg=metric
-        )
-    saved = load_file(str(exp.path / "runs" / str(run_id) / "adapter" / "adapter_model.safetensors"))
-    for key, value in stock_weights.items():
-        torch.testing.assert_close(
-            saved[key], value, rtol=1e-5, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}"
-        )
+    assert_metrics_equal_stock(exp.get_results(), run_id, history, metrics, args.max_steps)
+    assert_adapter_equals_stock(exp.path / "runs" / str(run_id), stock_weights)
 
 
 def test_grpo_run_in_chunks_equals_stock_grpo_trainer(tmp_path, tiny_model_dir, create_tiny_model):
