@@ -44,6 +44,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from rapidfire_core.cache import cache_root
+
 from . import data
 
 # Bump when anything that changes the built assets changes (templates, corpus, recipe).
@@ -303,9 +305,7 @@ class DemoAssets:
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("RAPIDFIRE_CACHE")
-    base = Path(env) if env else Path.home() / ".cache" / "rapidfire_core"
-    return base / "demo"
+    return cache_root() / "demo"
 
 
 _REQUIRED = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "build_info.json")

@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 
+from rapidfire_core.scheduler.openmp_pool import release_openmp_workers
 from rapidfire_core.trainers.fused_calls import ModelCall, run_backward, run_generations, run_model_calls
 from rapidfire_core.trainers.fused_step import ReferenceRequest
 
@@ -204,6 +205,7 @@ class ComputeThread:
         """``fn(*args)`` in the compute thread; its result, or its exception raised here.
         One job at a time (the controller waits for each)."""
         outcome: list = []
+        release_openmp_workers()  # the caller's OpenMP team would slow the compute thread's
         self._jobs.put((fn, args, outcome))
         self._done.acquire()
         ok, value = outcome[0]

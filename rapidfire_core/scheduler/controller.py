@@ -59,6 +59,7 @@ from rapidfire_core.scheduler.checkpoint_writer import CheckpointWriter
 from rapidfire_core.scheduler.cohort import Cohort, CohortTurn, ComputeThread, MemberState, plan_cohorts
 from rapidfire_core.scheduler.interrupts import sigint_deferred
 from rapidfire_core.scheduler.loop import LoopHooks, run_rounds
+from rapidfire_core.scheduler.openmp_pool import release_openmp_workers
 from rapidfire_core.scheduler.progress import ProgressDisplay
 from rapidfire_core.scheduler.resume import ResumePlan, run_fingerprint
 from rapidfire_core.scheduler.run import FitData, Run, RunHooks, TurnEnd
@@ -404,6 +405,7 @@ class RunController:
         try:
             turn.run()
         finally:  # every member stands at a step boundary (or has ended): it may train sliced next
+            self._compute_thread().run(release_openmp_workers)  # a sliced run may compute next
             self.fused_steps += turn.fused_steps
             self.batched_generations += turn.batched_generations
             self.reference_sequences[0] += turn.references.computed

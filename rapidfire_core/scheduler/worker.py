@@ -16,6 +16,8 @@ import threading
 import traceback
 from collections.abc import Callable
 
+from rapidfire_core.scheduler.openmp_pool import release_openmp_workers
+
 
 class RunAborted(Exception):
     """Raised inside a paused run's thread when the scheduler ends it early."""
@@ -63,6 +65,7 @@ class RunWorker:
         if not self.started:
             self._thread.start()
         self.has_turn = True
+        release_openmp_workers()  # the worker computes now: this thread's team would slow it
         self._turn.release()
         self._back.acquire()
         self.has_turn = False
@@ -87,6 +90,7 @@ class RunWorker:
     # ---- worker side ---------------------------------------------------------------------------
     def pause(self) -> None:
         """Give the turn back to the scheduler and wait for the next one."""
+        release_openmp_workers()  # whoever trains next must not share the CPUs with our team
         self._back.release()
         self._turn.acquire()
         if self._aborting:

@@ -25,6 +25,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from rapidfire_core.tracking.mlflow_template import seed_sqlite_store
+
 _PARAM_VALUE_LIMIT = 6000  # MLflow rejects longer parameter values
 _METRICS_PER_BATCH = 1000  # MLflow's limits per log_batch call
 _PARAMS_PER_BATCH = 100
@@ -81,6 +83,7 @@ class MLflowTracker:
         # start the same new experiment at once raced there ("duplicate column name: step"), and
         # on creating the experiment. One file lock beside the store makes the start serial.
         with _store_init_lock(tracking_uri):
+            seed_sqlite_store(tracking_uri)  # a new store: a copy of the migrated template
             self._client = MlflowClient(tracking_uri=tracking_uri)
             existing = self._client.get_experiment_by_name(experiment_name)
             self.experiment_id = (
