@@ -62,6 +62,14 @@ def _args(lr: float, steps: int = STEPS, batch: int = BATCH) -> dict:
     )
 
 
+def _stock_device_args() -> dict:
+    """What a user passes stock TRL on this device: CPU training in fp32 there; on a GPU, TRL's
+    defaults (bf16 autocast), which is also what the engine leaves them at."""
+    import torch
+
+    return {} if torch.cuda.is_available() else {"use_cpu": True, "bf16": False}
+
+
 def engine(
     model_dir: str,
     workdir: Path,
@@ -70,8 +78,9 @@ def engine(
     num_chunks: int = 4,
     steps: int = STEPS,
     batch: int = BATCH,
+    trackers: list[str] | None = None,
 ) -> tuple[float, int]:
-    """(seconds, tokens) of one run_fit of the N configs."""
+    """(seconds, tokens) of one run_fit of the N configs (trackers: as `Experiment`'s; None: MLflow)."""
     group = List(
         [
             RFModelConfig(
@@ -83,7 +92,12 @@ def engine(
             for lora, lr in configs(n)
         ]
     )
-    exp = Experiment(f"bench-{execution}-{n}-{time.monotonic_ns()}", experiment_path=workdir, verbose=False)
+    exp = Experiment(
+        f"bench-{execution}-{n}-{time.monotonic_ns()}",
+        experiment_path=workdir,
+        verbose=False,
+        trackers=trackers,
+    )
     start = time.perf_counter()
     exp.run_fit(
         RFGridSearch(group, trainer_type="SFT"),
@@ -120,8 +134,7 @@ def sequential_stock(
             report_to="none",
             save_strategy="no",
             disable_tqdm=True,
-            use_cpu=True,
-            bf16=False,
+            **_stock_device_args(),
             **_args(lr, steps, batch),
         )
         trainer = SFTTrainer(

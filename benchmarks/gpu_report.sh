@@ -8,10 +8,13 @@
 #   STEPS=build,tests,compile bash benchmarks/gpu_report.sh      # call 1
 #   STEPS=build,bench_kernels,bench_swap bash benchmarks/gpu_report.sh   # call 2
 #   BENCH_K='r16 and t512' STEPS=build,bench_kernels ...  # a subset of the kernel benchmark matrix
+#   STEPS=bench_fused bash benchmarks/gpu_report.sh       # call 3: issue 11's fused vs sliced vs
+#                                    sequential stock TRL on a 1B-class Llama (needs .whl/, below)
 #
 # The device image has torch, triton, transformers, peft, pybind11, cmake, ninja and pytest;
-# this needs nothing else. (Engine-level GPU runs additionally need trl, datasets and mlflow
-# wheels carried in .whl/: see benchmarks/RESULTS.md.) Every step runs even if one fails; the
+# this needs nothing else. (Engine-level GPU runs, bench_fused, additionally need the trl and
+# datasets wheels and those of their dependencies the image lacks, carried in .whl/; they run
+# without MLflow: trackers=[].) Every step runs even if one fails; the
 # exit status is the number of failed steps.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -51,6 +54,7 @@ step tests "$PY" -m pytest -m gpu -p no:cacheprovider -rA tests/ops tests/lora t
 step compile "$PY" benchmarks/compile_check.py --jobs "$(nproc)"
 step bench_kernels "$PY" -m pytest -m bench -p no:cacheprovider benchmarks/bench_multi_lora.py \
   ${BENCH_K:+-k "$BENCH_K"} --benchmark-only --benchmark-json "$LOGS/bench_multi_lora.json"
+step bench_fused env OUT="$LOGS" "$PY" benchmarks/bench_fused_gpu.py
 step bench_swap "$PY" -m pytest -m bench -p no:cacheprovider benchmarks/bench_state_swap.py \
   --benchmark-only --benchmark-json "$LOGS/bench_state_swap.json"
 tar czf "$OUT/gpu_report.tgz" -C "$LOGS" .
