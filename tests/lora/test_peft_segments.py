@@ -8,7 +8,12 @@ from peft import LoraConfig, get_peft_model
 
 from rapidfire_core.demo.tiny_model import tiny_llama_config
 from rapidfire_core.lora.context import LoraBatch, lora_batch
-from rapidfire_core.lora.peft_segments import UnfusableAdapter, check_fusable, segment_forward
+from rapidfire_core.lora.peft_segments import (
+    UnfusableAdapter,
+    check_fusable,
+    segment_forward,
+    switch_active_adapter,
+)
 
 
 def _peft_model(dtype=torch.float64):
@@ -95,3 +100,28 @@ def test_unfusable_adapters_are_named():
     peft = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], use_dora=True), adapter_name="d")
     with pytest.raises(UnfusableAdapter, match="DoRA"):
         check_fusable(peft, "d")
+
+
+def test_adapters_with_modules_to_save_do_not_fuse():
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM(tiny_llama_config(97, hidden_size=32))
+    config = LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["lm_head"])
+    peft = get_peft_model(model, config, adapter_name="m")
+    with pytest.raises(UnfusableAdapter, match="modules_to_save"):
+        check_fusable(peft, "m")
+
+
+def test_switching_the_active_adapter_computes_as_peft_set_adapter():
+    """The fast switch of a fused member's hand-off: PEFT's forward then uses that adapter, as
+    after `set_adapter`; adapters added later (on other targets too) are covered."""
+    model, _ = _peft_model()
+    model.add_adapter("d", LoraConfig(r=3, target_modules=["o_proj", "up_proj"], init_lora_weights=False))
+    ids = torch.randint(0, 97, (2, 7))
+    for name in ("a", "b", "c", "d", "a"):
+        model.set_adapter(name)
+        want = model(input_ids=ids).logits
+        model.set_adapter("b" if name != "b" else "a")
+        switch_active_adapter(model, name)
+        assert model.active_adapter == name
+        torch.testing.assert_close(model(input_ids=ids).logits, want, rtol=0, atol=0)

@@ -265,3 +265,51 @@ def test_fused_grpo_generation_equals_each_runs_own_generation(tmp_path, tiny_mo
             exp, run_id, lora, args, tiny_model_dir, create_tiny_model, rows, metrics
         )
     exp.end()
+
+
+def test_fused_members_evaluate_through_their_own_adapter(
+    tmp_path, tiny_model_dir, create_tiny_model, train_rows
+):
+    """Evaluations inside a cohort turn (TRL's eval_steps, between a member's fused hand-offs, and
+    the engine's at every chunk end) each use the member's own adapter: its eval losses equal
+    those of the same configs trained time-sliced."""
+    eval_rows = support_dataset(n=6, seed=9)
+    loras = [lora for lora, _ in FUSED_VARIANTS[:2]]
+    configs = List(
+        [
+            _model_config(
+                tiny_model_dir,
+                lora,
+                _sft_args(eval_strategy="steps", eval_steps=3, max_steps=9, learning_rate=lr),
+            )
+            for lora, lr in zip(loras, (1e-2, 1e-3), strict=True)
+        ]
+    )
+    eval_losses = {}
+    for execution in ("auto", "sliced"):
+        exp = Experiment(f"fused-eval-{execution}", experiment_path=tmp_path, verbose=False)
+        exp.run_fit(
+            RFGridSearch(configs, trainer_type="SFT"),
+            create_tiny_model,
+            train_rows,
+            eval_rows,
+            num_chunks=3,
+            seed=SEED,
+            execution=execution,
+        )
+        assert (exp.get_runs_info()["status"] == "COMPLETED").all()
+        if execution == "auto":
+            assert exp.controller.fused_steps >= 9
+        results = exp.get_results()
+        eval_losses[execution] = {
+            run_id: results[results.run_id == run_id]["eval_loss"].dropna().tolist()
+            for run_id in sorted(results.run_id.unique())
+        }
+        exp.end()
+    for run_id, sliced in eval_losses["sliced"].items():
+        fused = eval_losses["auto"][run_id]
+        assert len(fused) == len(sliced) >= 3
+        assert fused == pytest.approx(sliced, rel=1e-5)
+    first, second = eval_losses["auto"].values()
+    # Two different adapters evaluate apart by far more than the tolerance: the check can fail.
+    assert max(abs(a - b) for a, b in zip(first, second, strict=True)) > 1e-3
