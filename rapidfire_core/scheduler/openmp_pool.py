@@ -15,8 +15,8 @@ thread's ops ~1.5x slower on the 2-core dev machine, with torch's default thread
 libgomp frees the calling thread's pool (its workers exit) and nothing else; the thread's next
 parallel region starts a new one (one thread start per worker, microseconds). The engine calls
 it wherever a thread that may have computed hands the turn to another (`worker.RunWorker`,
-`cohort.ComputeThread`). Where no OpenMP runtime with that call is loaded (macOS, Windows, an
-older runtime) it does nothing.
+`cohort.ComputeThread`). Where torch's OpenMP is not libgomp (macOS, Windows, Intel OpenMP
+builds) or libgomp predates the pause API, it does nothing.
 """
 
 from __future__ import annotations
@@ -30,12 +30,14 @@ import re
 logger = logging.getLogger(__name__)
 
 _OMP_PAUSE_SOFT = 1  # omp_pause_resource_t: omp_pause_soft
-# libgomp (GCC), libiomp5 (Intel) and libomp (LLVM) all implement the OpenMP 5.0 pause API.
-_RUNTIME_NAME = re.compile(r"/lib(gomp|iomp5|omp)[^/]*\.so[^/]*$")
+# libgomp only (torch's Linux wheels, e.g. torch/lib/libgomp.so.1 or torch.libs/libgomp-<hash>.so):
+# there the pause frees the calling thread's pool and nothing else. The Intel and LLVM runtimes
+# pause the whole runtime, which another thread may be using at that moment.
+_RUNTIME_NAME = re.compile(r"/libgomp[^/]*\.so[^/]*$")
 
 
 def _loaded_runtime_paths() -> list[str]:
-    """The OpenMP runtime libraries mapped into this process (Linux: /proc/self/maps)."""
+    """The libgomp libraries mapped into this process (Linux: /proc/self/maps)."""
     try:
         with open("/proc/self/maps") as maps:
             lines = maps.read().splitlines()
@@ -52,8 +54,8 @@ def _loaded_runtime_paths() -> list[str]:
 
 @functools.cache
 def _pause_functions() -> tuple:
-    """``omp_pause_resource_all`` of every loaded OpenMP runtime (found once: torch loads its
-    runtime when it is imported, before any engine thread exists)."""
+    """``omp_pause_resource_all`` of every loaded libgomp (found once: torch loads its runtime
+    when it is imported, before any engine thread exists)."""
     import torch  # noqa: F401 - loads torch's OpenMP runtime, whose threads are the ones to free
 
     functions = []
@@ -67,13 +69,13 @@ def _pause_functions() -> tuple:
         pause.restype = ctypes.c_int
         functions.append(pause)
     if not functions:
-        logger.debug("no OpenMP runtime with omp_pause_resource_all is loaded")
+        logger.debug("no libgomp with omp_pause_resource_all is loaded")
     return tuple(functions)
 
 
 def release_openmp_workers() -> None:
-    """Free the calling thread's OpenMP worker threads (a no-op if it has none, or if no OpenMP
-    runtime with the pause API is loaded). Call it outside any parallel region: in Python code
+    """Free the calling thread's OpenMP worker threads (a no-op if it has none, or if no libgomp
+    with the pause API is loaded). Call it outside any parallel region: in Python code
     between torch ops, which is everywhere Python runs."""
     for pause in _pause_functions():
         pause(_OMP_PAUSE_SOFT)

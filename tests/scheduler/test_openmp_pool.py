@@ -11,7 +11,9 @@ from rapidfire_core.scheduler.openmp_pool import openmp_runtime_loaded, release_
 from rapidfire_core.scheduler.worker import RunWorker
 
 pytestmark = [
-    pytest.mark.skipif(not openmp_runtime_loaded(), reason="no OpenMP runtime with the pause API is loaded"),
+    pytest.mark.skipif(
+        not openmp_runtime_loaded(), reason="torch's OpenMP is not a libgomp with the pause API"
+    ),
     pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one CPU: torch starts no OpenMP workers"),
 ]
 
