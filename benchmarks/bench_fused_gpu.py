@@ -29,42 +29,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_fused import engine, in_worker_thread, sequential_stock  # noqa: E402
 
+# `tiny_llama_config` arguments: TinyLlama-1.1B's shape, and the demo model's (its defaults).
 SHAPES = {
     "1b": dict(
+        vocab_size=32000,
         hidden_size=2048,
         intermediate_size=5632,
-        num_hidden_layers=22,
-        num_attention_heads=32,
-        num_key_value_heads=4,
-        vocab_size=32000,
+        num_layers=22,
+        num_heads=32,
+        num_kv_heads=4,
     ),
-    "tiny": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=768,
-    ),
+    "tiny": dict(vocab_size=768),
 }
 BATCH = 2
 
 
 def build_model(folder: Path, shape: str) -> str:
     """A random-weight Llama of ``shape`` with the demo's tokenizer (its ids fit any vocab here)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from rapidfire_core.demo.tiny_model import demo_assets
+    from rapidfire_core.demo.tiny_model import demo_assets, tiny_llama_config
 
     tokenizer = AutoTokenizer.from_pretrained(demo_assets().tokenizer_path)
-    config = LlamaConfig(
-        **SHAPES[shape],
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
+    config = tiny_llama_config(tokenizer=tokenizer, **SHAPES[shape])
     torch.manual_seed(0)
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     model = LlamaForCausalLM(config).to(dtype)
