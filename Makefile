@@ -4,7 +4,8 @@
 #   make demo      the offline demo job (`rapidfire demo`)
 #   make test      the default test suite (benchmarks deselected)
 #   make system-deps  Debian packages the tests need: chromium (the dashboard's browser test)
-#   make bench     pytest-benchmark suites in benchmarks/
+#   make bench     every pytest-benchmark suite in benchmarks/, the run saved as JSON in .benchmarks/
+#   make bench-compare  the suites again against a saved run; fails on a regression beyond BENCH_NOISE
 #   make lint      ruff check + ruff format --check;  make format  fixes what it can
 #   make wheel     dist/rapidfire_core-*.whl (never pulls torch)
 #   make clean     build outputs;  make distclean  also the venv
@@ -31,7 +32,7 @@ NATIVE_SRCS := CMakeLists.txt $(shell find csrc python -type f \
 	\( -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu' \) 2>/dev/null)
 LINT_PATHS := $(wildcard rapidfire_core tests benchmarks setup.py)
 
-.PHONY: venv install demo test system-deps bench lint format wheel clean distclean
+.PHONY: venv install demo test system-deps bench bench-compare lint format wheel clean distclean
 
 venv: $(PY)
 
@@ -72,11 +73,26 @@ system-deps:
 		$$sudo apt-get update && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y chromium; \
 	fi
 
-# Exit 5 is pytest's "no tests collected": not a failure while benchmarks/ fills up.
+# Benchmarks: each run is saved as pytest-benchmark JSON in $(BENCH_STORAGE)/<machine>/NNNN_*.json.
+# bench-compare runs them again against BENCH_BASELINE (a saved run's number, e.g. 0003; empty:
+# the latest saved run) and fails if a benchmark's minimum over its rounds is more than
+# BENCH_NOISE slower than the baseline's: the minimum is the figure least moved by other load,
+# and 20% is above the round-to-round spread of the engine suites on a quiet 2-core machine.
+# RF_BENCH_ROUNDS=1 (environment) runs every suite with one round, e.g. to check they work.
+BENCH_STORAGE ?= .benchmarks
+BENCH_NOISE ?= 20%
+BENCH_BASELINE ?=
+BENCH_PYTEST := $(RUN_ENV) $(PY) -m pytest -m bench benchmarks --benchmark-only \
+	--benchmark-storage=$(BENCH_STORAGE) --benchmark-group-by=group
+
 bench: install
-	@if [ ! -d benchmarks ]; then echo "make bench: no benchmarks/ directory"; exit 0; fi; \
-	rc=0; $(RUN_ENV) $(PY) -m pytest -m bench benchmarks --benchmark-only $(PYTEST_ARGS) || rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "make bench: no benchmarks collected"; exit 0; fi; exit $$rc
+	$(BENCH_PYTEST) --benchmark-autosave $(PYTEST_ARGS)
+
+bench-compare: install
+	@ls $(BENCH_STORAGE)/*/*.json >/dev/null 2>&1 || { \
+		echo "make bench-compare: no saved run in $(BENCH_STORAGE)/ to compare with; run make bench first"; exit 2; }
+	$(BENCH_PYTEST) --benchmark-compare$(if $(BENCH_BASELINE),=$(BENCH_BASELINE)) \
+		--benchmark-compare-fail=min:$(BENCH_NOISE) $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check $(LINT_PATHS)

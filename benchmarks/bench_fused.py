@@ -1,15 +1,19 @@
 """Fused cohorts vs time-sliced vs N configs one after another with stock TRL (CPU).
 
-    pytest -m bench benchmarks/bench_fused.py --benchmark-only -s     # or: python benchmarks/bench_fused.py
+    pytest -m bench benchmarks/bench_fused.py --benchmark-only    # one benchmark per (N, way)
+    python benchmarks/bench_fused.py                              # the interleaved ratio table
 
 Work per config: STEPS optimizer steps at batch BATCH on the demo's pretrained tiny chat model,
 fp32, no eval set; N = 1, 2, 4, 8 configs that differ in LoRA rank, targets and learning rate.
-The three ways run interleaved, round by round (this machine is shared and noisy), and the
-ratios of the per-way minimum over rounds are reported with tokens/s (tokens TRL counted).
+Under pytest each way is its own benchmark (group ``fused-N=<n>``; the time is one whole
+`run_fit`, or the N stock trainings, per round), so `pytest-benchmark compare` shows each; the
+tokens TRL counted go to ``extra_info``. The script runs the three ways interleaved, round by
+round (this machine is shared and noisy), and prints the ratios of the per-way minimum over
+rounds with tokens/s.
 
-Environment: RF_BENCH_N (e.g. "1,2,4,8"), RF_BENCH_ROUNDS, RF_BENCH_STEPS, RF_BENCH_BATCH, and
-RF_BENCH_MODEL, a model folder instead of the tiny one (e.g. SmolLM2-135M from
-`python benchmarks/smollm2.py`).
+Environment: RF_BENCH_N (e.g. "1,2,4,8"), RF_BENCH_ROUNDS (pytest: rounds per benchmark, default
+3), RF_BENCH_STEPS, RF_BENCH_BATCH, and RF_BENCH_MODEL, a model folder instead of the tiny one
+(e.g. SmolLM2-135M from `python benchmarks/smollm2.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.settings import bench_rounds  # noqa: E402
 from rapidfire_core import Experiment  # noqa: E402
 from rapidfire_core.automl import List, RFGridSearch, RFLoraConfig, RFModelConfig, RFSFTConfig  # noqa: E402
 from rapidfire_core.demo.data import formatting_function, support_dataset  # noqa: E402
@@ -166,17 +171,34 @@ def in_worker_thread(fn):
     return out[0]
 
 
-def compare(n: int, rounds: int, workdir: Path, steps: int = STEPS, batch: int = BATCH) -> dict[str, float]:
-    """Interleaved rounds of the three ways for N configs: min seconds each, and tokens/s."""
-    model_dir = os.environ.get("RF_BENCH_MODEL") or str(demo_assets().model_path)
-    ways = {
-        "fused": lambda: engine(model_dir, workdir, n, "auto", steps=steps, batch=batch),
-        "sliced": lambda: engine(model_dir, workdir, n, "sliced", steps=steps, batch=batch),
+def bench_model_dir() -> str:
+    """RF_BENCH_MODEL, or the demo's tiny chat model."""
+    return os.environ.get("RF_BENCH_MODEL") or str(demo_assets().model_path)
+
+
+def ways(
+    model_dir: str,
+    workdir: Path,
+    n: int,
+    steps: int = STEPS,
+    batch: int = BATCH,
+    trackers: list[str] | None = None,
+) -> dict:
+    """The three ways to train N configs, each a () -> (seconds, tokens) (trackers: `engine`'s)."""
+    return {
+        "fused": lambda: engine(model_dir, workdir, n, "auto", steps=steps, batch=batch, trackers=trackers),
+        "sliced": lambda: engine(
+            model_dir, workdir, n, "sliced", steps=steps, batch=batch, trackers=trackers
+        ),
         "sequential": lambda: sequential_stock(model_dir, workdir, n, steps, batch),
     }
+
+
+def compare(n: int, rounds: int, workdir: Path, steps: int = STEPS, batch: int = BATCH) -> dict[str, float]:
+    """Interleaved rounds of the three ways for N configs: min seconds each, and tokens/s."""
     best: dict[str, tuple[float, int]] = {}
     for _ in range(rounds):
-        for name, way in ways.items():
+        for name, way in ways(bench_model_dir(), workdir, n, steps, batch).items():
             seconds, tokens = in_worker_thread(way)
             if name not in best or seconds < best[name][0]:
                 best[name] = (seconds, tokens)
@@ -189,17 +211,22 @@ def compare(n: int, rounds: int, workdir: Path, steps: int = STEPS, batch: int =
 
 
 @pytest.mark.bench
+@pytest.mark.parametrize("way", ["fused", "sliced", "sequential"])
 @pytest.mark.parametrize("n", [1, 2, 4, 8])
-def test_fused_vs_sliced_vs_sequential(benchmark, tmp_path, n):
-    result = benchmark.pedantic(compare, args=(n, 3, tmp_path), rounds=1, iterations=1)
-    benchmark.extra_info.update(result)
-    print(f"\nN={n}: " + ", ".join(f"{k}={v:.3g}" for k, v in result.items()))
+def test_train_n_configs(benchmark, tmp_path, n, way):
+    """Seconds of one way to train N configs (a round: an Experiment with its `run_fit`, or the N
+    stock trainings), in a worker thread as the engine computes."""
+    benchmark.group = f"fused-N={n}"
+    run = ways(bench_model_dir(), tmp_path, n)[way]
+    tokens: list[int] = []
+    benchmark.pedantic(lambda: tokens.append(in_worker_thread(run)[1]), rounds=bench_rounds(3), iterations=1)
+    benchmark.extra_info.update(n=n, steps=STEPS, batch=BATCH, tokens=tokens[-1])
 
 
 if __name__ == "__main__":
     import tempfile
 
-    rounds = int(os.environ.get("RF_BENCH_ROUNDS", 3))
+    rounds = bench_rounds(3)
     for n in [int(x) for x in os.environ.get("RF_BENCH_N", "1,2,4,8").split(",")]:
         with tempfile.TemporaryDirectory() as tmp:
             result = compare(n, rounds, Path(tmp))

@@ -9,8 +9,11 @@ gradient checkpointing as TRL's default, 4 sequences of 230 tokens per member, f
 is the model's own (``labels=``: full logits), not TRL's chunked fused head, so on a large
 vocabulary the LM head weighs more here than in a TRL step.
 
-    pytest -m bench benchmarks/bench_fused_compute.py --benchmark-only -s
+    pytest -m bench benchmarks/bench_fused_compute.py --benchmark-only   # one benchmark per (N, way)
     python benchmarks/bench_fused_compute.py         # RF_BENCH_N (default 4), RF_BENCH_ROUNDS (5)
+
+Under pytest a round is one way's passes (group ``fused-compute-N=<n>``); the script interleaves
+the two ways and prints their ratio.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_fused import LORAS  # noqa: E402
-
+from benchmarks.bench_fused import LORAS, in_worker_thread  # noqa: E402
+from benchmarks.settings import bench_rounds  # noqa: E402
 from rapidfire_core.lora.context import LoraBatch, backward_batch, lora_batch  # noqa: E402
 from rapidfire_core.lora.peft_segments import segment_forward  # noqa: E402
 
@@ -102,14 +105,25 @@ def compare(n: int, rounds: int) -> dict[str, float]:
 
 
 @pytest.mark.bench
+@pytest.mark.parametrize("way", ["separate", "fused"])
 @pytest.mark.parametrize("n", [4, 8])
-def test_fused_compute_vs_separate(benchmark, n):
-    result = benchmark.pedantic(compare, args=(n, 5), rounds=1, iterations=1)
-    benchmark.extra_info.update(result)
-    print(f"\nN={n}: " + ", ".join(f"{k}={v:.3g}" for k, v in result.items()))
+def test_forward_backward(benchmark, n, way):
+    """Seconds of one forward+backward of N members' batches, fused or one pass per adapter."""
+    benchmark.group = f"fused-compute-N={n}"
+    torch.manual_seed(0)
+    model = _model(n)
+    batches = [torch.randint(4, model.config.vocab_size, (ROWS, LENGTH)) for _ in range(n)]
+    step = {"separate": separate, "fused": fused}[way]
+    benchmark.pedantic(
+        lambda: in_worker_thread(lambda: step(model, batches)),
+        rounds=bench_rounds(5),
+        iterations=1,
+        warmup_rounds=1,
+    )
+    benchmark.extra_info.update(n=n, rows=ROWS, length=LENGTH)
 
 
 if __name__ == "__main__":
     n = int(os.environ.get("RF_BENCH_N", 4))
-    result = compare(n, int(os.environ.get("RF_BENCH_ROUNDS", 5)))
+    result = compare(n, bench_rounds(5))
     print(f"N={n}: " + ", ".join(f"{k}={v:.3g}" for k, v in result.items()))

@@ -10,6 +10,7 @@ report_to="none"). Per way: seconds, aggregate tokens/s (tokens TRL counted) and
 memory; one round each, fused first.
 
     python benchmarks/bench_fused_gpu.py                  # RF_GPU_N=1,4,8 RF_BENCH_STEPS=8
+    pytest -m bench benchmarks/bench_fused_gpu.py --benchmark-only   # one benchmark per (N, way)
     RF_GPU_SHAPE=tiny python benchmarks/bench_fused_gpu.py  # the same code on a small shape (CPU check)
 
 Writes one JSON line per N to stdout and, if $OUT is set, to $OUT/bench_fused_gpu.json.
@@ -23,11 +24,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_fused import engine, in_worker_thread, sequential_stock  # noqa: E402
+from benchmarks.bench_fused import in_worker_thread, ways  # noqa: E402
+from benchmarks.settings import bench_rounds  # noqa: E402
 
 # `tiny_llama_config` arguments: TinyLlama-1.1B's shape, and the demo model's (its defaults).
 SHAPES = {
@@ -73,18 +76,34 @@ def _measured(way) -> dict:
 
 
 def compare(model_dir: str, workdir: Path, n: int, steps: int) -> dict:
-    ways = {
-        "fused": lambda: engine(model_dir, workdir, n, "auto", steps=steps, batch=BATCH, trackers=[]),
-        "sliced": lambda: engine(model_dir, workdir, n, "sliced", steps=steps, batch=BATCH, trackers=[]),
-        "sequential": lambda: sequential_stock(model_dir, workdir, n, steps, BATCH),
-    }
     result: dict = {"n": n, "steps": steps}
-    for name, way in ways.items():
+    for name, way in ways(model_dir, workdir, n, steps, BATCH, trackers=[]).items():
         result[name] = _measured(way)
     result["fused_vs_sliced"] = round(result["sliced"]["s"] / result["fused"]["s"], 3)
     result["fused_vs_sequential"] = round(result["sequential"]["s"] / result["fused"]["s"], 3)
     result["sliced_vs_sequential"] = round(result["sequential"]["s"] / result["sliced"]["s"], 3)
     return result
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    return build_model(tmp_path_factory.mktemp("gpu-bench") / "model", os.environ.get("RF_GPU_SHAPE", "1b"))
+
+
+@pytest.mark.bench
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (a 1B-class model in bf16)")
+@pytest.mark.parametrize("way", ["fused", "sliced", "sequential"])
+@pytest.mark.parametrize("n", [1, 4, 8])
+def test_train_n_configs_gpu(benchmark, model_dir, tmp_path, n, way):
+    """Seconds of one way to train N configs on the 1B-class shape (a round: one `run_fit`, or the
+    N stock trainings); tokens/s and peak GPU memory of the last round in ``extra_info``."""
+    benchmark.group = f"fused-gpu-N={n}"
+    steps = int(os.environ.get("RF_BENCH_STEPS", 8))
+    run = ways(model_dir, tmp_path, n, steps, BATCH, trackers=[])[way]
+    last: list[dict] = []
+    benchmark.pedantic(lambda: last.append(_measured(run)), rounds=bench_rounds(1), iterations=1)
+    benchmark.extra_info.update(n=n, steps=steps, **last[-1])
 
 
 def main() -> None:

@@ -28,11 +28,10 @@ import statistics
 
 import pytest
 import torch
-
-# benchmarks/linear_shapes.py: pytest puts benchmarks/ (no __init__.py) on sys.path.
-from linear_shapes import LORA_LINEAR_SHAPES
 from torch import nn
 
+from benchmarks.linear_shapes import LORA_LINEAR_SHAPES
+from benchmarks.settings import bench_rounds
 from rapidfire_core.lora import LoraBatch, MultiLoraLinear, lora_batch
 from rapidfire_core.ops import AdapterWeights, multi_lora_linear_reference, triton_kernels
 
@@ -178,7 +177,7 @@ def _time(benchmark, fn) -> float:
 
     for _ in range(2):  # warm up: Triton JIT, cuBLAS heuristics, allocator
         step()
-    benchmark.pedantic(step, rounds=20, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(step, rounds=bench_rounds(20), iterations=1, warmup_rounds=1)
     return benchmark.stats.stats.median
 
 

@@ -9,13 +9,15 @@ demo's tiny model). Three ways, interleaved round by round, seconds of the train
                `scheduler.openmp_pool`: libgomp then throttles every team's spin-wait)
     released   the paused threads call `release_openmp_workers()` before they wait
 
-    pytest -m bench benchmarks/bench_openmp_pools.py --benchmark-only -s
+    pytest -m bench benchmarks/bench_openmp_pools.py --benchmark-only   # one benchmark per way
     python benchmarks/bench_openmp_pools.py          # RF_BENCH_ROUNDS rounds (default 5)
+
+Under pytest each way is one benchmark (group ``openmp-pools``) timing the training thread;
+the script interleaves the ways and prints each one's ratio to `alone`.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -26,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.settings import bench_rounds  # noqa: E402
 from rapidfire_core.scheduler.openmp_pool import release_openmp_workers  # noqa: E402
 
 PAUSED_THREADS = 4
@@ -38,38 +41,55 @@ def _steps(n: int, x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> None:
         y.sum().backward()
 
 
+class PausedRuns:
+    """PAUSED_THREADS threads that ran torch ops and now wait for their next turn (none if alone)."""
+
+    def __init__(self, way: str) -> None:
+        self.x = torch.randn(1024, 64, requires_grad=True)
+        self.w1, self.w2 = torch.randn(64, 256), torch.randn(256, 64)
+        self.go = threading.Event()
+        count = PAUSED_THREADS if way != "alone" else 0
+        ready = threading.Barrier(count + 1)
+
+        def paused() -> None:
+            _steps(20, self.x, self.w1, self.w2)  # a run's turn: torch ops, so a pool of OpenMP workers
+            if way == "released":
+                release_openmp_workers()
+            ready.wait()
+            self.go.wait()  # waits for its next turn
+
+        self.waiting = [threading.Thread(target=paused) for _ in range(count)]
+        for thread in self.waiting:
+            thread.start()
+        ready.wait()
+
+    def train(self, steps: int = 400) -> float:
+        """Seconds of ``steps`` training steps in a fresh thread while the paused threads wait."""
+        seconds: list[float] = []
+
+        def train() -> None:
+            start = time.perf_counter()
+            _steps(steps, self.x, self.w1, self.w2)
+            seconds.append(time.perf_counter() - start)
+
+        trainer = threading.Thread(target=train)
+        trainer.start()
+        trainer.join()
+        return seconds[0]
+
+    def end(self) -> None:
+        self.go.set()
+        for thread in self.waiting:
+            thread.join()
+
+
 def one_way(way: str, steps: int = 400) -> float:
     """Seconds of ``steps`` training steps in a fresh thread while PAUSED_THREADS threads wait."""
-    x = torch.randn(1024, 64, requires_grad=True)
-    w1, w2 = torch.randn(64, 256), torch.randn(256, 64)
-    go = threading.Event()
-    ready = threading.Barrier(PAUSED_THREADS + 1 if way != "alone" else 1)
-
-    def paused() -> None:
-        _steps(20, x, w1, w2)  # a run's turn: torch ops, so a pool of OpenMP workers
-        if way == "released":
-            release_openmp_workers()
-        ready.wait()
-        go.wait()  # waits for its next turn
-
-    waiting = [threading.Thread(target=paused) for _ in range(PAUSED_THREADS if way != "alone" else 0)]
-    for thread in waiting:
-        thread.start()
-    ready.wait()
-    seconds: list[float] = []
-
-    def train() -> None:
-        start = time.perf_counter()
-        _steps(steps, x, w1, w2)
-        seconds.append(time.perf_counter() - start)
-
-    trainer = threading.Thread(target=train)
-    trainer.start()
-    trainer.join()
-    go.set()
-    for thread in waiting:
-        thread.join()
-    return seconds[0]
+    paused = PausedRuns(way)
+    try:
+        return paused.train(steps)
+    finally:
+        paused.end()
 
 
 def compare(rounds: int) -> dict[str, float]:
@@ -84,12 +104,21 @@ def compare(rounds: int) -> dict[str, float]:
 
 
 @pytest.mark.bench
-def test_paused_threads_pools(benchmark):
-    result = benchmark.pedantic(compare, args=(5,), rounds=1, iterations=1)
-    benchmark.extra_info.update(result)
-    print("\n" + ", ".join(f"{k}={v:.3g}" for k, v in result.items()))
+@pytest.mark.benchmark(group="openmp-pools")
+@pytest.mark.parametrize("way", WAYS)
+def test_training_thread(benchmark, way):
+    """Seconds of the training thread (its start and join included) while the paused threads of
+    ``way`` wait; starting and ending them is each round's untimed setup and teardown."""
+    current: list[PausedRuns] = []
+    benchmark.pedantic(
+        lambda: current[-1].train(),
+        setup=lambda: current.append(PausedRuns(way)),
+        teardown=lambda: current[-1].end(),
+        rounds=bench_rounds(5),
+        iterations=1,
+    )
 
 
 if __name__ == "__main__":
-    result = compare(int(os.environ.get("RF_BENCH_ROUNDS", 5)))
+    result = compare(bench_rounds(5))
     print(", ".join(f"{k}={v:.3g}" for k, v in result.items()))

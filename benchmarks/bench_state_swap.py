@@ -33,6 +33,7 @@ from functools import partial
 import pytest
 import torch
 
+from benchmarks.settings import bench_rounds
 from rapidfire_core.memory import StatePool
 from rapidfire_core.memory.state_refs import DictRef, ParamRef
 
@@ -230,13 +231,15 @@ def test_swap(benchmark, rank, device, method, direction):
             if direction == "to_host"
             else (state.pool_restore, state.ensure_evicted)
         )
-        benchmark.pedantic(fn, setup=setup, rounds=5, iterations=1, warmup_rounds=1)
+        benchmark.pedantic(fn, setup=setup, rounds=bench_rounds(5), iterations=1, warmup_rounds=1)
     elif method == "pool_copy_only":
-        benchmark.pedantic(state.copy_only, args=(direction,), rounds=5, iterations=1, warmup_rounds=1)
+        benchmark.pedantic(
+            state.copy_only, args=(direction,), rounds=bench_rounds(5), iterations=1, warmup_rounds=1
+        )
     else:
         baseline = PerTensor(state)
         fn = baseline.to_host if direction == "to_host" else baseline.to_device
-        benchmark.pedantic(fn, rounds=5, iterations=1, warmup_rounds=1)
+        benchmark.pedantic(fn, rounds=bench_rounds(5), iterations=1, warmup_rounds=1)
     seconds = benchmark.stats.stats.min
     benchmark.extra_info.update(
         state_bytes=state.nbytes, tensors=len(state.refs), gbps=round(state.nbytes / seconds / 1e9, 2)
@@ -263,7 +266,7 @@ def test_pool_vs_pinned_link_and_hidden_share(benchmark, rank):
         prefetch_hidden_fraction=round(hidden, 3),
         evict_plus_restore_duplex_speedup=round(duplex, 2),
     )
-    benchmark.pedantic(state.pool_restore, setup=state.ensure_evicted, rounds=3, iterations=1)
+    benchmark.pedantic(state.pool_restore, setup=state.ensure_evicted, rounds=bench_rounds(3), iterations=1)
 
 
 # ---- python benchmarks/bench_state_swap.py ---------------------------------------------------------

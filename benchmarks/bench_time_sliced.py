@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.bench_fused import engine, in_worker_thread, sequential_stock
+from benchmarks.settings import bench_rounds
 from rapidfire_core.demo.tiny_model import demo_assets
 
 pytestmark = pytest.mark.bench
@@ -30,7 +31,7 @@ def model_dir():
 def test_sequential_stock_trl(benchmark, model_dir, tmp_path):
     benchmark.pedantic(
         lambda: in_worker_thread(lambda: sequential_stock(model_dir, tmp_path, NUM_CONFIGS)),
-        rounds=3,
+        rounds=bench_rounds(3),
         iterations=1,
         warmup_rounds=0,
     )
@@ -41,7 +42,7 @@ def test_sequential_stock_trl(benchmark, model_dir, tmp_path):
 def test_engine(benchmark, model_dir, tmp_path, num_chunks):
     benchmark.pedantic(
         lambda: in_worker_thread(lambda: engine(model_dir, tmp_path, NUM_CONFIGS, "sliced", num_chunks)),
-        rounds=3,
+        rounds=bench_rounds(3),
         iterations=1,
         warmup_rounds=0,
     )

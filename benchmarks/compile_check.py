@@ -41,10 +41,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # linear_shapes, beside this file
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the checkout's rapidfire_core
-from linear_shapes import LORA_LINEAR_SHAPES  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: benchmarks, rapidfire_core
+from benchmarks.linear_shapes import LORA_LINEAR_SHAPES  # noqa: E402
 from rapidfire_core.ops import _kernels  # noqa: E402
 from rapidfire_core.ops.lora_expand import _expand_backward_triton, _expand_triton  # noqa: E402
 from rapidfire_core.ops.lora_shrink import _shrink_backward_triton, _shrink_triton  # noqa: E402
