@@ -161,10 +161,28 @@ def add_lora_adapter(
     return targets
 
 
-def inject_multi_lora(model: nn.Module, adapters: Mapping[str, object], **kwargs) -> nn.Module:
-    """``add_lora_adapter`` for each (name, LoraConfig) in order; returns the model (changed in place)."""
-    for name, config in adapters.items():
-        add_lora_adapter(model, name, config, **kwargs)
+def inject_multi_lora(
+    model: nn.Module,
+    adapters: Mapping[str, object],
+    *,
+    seed: int | Mapping[str, int] | None = None,
+    **kwargs,
+) -> nn.Module:
+    """``add_lora_adapter`` for each (name, LoraConfig) in order; returns the model (changed in place).
+
+    ``seed``: None (the caller's RNG stream, drawn in order), a ``{name: seed}`` mapping, or an
+    int ``s``: adapter i (in order) is initialised from ``s + i``, so adapters of equal shape
+    start from different weights, and adapter i equals PEFT's ``get_peft_model`` under
+    ``torch.manual_seed(s + i)``. Other keyword arguments go to every ``add_lora_adapter``.
+    """
+    for index, (name, config) in enumerate(adapters.items()):
+        if isinstance(seed, Mapping):
+            if name not in seed:
+                raise KeyError(f"seed mapping has no seed for adapter {name!r}")
+            own_seed = int(seed[name])
+        else:
+            own_seed = None if seed is None else int(seed) + index
+        add_lora_adapter(model, name, config, seed=own_seed, **kwargs)
     return model
 
 

@@ -30,8 +30,9 @@ output's own dtype (never rounded to the LoRA dtype first), which is the result'
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,6 +43,20 @@ from torch import nn
 from ..ops import _backend
 from ..ops.multi_lora import AdapterWeights, draw_keep_mask, multi_lora_add, multi_lora_add_reference
 from .context import LoraBatch, SegmentLayout, current_lora_batch
+
+
+class AdapterNotResident(RuntimeError):
+    """A forward reached an adapter whose weights hold no memory: a `memory.StatePool` evicted
+    its run and it was not restored (``pool.acquire(run_id)``) before the forward."""
+
+
+def _evicted(adapters: AdapterSet, names: tuple[str, ...]) -> list[str]:
+    """The adapters among ``names`` whose A or B storage the pool released (0 bytes)."""
+    return [
+        n
+        for n in names
+        if any(m[n].weight.untyped_storage().nbytes() == 0 for m in (adapters.lora_A, adapters.lora_B))
+    ]
 
 
 @dataclass(frozen=True)
@@ -209,6 +224,27 @@ def _stacked_weights(
     return _stack_as(a, dtype), _stack_as(b, dtype)
 
 
+def _naming_evicted_adapters(add: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``add`` raising `AdapterNotResident` when it fails on an adapter the pool evicted. Checked
+    only on failure: a storage query per adapter per layer on every step would tax the hot path."""
+
+    @functools.wraps(add)
+    def checked(adapters: AdapterSet, x, result, batch, layout: SegmentLayout, training) -> torch.Tensor:
+        try:
+            return add(adapters, x, result, batch, layout, training)
+        except RuntimeError as error:
+            evicted = _evicted(adapters, layout.active)
+            if evicted:
+                raise AdapterNotResident(
+                    f"adapter(s) {evicted} are evicted (a StatePool released their memory): restore them "
+                    "with pool.acquire(run_id) or pool.get(run_id) before a forward that uses them"
+                ) from error
+            raise
+
+    return checked
+
+
+@_naming_evicted_adapters
 def add_segment_adapters(
     adapters: AdapterSet,
     x: torch.Tensor,
@@ -218,7 +254,8 @@ def add_segment_adapters(
     training: bool,
 ) -> torch.Tensor:
     """``result`` (the base layer's output for ``x``) plus each segment's adapter of ``adapters``
-    (the module docstring's math); dropout only when ``training``. Same shape and dtype as result."""
+    (the module docstring's math); dropout only when ``training``. Same shape and dtype as result.
+    Raises `AdapterNotResident` if an adapter of the batch is evicted from its device."""
     x2 = x.reshape(-1, adapters.in_features)  # (M, K)
     if x2.shape[0] != layout.num_rows:
         raise ValueError(

@@ -6,6 +6,15 @@
 - `policy`: evict the run needed furthest in the future.
 - `residency`: `RunResidency`, the scheduler's hooks (`run_fit(..., gpu_state_budget=...)`).
 
+Park and restore one run (its adapter's parameters and its optimizer's state tensors)::
+
+    pool = StatePool("cuda:0", capacity_bytes=8 << 30)           # or "cpu"
+    pool.put("run-1", run_state_refs(model, "run-1", optimizer))  # packed, still usable in place
+    pool.evict("run-1")                                           # device memory released
+    pool.acquire("run-1")                                         # restored, bit-identical
+
+Guide with runnable examples: docs/low-level-api.md.
+
 The bytes move in the compiled module (`rapidfire_core._C.HostArena`, `CopyEngine`); this
 package needs it (`NativeUnavailableError` otherwise) only when a pool is created.
 """

@@ -10,9 +10,9 @@ it did on the original tensors.
 
     params = [p for name, p in model.named_parameters() if adapter_name is a segment of name]
            + [p for group in optimizer.param_groups for p in group["params"]]   # deduplicated
-    refs   = [ParamRef(p) for p in params]
-           + [DictRef(optimizer.state[p], key) for p in params for key, value in its state
-              if value is a tensor]
+    refs   = [ParamRef(f"param/{name}", p) for name, p in params]
+           + [DictRef(f"optim/{name}/{key}", optimizer.state[p], key) for name, p in params
+              for key, value in its state if value is a tensor]
 """
 
 from __future__ import annotations
