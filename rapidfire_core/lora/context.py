@@ -59,7 +59,15 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 class LoraBatch:
-    """Segments of one fused step: ``[(adapter name or None, number of rows), ...]`` in row order.
+    """Segments of one fused step: ``[(adapter name or None, size), ...]`` in row order.
+
+    A layer sees its input as rows: (batch, seq, features) flattens to batch * seq rows, one
+    per token. By default a segment's size counts those rows, so two sequences of 64 tokens
+    are ``("a", 2 * 64)``. ``per_sequence=True``: sizes count sequences instead, ``("a", 2)``,
+    and each layer call scales them by its own tokens per sequence (its rows / the total
+    sequences), which is what generation needs (the prompt, then one token per step); every
+    sequence of one call has the same length, so pad different lengths to one
+    (`lora.fused.pack_adapter_batches` does). ``None``: rows that no adapter touches.
 
     ``adapter_sets``: the adapter-name tuples of the model's layers (``lora_adapter_sets(model)``)
     to build every layout up front, e.g. before ``torch.compile`` traces the forward.
