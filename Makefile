@@ -78,11 +78,13 @@ system-deps:
 # the latest saved run) and fails if a benchmark's minimum over its rounds is more than
 # BENCH_NOISE slower than the baseline's: the minimum is the figure least moved by other load,
 # and 20% is above the round-to-round spread of the engine suites on a quiet 2-core machine.
-# RF_BENCH_ROUNDS=1 (environment) runs every suite with one round, e.g. to check they work.
+# RF_BENCH_ROUNDS=1 (environment) runs every suite with one round, e.g. to check they work;
+# BENCH_PATHS=benchmarks/bench_fused.py runs one suite.
+BENCH_PATHS ?= benchmarks
 BENCH_STORAGE ?= .benchmarks
 BENCH_NOISE ?= 20%
 BENCH_BASELINE ?=
-BENCH_PYTEST := $(RUN_ENV) $(PY) -m pytest -m bench benchmarks --benchmark-only \
+BENCH_PYTEST := $(RUN_ENV) $(PY) -m pytest -m bench $(BENCH_PATHS) --benchmark-only \
 	--benchmark-storage=$(BENCH_STORAGE) --benchmark-group-by=group
 
 bench: install
