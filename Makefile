@@ -96,7 +96,7 @@ format: install
 wheel: install
 	@set -e; raw=$$(mktemp -d); trap 'rm -rf "$$raw"' EXIT; \
 	RAPIDFIRE_BUILD_DIR="$$raw/cmake" $(PIP) wheel $(PIP_FLAGS) . --no-deps --no-build-isolation -w "$$raw"; \
-	$(PY) -m auditwheel repair --plat $(WHEEL_PLAT) -w dist "$$raw"/rapidfire_core-*.whl; \
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m auditwheel repair --plat $(WHEEL_PLAT) -w dist "$$raw"/rapidfire_core-*.whl; \
 	ls -l dist
 
 clean:
