@@ -6,7 +6,8 @@
 #   make system-deps  Debian packages the tests need: chromium (the dashboard's browser test)
 #   make bench     pytest-benchmark suites in benchmarks/
 #   make lint      ruff check + ruff format --check;  make format  fixes what it can
-#   make wheel     dist/rapidfire_core-<version>+<variant>-cp3X-cp3X-manylinux_2_28_x86_64.whl, offline,
+#   make wheel     dist/rapidfire_core-<version>+<variant>-cp3X-cp3X-manylinux_2_28_x86_64.whl (plus any older
+#                  tag auditwheel finds, e.g. manylinux_2_26), offline,
 #                  checked by auditwheel (RAPIDFIRE_CUDA=0 for the cpu variant; docs/install.md)
 #   make clean     build outputs;  make distclean  also the venv
 #

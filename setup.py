@@ -233,19 +233,20 @@ class CMakeBuild(build_ext):
         ]
         default_jobs = self.parallel or min(os.cpu_count() or 1, 8)
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(default_jobs)
-        build = [cmake, "--build", "{dir}", "--config", config, "-j", jobs]
+
+        def configure_and_build(build_dir: str) -> None:
+            self._run([cmake, "-S", str(ROOT), "-B", build_dir, *configure])
+            self._run([cmake, "--build", build_dir, "--config", config, "-j", jobs])
 
         if os.environ.get("RAPIDFIRE_BUILD_DIR") or not throwaway:
             build_dir = self._developer_build_dir(variant)
             self._reset_if_stale(build_dir, {"cmake": cmake, "generator": generator, "args": toolchain})
-            self._run([cmake, "-S", str(ROOT), "-B", str(build_dir), *configure])
-            self._run([a.format(dir=build_dir) for a in build])
+            configure_and_build(str(build_dir))
         else:
             # Build tools in a throwaway env (pip's or build's isolation): a throwaway tree too,
             # outside the source tree, so the developer's incremental build/ is never touched.
             with tempfile.TemporaryDirectory(prefix="rapidfire-cmake-") as tmp:
-                self._run([cmake, "-S", str(ROOT), "-B", tmp, *configure])
-                self._run([a.format(dir=tmp) for a in build])
+                configure_and_build(tmp)
 
         if not target.exists():
             raise RuntimeError(
@@ -264,8 +265,8 @@ class CMakeBuild(build_ext):
     def _reset_if_stale(build_dir: Path, fingerprint: dict[str, object]) -> None:
         """Wipe the build tree when the tools that made it changed.
 
-        Under pip's build isolation, cmake and pybind11 live in a temporary env that
-        is gone by the next build; a cache pointing there would fail to regenerate.
+        CMake cannot switch compiler, generator or CUDA mode inside an existing tree, and a
+        cache pointing at a cmake or pybind11 that is gone would fail to regenerate.
         """
         stamp = build_dir / "rapidfire-fingerprint.json"
         text = json.dumps(fingerprint, sort_keys=True)

@@ -382,3 +382,49 @@ def test_cibuildwheel_builds_cpython_310_to_313(tmp_path: Path) -> None:
     config = _pyproject()["tool"]["cibuildwheel"]
     assert config["manylinux-x86_64-image"] == "manylinux_2_28"
     assert "manylinux_2_28_x86_64" in config["linux"]["repair-wheel-command"]
+
+
+@pytest.fixture(scope="module")
+def setup_py():
+    """setup.py's helpers (imported under another name, so that setup() itself does not run)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rapidfire_setup", ROOT / "setup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_variant_follows_the_nvcc_a_build_finds(setup_py, tmp_path: Path, monkeypatch) -> None:
+    nvcc = tmp_path / "nvcc"
+    nvcc.write_text("#!/bin/sh\necho 'Cuda compilation tools, release 12.8, V12.8.93'\n")
+    nvcc.chmod(0o755)
+    monkeypatch.setenv("CUDACXX", str(nvcc))
+    monkeypatch.setenv("RAPIDFIRE_CUDA", "auto")
+    assert setup_py.build_variant() == ("cu128", nvcc)
+    monkeypatch.setenv("RAPIDFIRE_CUDA", "0")
+    assert setup_py.build_variant() == ("cpu", None)
+    monkeypatch.setattr(setup_py, "find_nvcc", lambda: None)  # a machine without a toolkit
+    assert setup_py.build_variant() == ("cpu", None)
+    monkeypatch.setenv("RAPIDFIRE_CUDA", "auto")
+    assert setup_py.build_variant() == ("cpu", None)
+    monkeypatch.setenv("RAPIDFIRE_CUDA", "1")
+    with pytest.raises(RuntimeError, match="no nvcc was found"):
+        setup_py.build_variant()
+
+
+def test_local_label_can_be_left_off_for_pypi(setup_py, monkeypatch) -> None:
+    from rapidfire_core._version import BASE_VERSION
+
+    monkeypatch.delenv("RAPIDFIRE_LOCAL_VERSION", raising=False)
+    assert setup_py.package_version("cu128") == f"{BASE_VERSION}+cu128"
+    monkeypatch.setenv("RAPIDFIRE_LOCAL_VERSION", "0")
+    assert setup_py.package_version("cu128") == BASE_VERSION
+
+
+def test_only_temporary_build_tools_get_a_throwaway_tree(setup_py, tmp_path: Path) -> None:
+    import tempfile
+
+    isolated = Path(tempfile.gettempdir()) / "build-env-abc" / "lib" / "pybind11" / "share" / "cmake"
+    assert setup_py.build_tools_are_temporary(str(isolated), "/usr/bin/cmake")
+    assert not setup_py.build_tools_are_temporary(str(ROOT / ".venv" / "pybind11"), "/usr/bin/cmake")
