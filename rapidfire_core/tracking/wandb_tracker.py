@@ -3,7 +3,9 @@
 The project is ``$WANDB_PROJECT`` or the experiment's name; ``$WANDB_ENTITY``, ``$WANDB_MODE``
 (``offline``: nothing leaves the machine, ``wandb sync`` uploads later) and ``$WANDB_API_KEY``
 are W&B's own and read by it. Local files go to ``$WANDB_DIR`` when set, else the experiment
-directory (``<experiment>/wandb/``).
+directory (``<experiment>/wandb/``). Without W&B credentials (no ``$WANDB_API_KEY``, no
+``wandb login``) and no ``$WANDB_MODE``, the runs are logged offline with a warning: W&B would
+otherwise stop the sweep at a login prompt.
 
 The rules the other backends follow hold here too:
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +56,15 @@ class WandbTracker:
         self.project = os.environ.get(PROJECT_ENV) or experiment_name
         self.dir = Path(os.environ.get(DIR_ENV) or experiment_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.mode = os.environ.get("WANDB_MODE", "").strip().lower() or "online"
+        if self.mode == "online" and not wandb.login(prompt=False, verify=False):
+            warnings.warn(
+                f"W&B: no credentials (WANDB_API_KEY or `wandb login`): logging offline to "
+                f"{self.dir / 'wandb'}; `wandb sync` uploads it later",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self.mode = "offline"
         self._runs: dict[str, Any] = {}
         self._configs: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()  # metrics arrive from run threads too
@@ -77,6 +89,7 @@ class WandbTracker:
                 name=run_name,
                 config=self._configs.get(run_name, {}),
                 dir=str(self.dir),
+                mode=self.mode,
                 resume="allow",
                 reinit="create_new",
                 settings=self._settings(),
@@ -141,8 +154,7 @@ class WandbTracker:
             run.finish()
 
     def ui_hint(self) -> str:
-        mode = os.environ.get("WANDB_MODE", "online")
-        if mode in ("offline", "dryrun"):
+        if self.mode in ("offline", "dryrun"):
             return f'W&B project "{self.project}", offline: wandb sync {self.dir / "wandb"}'
         return f'W&B project "{self.project}" (group "{self.experiment_name}")'
 

@@ -150,6 +150,24 @@ def test_failed_and_deleted_runs_keep_their_status(tmp_path: Path, offline, monk
     assert deleted["summary"][STATUS_KEY] == "DELETED"
 
 
+def test_without_credentials_it_logs_offline_instead_of_prompting(tmp_path: Path, monkeypatch) -> None:
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_PROJECT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc, no W&B settings
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "home" / ".config" / "wandb"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "home" / ".netrc"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    with pytest.warns(RuntimeWarning, match="no credentials"):
+        tracker = WandbTracker("exp", tmp_path / "exp")
+    tracker.start_run("run-1", {"train.learning_rate": 1e-3})
+    tracker.log_metric_steps("run-1", [(1, {"loss": 2.0})])
+    tracker.end_run("run-1", "FINISHED")
+    tracker.close()
+    run = _read_runs(tmp_path / "exp")[wandb_run_id("exp", "run-1")]
+    assert run["history"] == [(1, {"loss": 2.0})]
+    assert "wandb sync" in tracker.ui_hint()
+
+
 def test_selected_by_name_writes_under_the_experiment(tmp_path: Path, offline) -> None:
     logs = ExperimentLogs(tmp_path)
     trackers = build_trackers(["wandb"], "exp", tmp_path, "unused", TrainingLog(logs.training))
