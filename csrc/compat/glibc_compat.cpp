@@ -5,7 +5,8 @@
 // runtime's -- to __wrap_NAME below.
 //
 // * Functions in glibc_pinned_symbols.def: __wrap_NAME is a tail jump to NAME at its pre-2.34
-//   version (pinned with .symver), so arguments and return pass through untouched.
+//   version (pinned with .symver), so arguments and return pass through untouched; RF_ALIAS
+//   entries jump to another function (glibc 2.38's C23 strto*/sscanf to the classic ones).
 // * __libc_single_threaded (GLIBC_2.32), read by libstdc++ to skip atomic reference counts in a
 //   process that never started a thread: ours is always 0 ("threads may exist"), which only costs
 //   the atomics (correct in every process).
@@ -15,16 +16,19 @@
 #include <cerrno>
 #include <cstdint>
 
-#define RF_PIN(name, version)                                       \
-  __asm__(".symver rf_pinned_" #name ", " #name "@" version "\n"    \
-          ".globl __wrap_" #name "\n"                               \
-          ".hidden __wrap_" #name "\n"                              \
-          ".type __wrap_" #name ", @function\n"                     \
-          "__wrap_" #name ":\n"                                     \
-          "  jmp rf_pinned_" #name "@PLT\n"                         \
+// __wrap_NAME: a tail jump to TARGET@VERSION (registers, stack and varargs pass through).
+#define RF_ALIAS(name, target, version)                                  \
+  __asm__(".symver rf_pinned_" #name ", " #target "@" version "\n"       \
+          ".globl __wrap_" #name "\n"                                    \
+          ".hidden __wrap_" #name "\n"                                   \
+          ".type __wrap_" #name ", @function\n"                          \
+          "__wrap_" #name ":\n"                                          \
+          "  jmp rf_pinned_" #name "@PLT\n"                              \
           ".size __wrap_" #name ", . - __wrap_" #name "\n");
+#define RF_PIN(name, version) RF_ALIAS(name, name, version)
 #include "glibc_pinned_symbols.def"
 #undef RF_PIN
+#undef RF_ALIAS
 
 extern "C" {
 
