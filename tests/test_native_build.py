@@ -268,7 +268,7 @@ def wheel_build(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     The build tools look isolated (pybind11 imported from a temporary directory, as in pip's and
     build's isolated envs), and the source tree holds a developer's incremental CMake tree with a
     stale fingerprint: the build must leave it alone. Then `auditwheel repair` for manylinux_2_28.
-    On the 2-core CI machine this fixture takes about 80 s (one C++ build, plus nvcc where present).
+    One C++ build (plus nvcc where present): 30-90 s on two cores, depending on their load.
     """
     import pybind11
 
