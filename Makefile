@@ -7,7 +7,9 @@
 #   make bench     every pytest-benchmark suite in benchmarks/, the run saved as JSON in .benchmarks/
 #   make bench-compare  the suites again against a saved run; fails on a regression beyond BENCH_NOISE
 #   make lint      ruff check + ruff format --check;  make format  fixes what it can
-#   make wheel     dist/rapidfire_core-*.whl (never pulls torch)
+#   make wheel     dist/rapidfire_core-<version>+<variant>-cp3X-cp3X-manylinux_2_28_x86_64.whl (plus any older
+#                  tag auditwheel finds, e.g. manylinux_2_26), offline,
+#                  checked by auditwheel (RAPIDFIRE_CUDA=0 for the cpu variant; docs/install.md)
 #   make clean     build outputs;  make distclean  also the venv
 #
 # GPU users: make install TORCH_SPEC=torch==2.13.0 TORCH_INDEX=https://download.pytorch.org/whl/cu130
@@ -29,7 +31,9 @@ RUN_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZ
 DEPS_STAMP := $(VENV)/.rapidfire-deps.stamp
 STAMP := $(VENV)/.rapidfire-install.stamp
 NATIVE_SRCS := CMakeLists.txt $(shell find csrc python -type f \
-	\( -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu' \) 2>/dev/null)
+	\( -name '*.h' -o -name '*.def' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu' \) 2>/dev/null)
+# The oldest glibc our wheels support: RHEL 8 / AlmaLinux 8 / Ubuntu 20.04 (2.31) and newer.
+WHEEL_PLAT ?= manylinux_2_28_x86_64
 LINT_PATHS := $(wildcard rapidfire_core tests benchmarks setup.py)
 
 .PHONY: venv install demo test system-deps bench bench-compare lint format wheel clean distclean
@@ -104,8 +108,15 @@ format: install
 	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
 	$(VENV)/bin/ruff format $(LINT_PATHS)
 
-wheel: $(PY)
-	$(PIP) wheel $(PIP_FLAGS) . -w dist --no-deps
+# Built with the venv's build tools (offline, no isolation) in a throwaway CMake tree, then
+# `auditwheel repair`: it refuses a module that needs a newer glibc/libstdc++ than $(WHEEL_PLAT) or a
+# library outside the manylinux set. A CI with containers builds the same with cibuildwheel
+# (pyproject.toml [tool.cibuildwheel]) for CPython 3.10-3.13.
+wheel: install
+	@set -e; raw=$$(mktemp -d); trap 'rm -rf "$$raw"' EXIT; \
+	RAPIDFIRE_BUILD_DIR="$$raw/cmake" $(PIP) wheel $(PIP_FLAGS) . --no-deps --no-build-isolation -w "$$raw"; \
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m auditwheel repair --plat $(WHEEL_PLAT) -w dist "$$raw"/rapidfire_core-*.whl; \
+	ls -l dist
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .benchmarks

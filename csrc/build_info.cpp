@@ -43,8 +43,22 @@ DeviceStatus query_devices() {
   DeviceStatus s;
 #ifdef RAPIDFIRE_WITH_CUDA
   s.runtime_version = cuda::runtime_version();
-  if (int d = cuda::driver_version(); d > 0) s.driver_version = d;
   std::string error;
+  const int driver = cuda::driver_version(error);
+  if (driver <= 0) {
+    s.error = error;  // asking the runtime would only say "driver version is insufficient"
+    return s;
+  }
+  s.driver_version = driver;
+  // CUDA's minor-version compatibility: a runtime runs on any driver of the same major version or
+  // newer (12.x runtimes from driver 525, 13.x from driver 580).
+  if (driver / 1000 < *s.runtime_version / 1000) {
+    s.error = "the NVIDIA driver supports CUDA " + std::to_string(driver / 1000) + "." +
+              std::to_string(driver % 1000 / 10) + " but this build's CUDA runtime is " +
+              std::to_string(*s.runtime_version / 1000) + "." + std::to_string(*s.runtime_version % 1000 / 10) +
+              ": it needs a driver for CUDA " + std::to_string(*s.runtime_version / 1000) + ".x";
+    return s;
+  }
   int n = cuda::device_count(error);
   if (n < 0) {
     s.error = error;

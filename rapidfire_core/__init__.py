@@ -10,7 +10,7 @@ from importlib import metadata as _metadata
 try:
     __version__ = _metadata.version("rapidfire_core")
 except _metadata.PackageNotFoundError:  # running from a source tree without an install
-    __version__ = "0.1.0"
+    from rapidfire_core._version import BASE_VERSION as __version__
 
 __all__ = ["Experiment", "__version__"]
 

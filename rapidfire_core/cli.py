@@ -126,9 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser(
         "info",
-        help="print build info of the native module, library versions and whether a GPU is usable",
+        help="print the build variant, what it can do on this machine and why, and library versions",
         description=(
-            "Print rapidfire_core's native build info, torch/trl/transformers/peft versions and GPU status."
+            "Print rapidfire_core's build variant (cpu / cuXYZ), the NVIDIA driver it found, which "
+            "capabilities work here and why not, the native build facts and torch/trl/transformers/peft "
+            "versions."
         ),
     )
     _add_steering_parsers(sub)
@@ -251,12 +253,19 @@ def collect_info() -> dict:
     except Exception as exc:  # noqa: BLE001
         info["gpu_usable"] = False
         info["gpu"] = f"unknown ({type(exc).__name__}: {exc})"
+    from rapidfire_core.build_report import build_report
+
+    info["build"] = build_report(
+        info["rapidfire_core"], info["native"], info.get("torch_cuda"), info["gpu_usable"]
+    )
     return info
 
 
 def _print_info(info: dict) -> None:
+    from rapidfire_core.build_report import format_report
+
     native = info.get("native", {})
-    print(f"rapidfire_core {info['rapidfire_core']}")
+    print("\n".join(format_report(info["build"])))
     print("native module (rapidfire_core._C):")
     for key, value in native.items():
         print(f"  {key}: {value}")

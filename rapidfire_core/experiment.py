@@ -83,9 +83,8 @@ class Experiment:
         experiment_name must be one folder name (`control.experiment_name`): ValueError otherwise.
         num_cpus / num_gpus: RapidFire AI's resource arguments (`fit.arguments`: num_cpus sets the
         training's CPU threads; num_gpus warns unless it is the one device used).
-        trackers: the tracking backends, of "mlflow", "tensorboard", "trackio" (default: the
-        RF_MLFLOW_ENABLED / RF_TENSORBOARD_ENABLED / RF_TRACKIO_ENABLED switches, MLflow alone
-        when none is set; see `tracking.selection`).
+        trackers: the tracking backends, of "mlflow", "tensorboard", "trackio", "wandb" (default:
+        the RF_*_ENABLED switches, MLflow alone when none is set; see `tracking.selection`).
 
         Attributes as RapidFire AI's: `mode` ("fit"), `experiment_name`, `experiment_path` (the
         root folder), `experiment_id` (the MLflow experiment id; None without MLflow); `path` is

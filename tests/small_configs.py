@@ -1,11 +1,28 @@
-"""Small DPO and GRPO config groups on the tiny test model, shared by the engine and pool tests."""
+"""Small SFT, DPO and GRPO config groups on the tiny test model, shared by the engine and pool tests."""
 
 from __future__ import annotations
 
-from rapidfire_core.automl import List, RFDPOConfig, RFGRPOConfig, RFLoraConfig, RFModelConfig
+from rapidfire_core.automl import List, RFDPOConfig, RFGRPOConfig, RFLoraConfig, RFModelConfig, RFSFTConfig
+from rapidfire_core.demo.data import formatting_function
 from rapidfire_core.demo.rewards import answer_reward, format_reward
 
 LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+
+
+def sft_two_learning_rates(model_dir: str) -> RFModelConfig:
+    """Two SFT runs (lr 1e-3 and 1e-4) on the demo support data, 4 steps of 2 examples."""
+    return RFModelConfig(
+        model_name=model_dir,
+        peft_config=RFLoraConfig(**LORA),
+        training_args=RFSFTConfig(
+            learning_rate=List([1e-3, 1e-4]),
+            max_steps=4,
+            per_device_train_batch_size=2,
+            logging_steps=1,
+            max_length=64,
+        ),
+        formatting_func=formatting_function,
+    )
 
 
 def dpo_two_betas(model_dir: str) -> RFModelConfig:

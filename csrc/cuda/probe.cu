@@ -3,6 +3,7 @@
 #include "rapidfire/cuda_probe.h"
 
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 
 #include <string>
 
@@ -21,9 +22,23 @@ int runtime_version() {
   return cudaRuntimeGetVersion(&v) == cudaSuccess ? v : 0;
 }
 
-int driver_version() {
+int driver_version(std::string& error) {
+  // The library stays loaded (RTLD_NOLOAD-free dlopen is reference counted; the runtime opens the
+  // same file when it initializes).
+  void* lib = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
+  if (lib == nullptr) {
+    const char* why = dlerror();
+    error = std::string("no NVIDIA driver: libcuda.so.1 cannot be loaded (") + (why ? why : "unknown") + ")";
+    return 0;
+  }
+  using GetVersion = int (*)(int*);  // CUresult cuDriverGetVersion(int*)
+  auto get_version = reinterpret_cast<GetVersion>(dlsym(lib, "cuDriverGetVersion"));
   int v = 0;
-  return cudaDriverGetVersion(&v) == cudaSuccess ? v : 0;
+  if (get_version == nullptr || get_version(&v) != 0 || v <= 0) {
+    error = "the NVIDIA driver's libcuda.so.1 loaded but did not report its CUDA version";
+    return 0;
+  }
+  return v;
 }
 
 int device_count(std::string& error) {

@@ -1,12 +1,13 @@
 """Which tracking backends an experiment uses, and building them.
 
-``Experiment(..., trackers=[...])`` names them (any of "mlflow", "tensorboard", "trackio"; ``[]``:
+``Experiment(..., trackers=[...])`` names them (any of "mlflow", "tensorboard", "trackio", "wandb"; ``[]``:
 none but the training log file). Without it, RapidFire AI's switches decide, read when the
 experiment is opened:
 
     RF_MLFLOW_ENABLED       default "true"
     RF_TENSORBOARD_ENABLED  default "false"
     RF_TRACKIO_ENABLED      default "false"
+    RF_WANDB_ENABLED        default "false"
 
 ("true"/"1"/"yes"/"on" or "false"/"0"/"no"/"off", any case; anything else is a ValueError
 naming the variable.) Where each one writes:
@@ -15,6 +16,7 @@ naming the variable.) Where each one writes:
     tensorboard  $RF_TENSORBOARD_LOG_DIR/<experiment name>/<run name>/ when that variable is set,
                  else <experiment>/tensorboard_logs/<run name>/
     trackio      Trackio's local store (``tracking.trackio_tracker``)
+    wandb        W&B ($WANDB_MODE=offline: $WANDB_DIR, else <experiment>/wandb/; ``tracking.wandb_tracker``)
 
 The training log file (``control.log_files``) always receives the same calls.
 """
@@ -27,13 +29,14 @@ from pathlib import Path
 
 from rapidfire_core.tracking.fanout import Trackers
 
-TRACKER_NAMES = ("mlflow", "tensorboard", "trackio")
+TRACKER_NAMES = ("mlflow", "tensorboard", "trackio", "wandb")
 SWITCHES = {
     "mlflow": "RF_MLFLOW_ENABLED",
     "tensorboard": "RF_TENSORBOARD_ENABLED",
     "trackio": "RF_TRACKIO_ENABLED",
+    "wandb": "RF_WANDB_ENABLED",
 }
-DEFAULT_ON = {"mlflow": True, "tensorboard": False, "trackio": False}
+DEFAULT_ON = {"mlflow": True, "tensorboard": False, "trackio": False, "wandb": False}
 TENSORBOARD_DIR_ENV = "RF_TENSORBOARD_LOG_DIR"
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
@@ -91,6 +94,10 @@ def build_trackers(
             from rapidfire_core.tracking.trackio_tracker import TrackioTracker
 
             backends[name] = TrackioTracker(experiment_name)
+        elif name == "wandb":
+            from rapidfire_core.tracking.wandb_tracker import WandbTracker
+
+            backends[name] = WandbTracker(experiment_name, experiment_dir)
     backends["training log"] = training_log
     return Trackers(backends, primary="mlflow" if "mlflow" in backends else None)
 

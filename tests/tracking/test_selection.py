@@ -17,6 +17,7 @@ def test_mlflow_alone_by_default():
 def test_switches_turn_backends_on_and_off():
     env = {"RF_MLFLOW_ENABLED": "false", "RF_TENSORBOARD_ENABLED": "TRUE", "RF_TRACKIO_ENABLED": "1"}
     assert chosen_trackers(None, environ=env) == ["tensorboard", "trackio"]
+    assert chosen_trackers(None, environ={"RF_WANDB_ENABLED": "yes"}) == ["mlflow", "wandb"]
 
 
 def test_the_argument_overrides_the_switches():
@@ -28,7 +29,7 @@ def test_the_argument_overrides_the_switches():
 @pytest.mark.parametrize(
     "trackers, env, error, text",
     [
-        (["wandb"], {}, ValueError, "unknown ['wandb']"),
+        (["neptune"], {}, ValueError, "unknown ['neptune']"),
         ("tensorboard", {}, TypeError, "a list of names"),
         (None, {"RF_TRACKIO_ENABLED": "maybe"}, ValueError, "RF_TRACKIO_ENABLED='maybe'"),
     ],

@@ -22,7 +22,7 @@ struct BuildConfig {
 // What the CUDA runtime says right now. Re-queried on every call.
 struct DeviceStatus {
   std::optional<int> runtime_version;     // cudaRuntimeGetVersion, e.g. 13000; nullopt when CPU-only
-  std::optional<int> driver_version;      // cudaDriverGetVersion; nullopt when no driver is installed
+  std::optional<int> driver_version;      // cuDriverGetVersion, e.g. 12040; nullopt when no driver loads
   bool usable = false;                    // cudaGetDeviceCount succeeded with count >= 1
   int count = 0;                          // devices visible to this process
   std::string error;                      // why !usable; empty when usable

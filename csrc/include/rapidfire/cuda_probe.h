@@ -11,8 +11,11 @@ namespace rapidfire::cuda {
 // cudaRuntimeGetVersion; the static runtime answers even without a driver.
 int runtime_version();
 
-// cudaDriverGetVersion; 0 when no driver is installed.
-int driver_version();
+// The NVIDIA driver's CUDA version (cuDriverGetVersion, e.g. 12040 for a 550 driver), asked of
+// libcuda.so.1 directly so that "no driver at all" is told apart from "a driver too old for this
+// runtime" (the runtime reports both as cudaErrorInsufficientDriver). Returns 0 and fills `error`
+// when libcuda.so.1 cannot be loaded or answers with an error.
+int driver_version(std::string& error);
 
 // cudaGetDeviceCount. Returns the count, or -1 and fills `error` with the
 // runtime's message (e.g. "no CUDA-capable device is detected").
