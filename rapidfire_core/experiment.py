@@ -38,6 +38,7 @@ from typing import Any
 
 import pandas as pd
 
+from rapidfire_core.automl.metric_names import metric_names_of_sweep
 from rapidfire_core.automl.validate import check_grpo_eval_batches, varying_keys
 from rapidfire_core.control import Command, CommandStore, RunStore
 from rapidfire_core.control.experiment_name import check_experiment_name
@@ -60,6 +61,7 @@ from rapidfire_core.tracking.mlflow_tracker import default_tracking_uri
 from rapidfire_core.tracking.selection import build_trackers, chosen_trackers
 from rapidfire_core.trainers.datasets import FormattedDatasets, as_dataset
 from rapidfire_core.trainers.factory import preload_base
+from rapidfire_core.trainers.generation_eval import generation_columns_problem
 from rapidfire_core.trainers.shared_models import ModelRegistry
 
 DEFAULT_ROOT_ENV = "RF_EXPERIMENT_PATH"
@@ -211,18 +213,16 @@ class Experiment:
             formatted.check(train, func, "train_dataset")
             if evals is not None:
                 eval_columns = formatted.check(evals, func, "eval_dataset")
-                if model_config.get("compute_metrics") is not None and "prompt" not in eval_columns:
-                    raise ValueError(
-                        "compute_metrics generates a completion for each eval row's 'prompt', but the "
-                        f"eval rows have {sorted(eval_columns)}: use a prompt/completion format"
-                    )
+                problem = generation_columns_problem(eval_columns | set(evals.column_names))
+                if model_config.get("compute_metrics") is not None and problem:
+                    raise ValueError(problem)
                 if trainer_type == "GRPO":
                     check_grpo_eval_batches(spec.model_config.training_args)
             if trainer_type == "GRPO":
                 _check_grpo_prompts(spec, len(train), self.path)
 
         if policy is not None:
-            policy.check(has_eval=evals is not None)
+            policy.check(has_eval=evals is not None, metrics=metric_names_of_sweep(specs, evals, formatted))
         data = FitData(
             trainer_type, plan, train, evals, formatted, ModelRegistry(create_model), num_chunks, execution
         )

@@ -83,9 +83,14 @@ class OptunaPolicy(SearchPolicy):
         self.pending_clones: dict[int, Any] = {}  # command id -> trial waiting for its run
         self.finished: set[int] = set()
 
-    def check(self, has_eval: bool) -> None:
+    def check(self, has_eval: bool, metrics: Any = None) -> None:
         for objective in self.search.objectives:
             objective.check(has_eval)
+        if metrics is not None:
+            self.search.objectives = [
+                o.resolved(metrics, "RFOptuna objective") for o in self.search.objectives
+            ]
+            self.objective = self.search.objectives[0]
 
     def bind(self, experiment_path: Path) -> None:
         super().bind(experiment_path)
