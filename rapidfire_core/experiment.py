@@ -50,6 +50,7 @@ from rapidfire_core.fit.arguments import (
     check_num_gpus,
     cpu_threads,
 )
+from rapidfire_core.fit.rerun import choose_experiment
 from rapidfire_core.memory.residency import RunResidency, budget_bytes
 from rapidfire_core.scheduler.chunks import ChunkPlan
 from rapidfire_core.scheduler.controller import RunController
@@ -99,15 +100,20 @@ class Experiment:
             )
         root = Path(experiment_path or os.environ.get(DEFAULT_ROOT_ENV, "rapidfire_experiments"))
         self.mode = mode
-        self.experiment_name = experiment_name
-        self.path = (root / experiment_name).resolve()
-        self.experiment_path = self.path.parent
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.tracking_uri = tracking_uri or default_tracking_uri(self.path)
         self.verbose = verbose
         self._num_cpus = check_num_cpus(num_cpus)
         check_num_gpus(num_gpus, "Experiment")
         self._tracker_names = chosen_trackers(trackers)  # ValueError for a bad name or switch now
+        self._given_tracking_uri = tracking_uri
+        self._open_at(root.resolve(), experiment_name)
+
+    def _open_at(self, root: Path, experiment_name: str, announce: bool = True) -> None:
+        """Open (creating it if new) the experiment `root/experiment_name` as this object's."""
+        self.experiment_name = experiment_name
+        self.path = root / experiment_name
+        self.experiment_path = root
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.tracking_uri = self._given_tracking_uri or default_tracking_uri(self.path)
         self._logs = ExperimentLogs(self.path)
         self._store = RunStore(self.path / "runs.db")
         self._commands = CommandStore(self.path / "runs.db")
@@ -130,7 +136,36 @@ class Experiment:
                     self._reconcile_dead_owner()
                 finally:
                     lease.release()
-        self._say(f"Experiment '{experiment_name}' at {self.path}")
+        if announce:
+            self._say(f"Experiment '{experiment_name}' at {self.path}")
+
+    def _follow_rerun(self, fingerprints: list[str], resume: bool | None, automatic: bool) -> None:
+        """Train in the experiment `fit.rerun` chooses for this run_fit (a notebook re-run of a
+        finished or changed sweep: `<name>_1`), saying so in one line when it is another."""
+        choice = choose_experiment(
+            self.experiment_path, self.experiment_name, self._stored_runs_of, fingerprints, resume, automatic
+        )
+        if choice.name != self.experiment_name:
+            self._switch_to(choice.name)
+        if choice.notice:
+            self._say(choice.notice)
+
+    def _stored_runs_of(self, name: str) -> list[dict[str, Any]]:
+        if name == self.experiment_name:
+            return self._store.runs()
+        other = RunStore(self.experiment_path / name / "runs.db")
+        try:
+            return other.runs()
+        finally:
+            other.close()
+
+    def _switch_to(self, experiment_name: str) -> None:
+        """Close this experiment's stores and open `experiment_name` beside it (`fit.rerun`)."""
+        for closable in (self._controller, self._tracker, self._commands, self._store):
+            if closable is not None:
+                closable.close()
+        self._logs.close()
+        self._open_at(self.experiment_path, experiment_name, announce=False)
 
     # ---- training -----------------------------------------------------------------------------
     def run_fit(
@@ -197,8 +232,6 @@ class Experiment:
             )
         # An automatic search (ASHA, Optuna, PBT) decides at round ends: see automl/policy.py.
         policy = config_group.search_policy() if hasattr(config_group, "search_policy") else None
-        if policy is not None:
-            policy.bind(self.path)
         specs = config_group.expand()  # raises ConfigError naming the field and config
         if not specs:
             raise ValueError("the config group expanded to no runs")
@@ -230,9 +263,10 @@ class Experiment:
         # any run exists (its ordinary errors fail only the run that needs the model).
         preload_base(specs[0], data.registry, self.path / "runs", evals is not None)
         shown = varying_keys([s.knobs for s in specs])
+        fingerprints = [run_fingerprint(spec, data) for spec in specs]
+        self._follow_rerun(fingerprints, resume, automatic=policy is not None)
         controller = self._own()
         try:
-            fingerprints = [run_fingerprint(spec, data) for spec in specs]
             plan = plan_resume(self._store.runs(), specs, fingerprints, resume, self.experiment_name)
             if plan is not None and policy is not None:
                 raise ResumeMismatch(
@@ -261,6 +295,7 @@ class Experiment:
             if policy is None:
                 self._train(controller, state_budget, progress)
                 return
+            policy.bind(self.path)
             policy.start(run_ids)
             controller.hooks.round_end.append(policy.round_end)
             try:

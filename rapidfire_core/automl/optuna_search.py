@@ -24,7 +24,10 @@
   completed trials are told every value. Optuna prunes single-objective studies only, so a
   pruner with several objectives is refused.
 - The study lives in `<experiment>/optuna.db` (Optuna's RDB storage, study name = the
-  experiment's name), so it survives the process and `optuna.load_study` reads it.
+  experiment's name), so it survives the process and `optuna.load_study` reads it. The initial
+  trials are drawn in memory while `run_fit` validates, and written there only when training
+  starts: a refused `run_fit` leaves no trial behind. `search.study` (RapidFire AI's name:
+  `search._study`) is the study.
 """
 
 from __future__ import annotations
@@ -220,12 +223,20 @@ class RFOptuna(_ConfigGroup):
         self.trials_made = 0
         self.initial_trials: list[Any] = []
 
+    def _sampler(self) -> Any:
+        import optuna
+
+        samplers = {"tpe": optuna.samplers.TPESampler, "cmaes": optuna.samplers.CmaEsSampler}
+        return samplers.get(self.sampler_name, optuna.samplers.RandomSampler)(seed=self.seed)
+
     def open_study(self, experiment_path: Path) -> None:
+        """Persist the study in `<experiment_path>/optuna.db`: the trials drawn so far in memory
+        (by `expand`) move there, and the initial trials become handles on the stored ones."""
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        samplers = {"tpe": optuna.samplers.TPESampler, "cmaes": optuna.samplers.CmaEsSampler}
-        sampler = samplers.get(self.sampler_name, optuna.samplers.RandomSampler)(seed=self.seed)
+        drawn = self.study
+        sampler = drawn.sampler if drawn is not None else self._sampler()
         self.study = optuna.create_study(
             storage=f"sqlite:///{Path(experiment_path).resolve() / 'optuna.db'}",
             study_name=Path(experiment_path).name,
@@ -233,6 +244,20 @@ class RFOptuna(_ConfigGroup):
             sampler=sampler,
             load_if_exists=True,
         )
+        if drawn is None:
+            return
+        offset = len(self.study.trials)
+        for trial in drawn.get_trials(deepcopy=False):
+            self.study.add_trial(trial)
+        stored = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        self.initial_trials = [
+            optuna.trial.Trial(self.study, stored[offset + t.number]._trial_id) for t in self.initial_trials
+        ]
+
+    @property
+    def _study(self) -> Any:
+        """RapidFire AI's name of the study (`study`)."""
+        return self.study
 
     def _candidates(self) -> list[RFModelConfig]:
         raise ConfigError("RFOptuna draws its configs from Optuna trials: use expand()")
@@ -256,10 +281,12 @@ class RFOptuna(_ConfigGroup):
         raise ConfigError(f"RFOptuna: no valid config in {10 * self.budget} draws; the last error: {error}")
 
     def expand(self) -> list[RunSpec]:
-        if self.study is None:
-            import optuna
+        import optuna
 
-            self.study = optuna.create_study(directions=[o.direction for o in self.objectives])
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # In memory until training starts (open_study): a refused run_fit leaves no trial behind.
+        directions = [o.direction for o in self.objectives]
+        self.study = optuna.create_study(directions=directions, sampler=self._sampler())
         specs = []
         self.initial_trials = []
         for _ in range(self.n_initial):

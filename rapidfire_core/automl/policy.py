@@ -4,9 +4,9 @@ A config group that searches automatically (`RFSuccessiveHalving`, `RFOptuna`,
 `RFPopulationBased`) gives `run_fit` a `SearchPolicy`:
 
     policy = group.search_policy()
+    specs = group.expand()                      # nothing persisted yet
     policy.check(has_eval, metrics)             # before training: the objective can be computed
-    policy.bind(experiment_path)                # before expand(): where it keeps its own state
-    specs = group.expand()
+    policy.bind(experiment_path)                # training starts: where it keeps its own state
     run_ids = controller.add_runs(specs, ...)
     policy.start(run_ids)
     controller.hooks.round_end += [policy.round_end]     # decisions -> stop / clone commands
