@@ -82,7 +82,9 @@ def test_an_objective_no_run_logs_is_refused_before_training_and_leaves_no_trial
     search = RFOptuna(_space(tiny_model_dir), n_initial=2, budget=2, objective="maximize:rougeL", seed=0)
     exp = Experiment("refused", experiment_path=tmp_path, verbose=False)
     with pytest.raises(ConfigError, match="'rougeL' cannot be computed: no run of this sweep logs"):
-        exp.run_fit(search, create_tiny_model, support_dataset(n=8), support_dataset(n=4, seed=9), num_chunks=2)
+        exp.run_fit(
+            search, create_tiny_model, support_dataset(n=8), support_dataset(n=4, seed=9), num_chunks=2
+        )
     assert exp.get_runs_info().empty
     assert not (exp.path / "optuna.db").exists()  # the drawn trials stayed in memory
     assert search._study is search.study  # RapidFire AI's attribute name
