@@ -184,6 +184,7 @@ class Experiment:
         num_gpus: int | None = None,
         monte_carlo_simulations: int | None = None,
         resume: bool | None = None,
+        strict: bool = False,
     ) -> FitHandle | None:
         """Train every configuration of `config_group` chunk by chunk.
 
@@ -213,7 +214,11 @@ class Experiment:
         its last chunk checkpoint; finished runs stay as they are), or start the first sweep;
         configs that match no stored sweep raise ResumeMismatch saying what differs. True: only
         continue. False: start a new sweep beside the stored runs.
-        A second run_fit while another live process trains the experiment raises ExperimentBusy."""
+        A second run_fit while another live process trains the experiment raises ExperimentBusy.
+
+        strict: False (default): an invalid config fails alone (its run is FAILED with the reason
+        before training starts) while the valid ones train; ConfigError only if none is valid.
+        True: any invalid config refuses the whole sweep (ConfigError listing every one)."""
         self._check_open()
         self._check_no_fit()
         if execution not in ("auto", "sliced"):
@@ -232,7 +237,8 @@ class Experiment:
             )
         # An automatic search (ASHA, Optuna, PBT) decides at round ends: see automl/policy.py.
         policy = config_group.search_policy() if hasattr(config_group, "search_policy") else None
-        specs = config_group.expand()  # raises ConfigError naming the field and config
+        specs = config_group.expand(strict=strict)  # ConfigError naming the field and config
+        valid = [spec for spec in specs if spec.error is None]
         if not specs:
             raise ValueError("the config group expanded to no runs")
         trainer_type = specs[0].trainer_type
@@ -240,7 +246,7 @@ class Experiment:
         evals = as_dataset(eval_dataset, "eval_dataset")
         plan = ChunkPlan(len(train), num_chunks, seed)
         formatted = FormattedDatasets(trainer_type)
-        for spec in specs:
+        for spec in valid:
             model_config = spec.create_model_dict()
             func = model_config.get("formatting_func")
             formatted.check(train, func, "train_dataset")
@@ -255,13 +261,13 @@ class Experiment:
                 _check_grpo_prompts(spec, len(train), self.path)
 
         if policy is not None:
-            policy.check(has_eval=evals is not None, metrics=metric_names_of_sweep(specs, evals, formatted))
+            policy.check(has_eval=evals is not None, metrics=metric_names_of_sweep(valid, evals, formatted))
         data = FitData(
             trainer_type, plan, train, evals, formatted, ModelRegistry(create_model), num_chunks, execution
         )
         # The first model now, so a create_model that returns the wrong thing raises here, before
         # any run exists (its ordinary errors fail only the run that needs the model).
-        preload_base(specs[0], data.registry, self.path / "runs", evals is not None)
+        preload_base(valid[0], data.registry, self.path / "runs", evals is not None)
         shown = varying_keys([s.knobs for s in specs])
         fingerprints = [run_fingerprint(spec, data) for spec in specs]
         self._follow_rerun(fingerprints, resume, automatic=policy is not None)
@@ -274,22 +280,25 @@ class Experiment:
                     "continuing an automatic search after a crash is not supported yet (its decisions so "
                     "far are not persisted): pass resume=False for a new sweep, or use a new experiment name"
                 )
+            self._say(
+                f"{len(specs)} {trainer_type} configuration(s), {len(train)} training rows in {num_chunks} "
+                "chunks" + (f" (continuing sweep {plan.sweep})" if plan is not None else "")
+            )
+            progress = ProgressDisplay(shown, enabled=self.verbose, log=self._logs.main.write)
+            controller.progress = progress  # an invalid config's FAILED line shows from here
+            registered = None
+            if plan is None:  # every run is in the store (NEW, or FAILED) when run_fit returns
+                controller.sweep = self._store.next_sweep()
+                registered = controller.register_runs(specs, data)
         except BaseException:
             controller.lease.release()
             raise
-        self._say(
-            f"{len(specs)} {trainer_type} configuration(s), {len(train)} training rows in {num_chunks} chunks"
-            + (f" (continuing sweep {plan.sweep})" if plan is not None else "")
-        )
 
         def fit(controller: RunController) -> None:
-            progress = ProgressDisplay(shown, enabled=self.verbose, log=self._logs.main.write)
-            controller.progress = progress
             if plan is not None:
                 run_ids = controller.restore_runs(plan, data)
             else:
-                controller.sweep = self._store.next_sweep()
-                run_ids = controller.add_runs(specs, data)
+                run_ids = controller.add_runs(specs, data, registered)
             for line in controller.execution_summary(run_ids):
                 self._say(line)
             if policy is None:

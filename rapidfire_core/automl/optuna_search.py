@@ -280,7 +280,9 @@ class RFOptuna(_ConfigGroup):
             return trial, RunSpec(self.trainer_type, mc, flatten_knobs(mc))
         raise ConfigError(f"RFOptuna: no valid config in {10 * self.budget} draws; the last error: {error}")
 
-    def expand(self) -> list[RunSpec]:
+    def expand(self, strict: bool = True) -> list[RunSpec]:
+        """`n_initial` valid draws (an invalid draw is told FAIL and not counted; `strict` has
+        nothing to decide)."""
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
