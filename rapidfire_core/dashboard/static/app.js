@@ -307,7 +307,7 @@
         h("span", { class: "muted" }, ` · ${run.chunks_done} chunk${run.chunks_done === 1 ? "" : "s"}`),
         run.resume_from ? h("div", { class: "muted resume-from",
           title: run.resume_from.how === "run_fit" ? "interrupted: run_fit with the same arguments continues it"
-            : "stopped: Resume continues it" }, `resumable from chunk ${run.resume_from.chunk}`) : null),
+            : "stopped: Resume continues it" }, `resumable from chunk ${run.resume_from.chunk + 1}`) : null),
         frac !== null ? bar : null),
       metrics.map((m) => h("td", { class: "num" }, m in run.latest ? formatNumber(run.latest[m]) : "–")),
       h("td", null, origin),
