@@ -236,7 +236,7 @@ class RFOptuna(_ConfigGroup):
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         drawn = self.study
-        sampler = drawn.sampler if drawn is not None else self._sampler()
+        sampler = self._sampler()  # a fresh one: TPE caches the study it first sampled for
         self.study = optuna.create_study(
             storage=f"sqlite:///{Path(experiment_path).resolve() / 'optuna.db'}",
             study_name=Path(experiment_path).name,

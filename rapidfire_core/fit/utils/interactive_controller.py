@@ -207,18 +207,23 @@ class InteractiveController:
             )
         parts["status"].value = html.escape(self.last_message)
 
-    def display(self) -> Any:
-        """Show the panel in the notebook and keep it refreshed (module docstring); returns it."""
-        from IPython.display import display
-
+    @property
+    def widget(self) -> Any:
+        """The panel's ipywidgets box (built on first use)."""
         if self._widgets is None:
             self._widgets = self._build()
+        return self._widgets["box"]
+
+    def display(self) -> None:
+        """Show the panel in the notebook and keep it refreshed (module docstring)."""
+        from IPython.display import display
+
+        box = self.widget
         self.refresh()
-        display(self._widgets["box"])
+        display(box)
         if self._thread is None and self.refresh_seconds > 0:
             self._thread = threading.Thread(target=self._keep_fresh, name="rapidfire-panel", daemon=True)
             self._thread.start()
-        return self._widgets["box"]
 
     def _keep_fresh(self) -> None:
         while not self._stop.wait(self.refresh_seconds):

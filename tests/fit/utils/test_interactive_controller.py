@@ -43,9 +43,9 @@ def test_rows_and_table_show_status_progress_latest_loss_and_errors(experiment):
 
 def test_buttons_write_the_same_commands_as_the_python_api(experiment):
     panel = InteractiveController(experiment=experiment, refresh_seconds=0)
-    box = panel.display()  # outside a notebook IPython prints the widget's repr
+    assert panel.display() is None  # outside a notebook IPython prints the widget's repr
     parts = panel._widgets
-    assert box is parts["box"] and parts["run"].value == 1
+    assert panel.widget is parts["box"] and parts["run"].value == 1
     parts["Stop"].click()
     parts["changes"].value = '{"learning_rate": 1e-4}'
     parts["warm"].value = True
