@@ -223,11 +223,13 @@ class RFOptuna(_ConfigGroup):
         self.trials_made = 0
         self.initial_trials: list[Any] = []
 
-    def _sampler(self) -> Any:
+    def _sampler(self, drawn: int = 0) -> Any:
+        """A new sampler; `drawn`: trials already drawn with this search's seed (a sampler seeded
+        alike would draw them again, so the seed moves on by that many)."""
         import optuna
 
         samplers = {"tpe": optuna.samplers.TPESampler, "cmaes": optuna.samplers.CmaEsSampler}
-        return samplers.get(self.sampler_name, optuna.samplers.RandomSampler)(seed=self.seed)
+        return samplers.get(self.sampler_name, optuna.samplers.RandomSampler)(seed=self.seed + drawn)
 
     def open_study(self, experiment_path: Path) -> None:
         """Persist the study in `<experiment_path>/optuna.db`: the trials drawn so far in memory
@@ -236,7 +238,8 @@ class RFOptuna(_ConfigGroup):
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         drawn = self.study
-        sampler = self._sampler()  # a fresh one: TPE caches the study it first sampled for
+        # A new sampler (TPE caches the study it sampled for), seeded past the draws made so far.
+        sampler = self._sampler(len(drawn.trials) if drawn is not None else 0)
         self.study = optuna.create_study(
             storage=f"sqlite:///{Path(experiment_path).resolve() / 'optuna.db'}",
             study_name=Path(experiment_path).name,
