@@ -390,7 +390,8 @@ def format_runs(runs: list[dict], varying: list[str]) -> str:
             origin = f"clone of {run['parent_run_id']} ({'warm' if run['warm_start'] else 'cold'})"
         step = f"{run['global_step']}/{run['max_steps']}" if run["max_steps"] else str(run["global_step"])
         point = run.get("resume_from")
-        resumes = f"chunk{point['chunk']}:{point['how']}" if point else "-"
+        # the chunk it continues with, counted from 1 as the progress lines count
+        resumes = f"chunk{point['chunk'] + 1}:{point['how']}" if point else "-"
         lines.append([
             str(run["run_id"]), run["status"], str(run["chunks_done"]), step, resumes, origin,
             *(_cell(run["knobs"].get(k)) for k in varying), *(_cell(run["latest"].get(m)) for m in metrics),

@@ -38,6 +38,7 @@ from typing import Any
 
 import pandas as pd
 
+from rapidfire_core.automl.metric_names import metric_names_of_sweep
 from rapidfire_core.automl.validate import check_grpo_eval_batches, varying_keys
 from rapidfire_core.control import Command, CommandStore, RunStore
 from rapidfire_core.control.experiment_name import check_experiment_name
@@ -49,6 +50,7 @@ from rapidfire_core.fit.arguments import (
     check_num_gpus,
     cpu_threads,
 )
+from rapidfire_core.fit.rerun import choose_experiment
 from rapidfire_core.memory.residency import RunResidency, budget_bytes
 from rapidfire_core.scheduler.chunks import ChunkPlan
 from rapidfire_core.scheduler.controller import RunController
@@ -60,6 +62,7 @@ from rapidfire_core.tracking.mlflow_tracker import default_tracking_uri
 from rapidfire_core.tracking.selection import build_trackers, chosen_trackers
 from rapidfire_core.trainers.datasets import FormattedDatasets, as_dataset
 from rapidfire_core.trainers.factory import preload_base
+from rapidfire_core.trainers.generation_eval import generation_columns_problem
 from rapidfire_core.trainers.shared_models import ModelRegistry
 
 DEFAULT_ROOT_ENV = "RF_EXPERIMENT_PATH"
@@ -96,15 +99,20 @@ class Experiment:
             )
         root = Path(experiment_path or os.environ.get(DEFAULT_ROOT_ENV, "rapidfire_experiments"))
         self.mode = mode
-        self.experiment_name = experiment_name
-        self.path = (root / experiment_name).resolve()
-        self.experiment_path = self.path.parent
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.tracking_uri = tracking_uri or default_tracking_uri(self.path)
         self.verbose = verbose
         self._num_cpus = check_num_cpus(num_cpus)
         check_num_gpus(num_gpus, "Experiment")
         self._tracker_names = chosen_trackers(trackers)  # ValueError for a bad name or switch now
+        self._given_tracking_uri = tracking_uri
+        self._open_at(root.resolve(), experiment_name)
+
+    def _open_at(self, root: Path, experiment_name: str, announce: bool = True) -> None:
+        """Open (creating it if new) the experiment `root/experiment_name` as this object's."""
+        self.experiment_name = experiment_name
+        self.path = root / experiment_name
+        self.experiment_path = root
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.tracking_uri = self._given_tracking_uri or default_tracking_uri(self.path)
         self._logs = ExperimentLogs(self.path)
         self._store = RunStore(self.path / "runs.db")
         self._commands = CommandStore(self.path / "runs.db")
@@ -127,7 +135,36 @@ class Experiment:
                     self._reconcile_dead_owner()
                 finally:
                     lease.release()
-        self._say(f"Experiment '{experiment_name}' at {self.path}")
+        if announce:
+            self._say(f"Experiment '{experiment_name}' at {self.path}")
+
+    def _follow_rerun(self, fingerprints: list[str], resume: bool | None, automatic: bool) -> None:
+        """Train in the experiment `fit.rerun` chooses for this run_fit (a notebook re-run of a
+        finished or changed sweep: `<name>_1`), saying so in one line when it is another."""
+        choice = choose_experiment(
+            self.experiment_path, self.experiment_name, self._stored_runs_of, fingerprints, resume, automatic
+        )
+        if choice.name != self.experiment_name:
+            self._switch_to(choice.name)
+        if choice.notice:
+            self._say(choice.notice)
+
+    def _stored_runs_of(self, name: str) -> list[dict[str, Any]]:
+        if name == self.experiment_name:
+            return self._store.runs()
+        other = RunStore(self.experiment_path / name / "runs.db")
+        try:
+            return other.runs()
+        finally:
+            other.close()
+
+    def _switch_to(self, experiment_name: str) -> None:
+        """Close this experiment's stores and open `experiment_name` beside it (`fit.rerun`)."""
+        for closable in (self._controller, self._tracker, self._commands, self._store):
+            if closable is not None:
+                closable.close()
+        self._logs.close()
+        self._open_at(self.experiment_path, experiment_name, announce=False)
 
     # ---- training -----------------------------------------------------------------------------
     def run_fit(
@@ -146,6 +183,7 @@ class Experiment:
         num_gpus: int | None = None,
         monte_carlo_simulations: int | None = None,
         resume: bool | None = None,
+        strict: bool = False,
     ) -> FitHandle | None:
         """Train every configuration of `config_group` chunk by chunk.
 
@@ -175,7 +213,11 @@ class Experiment:
         its last chunk checkpoint; finished runs stay as they are), or start the first sweep;
         configs that match no stored sweep raise ResumeMismatch saying what differs. True: only
         continue. False: start a new sweep beside the stored runs.
-        A second run_fit while another live process trains the experiment raises ExperimentBusy."""
+        A second run_fit while another live process trains the experiment raises ExperimentBusy.
+
+        strict: False (default): an invalid config fails alone (its run is FAILED with the reason
+        before training starts) while the valid ones train; ConfigError only if none is valid.
+        True: any invalid config refuses the whole sweep (ConfigError listing every one)."""
         self._check_open()
         self._check_no_fit()
         if execution not in ("auto", "sliced"):
@@ -194,9 +236,8 @@ class Experiment:
             )
         # An automatic search (ASHA, Optuna, PBT) decides at round ends: see automl/policy.py.
         policy = config_group.search_policy() if hasattr(config_group, "search_policy") else None
-        if policy is not None:
-            policy.bind(self.path)
-        specs = config_group.expand()  # raises ConfigError naming the field and config
+        specs = config_group.expand(strict=strict)  # ConfigError naming the field and config
+        valid = [spec for spec in specs if spec.error is None]
         if not specs:
             raise ValueError("the config group expanded to no runs")
         trainer_type = specs[0].trainer_type
@@ -204,34 +245,33 @@ class Experiment:
         evals = as_dataset(eval_dataset, "eval_dataset")
         plan = ChunkPlan(len(train), num_chunks, seed)
         formatted = FormattedDatasets(trainer_type)
-        for spec in specs:
+        for spec in valid:
             model_config = spec.create_model_dict()
             func = model_config.get("formatting_func")
             formatted.check(train, func, "train_dataset")
             if evals is not None:
                 eval_columns = formatted.check(evals, func, "eval_dataset")
-                if model_config.get("compute_metrics") is not None and "prompt" not in eval_columns:
-                    raise ValueError(
-                        "compute_metrics generates a completion for each eval row's 'prompt', but the "
-                        f"eval rows have {sorted(eval_columns)}: use a prompt/completion format"
-                    )
+                problem = generation_columns_problem(eval_columns | set(evals.column_names))
+                if model_config.get("compute_metrics") is not None and problem:
+                    raise ValueError(problem)
                 if trainer_type == "GRPO":
                     check_grpo_eval_batches(spec.model_config.training_args)
             if trainer_type == "GRPO":
                 _check_grpo_prompts(spec, len(train), self.path)
 
         if policy is not None:
-            policy.check(has_eval=evals is not None)
+            policy.check(has_eval=evals is not None, metrics=metric_names_of_sweep(valid, evals, formatted))
         data = FitData(
             trainer_type, plan, train, evals, formatted, ModelRegistry(create_model), num_chunks, execution
         )
         # The first model now, so a create_model that returns the wrong thing raises here, before
         # any run exists (its ordinary errors fail only the run that needs the model).
-        preload_base(specs[0], data.registry, self.path / "runs", evals is not None)
+        preload_base(valid[0], data.registry, self.path / "runs", evals is not None)
         shown = varying_keys([s.knobs for s in specs])
+        fingerprints = [run_fingerprint(spec, data) for spec in specs]
+        self._follow_rerun(fingerprints, resume, automatic=policy is not None)
         controller = self._own()
         try:
-            fingerprints = [run_fingerprint(spec, data) for spec in specs]
             plan = plan_resume(self._store.runs(), specs, fingerprints, resume, self.experiment_name)
             if plan is not None and policy is not None:
                 raise ResumeMismatch(
@@ -239,27 +279,31 @@ class Experiment:
                     "continuing an automatic search after a crash is not supported yet (its decisions so "
                     "far are not persisted): pass resume=False for a new sweep, or use a new experiment name"
                 )
+            self._say(
+                f"{len(specs)} {trainer_type} configuration(s), {len(train)} training rows in {num_chunks} "
+                "chunks" + (f" (continuing sweep {plan.sweep})" if plan is not None else "")
+            )
+            progress = ProgressDisplay(shown, enabled=self.verbose, log=self._logs.main.write)
+            controller.progress = progress  # an invalid config's FAILED line shows from here
+            registered = None
+            if plan is None:  # every run is in the store (NEW, or FAILED) when run_fit returns
+                controller.sweep = self._store.next_sweep()
+                registered = controller.register_runs(specs, data)
         except BaseException:
             controller.lease.release()
             raise
-        self._say(
-            f"{len(specs)} {trainer_type} configuration(s), {len(train)} training rows in {num_chunks} chunks"
-            + (f" (continuing sweep {plan.sweep})" if plan is not None else "")
-        )
 
         def fit(controller: RunController) -> None:
-            progress = ProgressDisplay(shown, enabled=self.verbose, log=self._logs.main.write)
-            controller.progress = progress
             if plan is not None:
                 run_ids = controller.restore_runs(plan, data)
             else:
-                controller.sweep = self._store.next_sweep()
-                run_ids = controller.add_runs(specs, data)
+                run_ids = controller.add_runs(specs, data, registered)
             for line in controller.execution_summary(run_ids):
                 self._say(line)
             if policy is None:
                 self._train(controller, state_budget, progress)
                 return
+            policy.bind(self.path)
             policy.start(run_ids)
             controller.hooks.round_end.append(policy.round_end)
             try:

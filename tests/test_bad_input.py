@@ -182,3 +182,35 @@ def test_unicode_and_spaces_keep_working_where_a_path_does_not(tmp_path):
         with pytest.raises(ValueError, match="experiment_name"):
             Experiment(name, experiment_path=tmp_path / "inner", verbose=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lr=1e-3,r:8", "réglage fin — 実験", "sft sweep 2"]
+
+
+def test_an_invalid_config_fails_alone_before_training_and_strict_refuses_all(
+    tmp_path, tiny_model_dir, counted, capsys
+):
+    from rapidfire_core.automl import List
+
+    configs = List([_config(tiny_model_dir), _config(tiny_model_dir, learning_rate=-1.0)])
+    exp = Experiment("one-bad", experiment_path=tmp_path)
+    with pytest.raises(ConfigError, match=r"1 of 2 runs invalid:\n  run 2 \{train.learning_rate=-1.0\}"):
+        exp.run_fit(RFGridSearch(configs, trainer_type="SFT"), counted, support_dataset(8), strict=True)
+    assert counted.calls == [] and exp.get_runs_info().empty
+    capsys.readouterr()
+
+    handle = exp.run_fit(
+        RFGridSearch(configs, trainer_type="SFT"), counted, support_dataset(8), background=True
+    )
+    info = exp.get_runs_info()  # every run is there the moment run_fit returns
+    assert info["run_id"].tolist() == [1, 2] and info["status"].tolist()[1] == "FAILED"
+    assert info["status"].tolist()[0] in ("NEW", "ONGOING", "COMPLETED")
+    assert "configs[1].training_args.learning_rate" in info["error"].tolist()[1]
+    handle.wait()
+    out = capsys.readouterr().out
+    failed = out.index("run 2 FAILED: ConfigError: configs[1].training_args.learning_rate")
+    assert failed < out.index("chunk 1/4] run 1")  # shown before training starts
+    assert exp.get_runs_info()["status"].tolist() == ["COMPLETED", "FAILED"]
+    exp.end()
+    with pytest.raises(ConfigError, match="2 of 2 runs invalid"):  # nothing to train: refused
+        bad = List([_config(tiny_model_dir, learning_rate=-1.0), _config(tiny_model_dir, max_steps=-3)])
+        Experiment("all-bad", experiment_path=tmp_path, verbose=False).run_fit(
+            RFGridSearch(bad, trainer_type="SFT"), counted, support_dataset(8)
+        )

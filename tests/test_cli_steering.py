@@ -58,8 +58,18 @@ def test_runs_table_shows_varying_knobs_progress_and_latest_loss(root, capsys):
     assert "no process is training it now" in lines[0]  # so its runs would continue on a run_fit
     header = lines[1].split()
     assert header == ["id", "status", "chunks", "step", "resume", "origin", "learning_rate", "loss"]
-    assert lines[2].split() == ["1", "ONGOING", "1", "2/400", "chunk0:run_fit", "-", "0.001", "2.25"]
-    assert lines[3].split() == ["2", "NEW", "0", "0/400", "chunk0:run_fit", "-", "0.0001", "-"]
+    assert lines[2].split() == ["1", "ONGOING", "1", "2/400", "chunk1:run_fit", "-", "0.001", "2.25"]
+    assert lines[3].split() == ["2", "NEW", "0", "0/400", "chunk1:run_fit", "-", "0.0001", "-"]
+
+
+def test_a_run_in_its_first_chunk_shows_the_step_it_logged_not_the_stored_zero(root, capsys):
+    from rapidfire_core.control import RunStore
+
+    store = RunStore(root / "sweep" / "runs.db")
+    store.update_run(1, global_step=0, chunks_done=0)  # stored at chunk ends only
+    store.close()
+    assert run_cli(root, "runs", "sweep") == 0
+    assert capsys.readouterr().out.splitlines()[2].split()[:4] == ["1", "ONGOING", "0", "2/400"]
 
 
 def test_runs_json(root, capsys):

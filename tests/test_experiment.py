@@ -237,18 +237,6 @@ def test_inputs_the_engine_cannot_honour_are_rejected_before_training(
             create_tiny_model,
             support_dataset(8),
         )
-    text_config = _config(tiny_model_dir)
-    text_config.formatting_func = lambda row: {"text": row["instruction"] + " " + row["response"]}
-    text_config.compute_metrics = lambda preds: {"n": len(preds[0])}
-    with pytest.raises(
-        ValueError, match=r"compute_metrics generates a completion for each eval row's 'prompt'"
-    ):
-        exp.run_fit(
-            RFGridSearch(text_config, trainer_type="SFT"),
-            create_tiny_model,
-            support_dataset(8),
-            support_dataset(4),
-        )
     assert exp.get_runs_info().empty
     exp.end()
 

@@ -59,6 +59,13 @@ class Objective:
                 f"objective metric {self.metric!r} is an evaluation metric: pass an eval_dataset to run_fit"
             )
 
+    def resolved(self, names: Any, what: str = "objective") -> Objective:
+        """This objective on the name its metric is logged under (`automl.metric_names`, a
+        `RunMetricNames`); ConfigError before training if no run logs it."""
+        from rapidfire_core.automl.metric_names import resolve_objective_metric
+
+        return Objective(resolve_objective_metric(self.metric, names, what), self.direction)
+
     def value_at(self, store: Any, run_id: int, chunk: int) -> float:
         """The run's value at chunk `chunk` (module docstring); MissingObjective if not logged."""
         value = store.last_metric(run_id, self.metric, chunk)

@@ -24,7 +24,10 @@
   completed trials are told every value. Optuna prunes single-objective studies only, so a
   pruner with several objectives is refused.
 - The study lives in `<experiment>/optuna.db` (Optuna's RDB storage, study name = the
-  experiment's name), so it survives the process and `optuna.load_study` reads it.
+  experiment's name), so it survives the process and `optuna.load_study` reads it. The initial
+  trials are drawn in memory while `run_fit` validates, and written there only when training
+  starts: a refused `run_fit` leaves no trial behind. `search.study` (RapidFire AI's name:
+  `search._study`) is the study.
 """
 
 from __future__ import annotations
@@ -83,9 +86,14 @@ class OptunaPolicy(SearchPolicy):
         self.pending_clones: dict[int, Any] = {}  # command id -> trial waiting for its run
         self.finished: set[int] = set()
 
-    def check(self, has_eval: bool) -> None:
+    def check(self, has_eval: bool, metrics: Any = None) -> None:
         for objective in self.search.objectives:
             objective.check(has_eval)
+        if metrics is not None:
+            self.search.objectives = [
+                o.resolved(metrics, "RFOptuna objective") for o in self.search.objectives
+            ]
+            self.objective = self.search.objectives[0]
 
     def bind(self, experiment_path: Path) -> None:
         super().bind(experiment_path)
@@ -215,12 +223,23 @@ class RFOptuna(_ConfigGroup):
         self.trials_made = 0
         self.initial_trials: list[Any] = []
 
+    def _sampler(self, drawn: int = 0) -> Any:
+        """A new sampler; `drawn`: trials already drawn with this search's seed (a sampler seeded
+        alike would draw them again, so the seed moves on by that many)."""
+        import optuna
+
+        samplers = {"tpe": optuna.samplers.TPESampler, "cmaes": optuna.samplers.CmaEsSampler}
+        return samplers.get(self.sampler_name, optuna.samplers.RandomSampler)(seed=self.seed + drawn)
+
     def open_study(self, experiment_path: Path) -> None:
+        """Persist the study in `<experiment_path>/optuna.db`: the trials drawn so far in memory
+        (by `expand`) move there, and the initial trials become handles on the stored ones."""
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        samplers = {"tpe": optuna.samplers.TPESampler, "cmaes": optuna.samplers.CmaEsSampler}
-        sampler = samplers.get(self.sampler_name, optuna.samplers.RandomSampler)(seed=self.seed)
+        drawn = self.study
+        # A new sampler (TPE caches the study it sampled for), seeded past the draws made so far.
+        sampler = self._sampler(len(drawn.trials) if drawn is not None else 0)
         self.study = optuna.create_study(
             storage=f"sqlite:///{Path(experiment_path).resolve() / 'optuna.db'}",
             study_name=Path(experiment_path).name,
@@ -228,6 +247,20 @@ class RFOptuna(_ConfigGroup):
             sampler=sampler,
             load_if_exists=True,
         )
+        if drawn is None:
+            return
+        offset = len(self.study.trials)
+        for trial in drawn.get_trials(deepcopy=False):
+            self.study.add_trial(trial)
+        stored = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        self.initial_trials = [
+            optuna.trial.Trial(self.study, stored[offset + t.number]._trial_id) for t in self.initial_trials
+        ]
+
+    @property
+    def _study(self) -> Any:
+        """RapidFire AI's name of the study (`study`)."""
+        return self.study
 
     def _candidates(self) -> list[RFModelConfig]:
         raise ConfigError("RFOptuna draws its configs from Optuna trials: use expand()")
@@ -250,11 +283,15 @@ class RFOptuna(_ConfigGroup):
             return trial, RunSpec(self.trainer_type, mc, flatten_knobs(mc))
         raise ConfigError(f"RFOptuna: no valid config in {10 * self.budget} draws; the last error: {error}")
 
-    def expand(self) -> list[RunSpec]:
-        if self.study is None:
-            import optuna
+    def expand(self, strict: bool = True) -> list[RunSpec]:
+        """`n_initial` valid draws (an invalid draw is told FAIL and not counted; `strict` has
+        nothing to decide)."""
+        import optuna
 
-            self.study = optuna.create_study(directions=[o.direction for o in self.objectives])
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # In memory until training starts (open_study): a refused run_fit leaves no trial behind.
+        directions = [o.direction for o in self.objectives]
+        self.study = optuna.create_study(directions=directions, sampler=self._sampler())
         specs = []
         self.initial_trials = []
         for _ in range(self.n_initial):

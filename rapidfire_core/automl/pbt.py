@@ -149,8 +149,8 @@ class RFPopulationBased(RFGridSearch):
         self.resample_probability = float(resample_probability)
         self.seed = seed
 
-    def expand(self) -> list:
-        specs = super().expand()
+    def expand(self, strict: bool = True) -> list:
+        specs = super().expand(strict)
         for spec in specs:  # every mutated knob must be readable from every run's knobs
             for name in self.mutations:
                 _knob_key(spec.knobs, name)

@@ -4,9 +4,9 @@ A config group that searches automatically (`RFSuccessiveHalving`, `RFOptuna`,
 `RFPopulationBased`) gives `run_fit` a `SearchPolicy`:
 
     policy = group.search_policy()
-    policy.check(has_eval)                      # before training: the objective can be computed
-    policy.bind(experiment_path)                # before expand(): where it keeps its own state
-    specs = group.expand()
+    specs = group.expand()                      # nothing persisted yet
+    policy.check(has_eval, metrics)             # before training: the objective can be computed
+    policy.bind(experiment_path)                # training starts: where it keeps its own state
     run_ids = controller.add_runs(specs, ...)
     policy.start(run_ids)
     controller.hooks.round_end += [policy.round_end]     # decisions -> stop / clone commands
@@ -41,8 +41,12 @@ class SearchPolicy(abc.ABC):
         self.roots: set[int] = set()
         self.experiment_path: Path | None = None
 
-    def check(self, has_eval: bool) -> None:
+    def check(self, has_eval: bool, metrics: Any = None) -> None:
+        """Before training: the objective can be computed. metrics: the sweep's
+        `automl.metric_names.RunMetricNames`; the objective is resolved to its logged name."""
         self.objective.check(has_eval)
+        if metrics is not None:
+            self.objective = self.objective.resolved(metrics)
 
     def bind(self, experiment_path: Path) -> None:
         self.experiment_path = Path(experiment_path)

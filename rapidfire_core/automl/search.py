@@ -5,6 +5,8 @@ The contract the engine relies on::
     group = RFGridSearch(configs, trainer_type="SFT")     # or RFRandomSearch(..., num_runs=8, seed=42)
     group.trainer_type          # "SFT" | "DPO" | "GRPO"  (given case-insensitively, stored upper)
     runs = group.expand()       # -> list[RunSpec], validated; raises rapidfire_core.errors.ConfigError
+    runs = group.expand(strict=False)   # every run; an invalid one carries its `error` (run_fit
+                                        # makes it FAILED with that reason, the others train)
 
     @dataclass(frozen=True)
     class RunSpec:
@@ -32,8 +34,10 @@ them (Lists may nest). A ``List`` anywhere inside expands (see ``expand.py``):
   ``10 * num_runs`` draws is a ConfigError.
 
 ``expand()`` validates each run (``validate.py``) and raises one ConfigError listing every
-invalid run by its index in the expansion and the knobs that distinguish it, each problem named
-by its path from the search's configs: ``run 2 {peft.r=0}: configs[1].peft_config.r: ...``.
+invalid run by its position in the expansion (counted from 1, as run ids are) and the knobs that
+distinguish it, each problem named by its path from the search's configs:
+``run 2 {peft.r=0}: configs[1].peft_config.r: ...``. With ``strict=False`` it raises only when
+every run is invalid.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class RunSpec:
     trainer_type: str
     model_config: RFModelConfig
     knobs: dict[str, Any]
+    error: str | None = None  # why the config is invalid (expand(strict=False)); None: valid
 
     def training_args(self, **overrides: Any) -> Any:
         """The TRL config of this run (``RF*Config.to_trl``: translations, CPU fallbacks, overrides)."""
@@ -140,8 +145,9 @@ class _ConfigGroup(abc.ABC):
         """``(origin, config)`` per candidate: the origin (``configs[1]``) names it in errors."""
         return [("configs", mc) for mc in self._candidates()]
 
-    def expand(self) -> list[RunSpec]:
-        """The validated runs (module docstring); ConfigError naming every invalid run."""
+    def expand(self, strict: bool = True) -> list[RunSpec]:
+        """The validated runs (module docstring); ConfigError naming every invalid run (with
+        strict=False: only if no run is valid; each invalid run carries its `error`)."""
         located = [(origin, mc.copy()) for origin, mc in self._located_candidates()]
         candidates = [mc for _, mc in located]
         problems: dict[int, str] = {}
@@ -159,10 +165,12 @@ class _ConfigGroup(abc.ABC):
                     problems[i] = "; ".join(exc.located(origin))
                 except ConfigError as exc:
                     problems[i] = f"{origin}: {exc}"
-        if problems:
+        if problems and (strict or len(problems) == len(candidates)):
             self._raise(problems, all_knobs, len(candidates))
-        pairs = zip(candidates, all_knobs, strict=True)
-        return [RunSpec(self.trainer_type, mc, knobs) for mc, knobs in pairs]
+        return [
+            RunSpec(self.trainer_type, mc, knobs, problems.get(i))
+            for i, (mc, knobs) in enumerate(zip(candidates, all_knobs, strict=True))
+        ]
 
     def _raise(self, problems: dict[int, str], all_knobs: list[dict[str, Any]], total: int) -> None:
         varying = varying_keys(all_knobs)

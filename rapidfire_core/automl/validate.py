@@ -225,12 +225,13 @@ def check_run(mc: RFModelConfig, trainer_type: str) -> None:
 
 
 def run_label(index: int, knobs: dict[str, Any], varying: list[str]) -> str:
-    """``run 3 {peft.r=8, train.learning_rate=0.001}``: the knobs that differ between runs."""
+    """``run 3 {peft.r=8, train.learning_rate=0.001}``: the knobs that differ between runs; the
+    run at `index` (from 0) of an expansion is counted from 1, as run ids are."""
     shown = {k: knobs[k] for k in varying if k in knobs} or {"model_name": knobs.get("model_name")}
     text = ", ".join(f"{k}={v!r}" for k, v in shown.items())
     if len(text) > 240:
         text = text[:237] + "..."
-    return f"run {index} {{{text}}}"
+    return f"run {index + 1} {{{text}}}"
 
 
 def varying_keys(all_knobs: list[dict[str, Any]]) -> list[str]:

@@ -62,6 +62,11 @@ class LatestMetrics:
                 if len(rows) < _PAGE:
                     return
 
+    def last_step(self, run_id: int) -> int:
+        """The highest step at which the run logged a metric (0 before it logged anything)."""
+        with self._lock:
+            return max((step for step, _value in self._latest.get(run_id, {}).values()), default=0)
+
     def of(self, run_id: int) -> dict[str, float]:
         """{metric name: latest value} of one run ({} before it logged anything)."""
         with self._lock:
@@ -70,7 +75,8 @@ class LatestMetrics:
 
 def resume_point(store: RunStore, run: dict[str, Any], owner_alive: bool = True) -> dict[str, Any] | None:
     """Where a run would continue: {"chunk", "step", "how"} from its newest whole checkpoint
-    (chunk 0, step 0 without one), or None for a run that will not continue (finished, or
+    (chunk: the chunks it completed, 0 without one; it continues with chunk + 1, counted from 1
+    as the progress lines count), or None for a run that will not continue (finished, or
     training now). how: "run_fit" (it was interrupted, or is NEW/ONGOING with no live owner: the
     next run_fit of its sweep trains it on) or "resume_run" (stopped by a command)."""
     orphaned = run["status"] in ("NEW", "ONGOING") and not owner_alive
@@ -89,11 +95,14 @@ def resume_point(store: RunStore, run: dict[str, Any], owner_alive: bool = True)
 def run_rows(store: RunStore, latest: LatestMetrics, owner_alive: bool = True) -> dict[str, Any]:
     """{"runs": [run dict (RunStore.runs) + "latest": {metric: value} + "max_steps" +
     "resume_from" (`resume_point`)], "varying_knobs": [...]} after bringing `latest` up to date.
-    owner_alive: whether a live process trains the experiment (its owner lease)."""
+    owner_alive: whether a live process trains the experiment (its owner lease).
+    A run's "global_step" is the larger of the stored one (written at chunk ends) and the last
+    step it logged a metric at, so a run in its first chunk does not show step 0."""
     latest.update(store)
     runs = store.runs()
     for run in runs:
         run["latest"] = latest.of(run["run_id"])
+        run["global_step"] = max(run["global_step"] or 0, latest.last_step(run["run_id"]))
         run["resume_from"] = resume_point(store, run, owner_alive)
         max_steps = run["knobs"].get("train.max_steps")
         # -1 is TRL's "not set" (epochs decide): no known total.

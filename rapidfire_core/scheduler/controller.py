@@ -122,9 +122,22 @@ class RunController:
         self.reference_sequences = [0, 0]
 
     # ---- building runs -------------------------------------------------------------------------
-    def add_runs(self, specs: Sequence[Any], data: FitData) -> list[int]:
-        """Register and build one run per spec (in order); a run that fails to build is FAILED."""
-        return [self._add(spec, data) for spec in specs]
+    def register_runs(self, specs: Sequence[Any], data: FitData) -> list[int]:
+        """One run per spec in the store, in order, all at once: NEW, or FAILED with the reason
+        when the spec is invalid (`RunSpec.error`, from `expand(strict=False)`)."""
+        return [self._register(spec, data) for spec in specs]
+
+    def add_runs(
+        self, specs: Sequence[Any], data: FitData, registered: Sequence[int] | None = None
+    ) -> list[int]:
+        """Register (unless `registered` holds their ids) and build one run per spec (in order);
+        a run that fails to build is FAILED."""
+        run_ids = list(registered) if registered is not None else self.register_runs(specs, data)
+        for run_id, spec in zip(run_ids, specs, strict=True):
+            if run_id in self._status:  # an invalid spec's run is FAILED already
+                rec = self.store.get_run(run_id)
+                self._build(run_id, rec["name"], rec["mlflow_run_id"], spec, data)
+        return run_ids
 
     def _add(
         self,
@@ -133,6 +146,15 @@ class RunController:
         parent_run_id: int | None = None,
         warm: WarmStart | None = None,
         start_position: int = 0,
+    ) -> int:
+        run_id = self._register(spec, data, parent_run_id, warm)
+        if run_id in self._status:
+            rec = self.store.get_run(run_id)
+            self._build(run_id, rec["name"], rec["mlflow_run_id"], spec, data, start_position, warm)
+        return run_id
+
+    def _register(
+        self, spec: Any, data: FitData, parent_run_id: int | None = None, warm: WarmStart | None = None
     ) -> int:
         knobs = dict(spec.knobs)
         run_id = self.store.create_run(
@@ -156,7 +178,10 @@ class RunController:
         mlflow_id = self.tracker.start_run(name, params, tags=tags)
         self.store.update_run(run_id, name=name, mlflow_run_id=mlflow_id)
         self._status[run_id] = RunStatus.NEW
-        self._build(run_id, name, mlflow_id, spec, data, start_position, warm)
+        self._specs[run_id] = (spec, data)
+        if getattr(spec, "error", None):  # invalid: it fails alone, before anything trains
+            self.tracker.log_params(mlflow_id, knobs)  # never built: only what was typed
+            self._fail_unbuilt(run_id, mlflow_id, data, ConfigError(spec.error), "")
         return run_id
 
     def _build(

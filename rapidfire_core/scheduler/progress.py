@@ -67,7 +67,9 @@ class ProgressDisplay:
             is_tty = hasattr(self.stream, "isatty") and self.stream.isatty()
             self.mode = "terminal" if is_tty else "notebook" if _in_notebook(self.stream) else "plain"
         self.label = ""
-        self._fused = False  # the current turn is a fused cohort's: lines name their run
+        self._chunk_label = ""
+        self._members: list[int] = []  # the runs of the current turn (a cohort's: lines name their run)
+        self._fused = False
         self._handle: Any = None  # the notebook's display handle of the live line
         self._turn_start = (0.0, 0)  # (time, global_step) when the current turn began
         self._last_draw = 0.0
@@ -77,10 +79,18 @@ class ProgressDisplay:
         num_chunks = run.data.num_chunks
         epoch, chunk = divmod(run.chunks_done, num_chunks)
         self._fused = bool(fused)
-        who = f"runs {','.join(map(str, fused))} fused:" if fused else f"run {run.run_id}"
-        self.label = f"[epoch {epoch + 1} chunk {chunk + 1}/{num_chunks}] {who}"
+        self._members = list(fused or [run.run_id])
+        self._chunk_label = f"[epoch {epoch + 1} chunk {chunk + 1}/{num_chunks}]"
+        self._set_label()
         self._turn_start = (time.monotonic(), run.global_step)
         self._last_draw = time.monotonic()
+
+    def _set_label(self) -> None:
+        # A cohort's members can change within its turn (a clone joins at the next step): the
+        # label names the runs that trained in it so far, so a line never names a run outside it.
+        members = self._members
+        who = f"runs {','.join(map(str, members))} fused:" if len(members) > 1 else f"run {members[0]}"
+        self.label = f"{self._chunk_label} {who}"
 
     def _rate(self, run: Run) -> str:
         started, first_step = self._turn_start
@@ -97,7 +107,10 @@ class ProgressDisplay:
         metrics = " ".join(f"{k}={run.latest[k]:.4f}" for k in _SHOWN if k in run.latest)
         steps = f"step {run.global_step}/{run.max_steps}" if run.max_steps else f"step {run.global_step}"
         knobs = ", ".join(f"{k.split('.')[-1]}={run.knobs.get(k)}" for k in self.shown_knobs)
-        member = f"run {run.run_id}" if self._fused else ""
+        if self._fused and run.run_id not in self._members:
+            self._members.append(run.run_id)
+            self._set_label()
+        member = f"run {run.run_id}" if len(self._members) > 1 else ""
         parts = (self.label, member, f"({knobs})" if knobs else "", steps, metrics)
         return " ".join(part for part in parts if part) + (self._rate(run) if live else "")
 

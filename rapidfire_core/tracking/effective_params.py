@@ -12,11 +12,14 @@ False on a CPU, ``optim="paged_adamw_8bit"`` is ``adamw_torch``; ``trainers/mode
 plus ``train.<field>`` for each field the translation set that no knob names (a legacy field's
 new name: ``warmup_ratio`` -> ``train.warmup_steps``; the CPU fallbacks ``train.use_cpu``,
 ``train.bf16``) and ``model_kwargs.<key>`` for a key it added (``quantization_config``). A
-legacy knob itself (``train.warmup_ratio``) stays as typed: the installed TRL has no such field.
+legacy knob that the translation carried to another field (``train.warmup_ratio``) stays as
+typed; one it dropped or ignored, as its warning said (``train.max_prompt_length`` for GRPO,
+``train.model_adapter_name``), is recorded as "dropped" (and the typed value beside it).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from rapidfire_core.automl.flatten import jsonable
@@ -40,12 +43,14 @@ def run_params(
     translated_fields: list[str],
     typed_model_kwargs: dict[str, Any],
     used_model_kwargs: dict[str, Any],
+    dropped_fields: frozenset[str] | set[str] = frozenset(),
 ) -> dict[str, Any]:
     """The params of one built run (module docstring).
 
     trainer_args: the TRL config its trainer holds; translated_fields: the TRL fields the training
     config's translation passes (``RF*Config.trl_kwargs()`` keys); typed/used_model_kwargs: the
-    model kwargs as typed and as ``create_model`` received them."""
+    model kwargs as typed and as ``create_model`` received them; dropped_fields: the legacy
+    training fields the translation dropped or ignored."""
     used_kwargs = jsonable(used_model_kwargs)
     params: dict[str, Any] = {}
     named_fields: set[str] = set()
@@ -55,7 +60,9 @@ def run_params(
         if section == "train" and rest:
             field, *path = rest.split(".")
             named_fields.add(field)
-            if hasattr(trainer_args, field):
+            if field in dropped_fields:  # checked first: TRL may keep a deprecated attribute
+                used = DROPPED
+            elif hasattr(trainer_args, field):
                 found = _walk(jsonable(getattr(trainer_args, field)), path)
                 used = typed if found is _MISSING else found
         elif section == "model_kwargs" and rest:
@@ -79,9 +86,15 @@ def spec_params(spec: Any, knobs: dict[str, Any], trainer_args: Any) -> dict[str
     from rapidfire_core.trainers.model_kwargs import effective_model_kwargs
 
     typed_kwargs = spec.create_model_dict().get("model_kwargs") or {}
-    translated, _ = spec.model_config.training_args.trl_kwargs()
+    translated, messages = spec.model_config.training_args.trl_kwargs()
     used_kwargs = effective_model_kwargs(typed_kwargs, gpu_available())
-    return run_params(knobs, trainer_args, list(translated), typed_kwargs, used_kwargs)
+    # The translation's notes name the fields they drop or ignore first: "RFDPOConfig: a=1, b=2 dropped: ...".
+    dropped = set()
+    for message in messages:
+        head = re.split(r" (?:dropped|ignored)\b", message, maxsplit=1)
+        if len(head) == 2:
+            dropped.update(re.findall(r"(?:^|, |: )(\w+)=", head[0]))
+    return run_params(knobs, trainer_args, list(translated), typed_kwargs, used_kwargs, dropped)
 
 
 __all__ = ["DROPPED", "TYPED_PREFIX", "run_params", "spec_params"]

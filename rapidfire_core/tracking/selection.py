@@ -10,7 +10,9 @@ experiment is opened:
     RF_WANDB_ENABLED        default "false"
 
 ("true"/"1"/"yes"/"on" or "false"/"0"/"no"/"off", any case; anything else is a ValueError
-naming the variable.) Where each one writes:
+naming the variable.) RapidFire AI's Colab notebooks set ``RF_TRACKING_BACKEND`` instead
+("mlflow", "tensorboard" or "both"): it decides the MLflow and TensorBoard switches it names and
+leaves the others to their variables. Where each one writes:
 
     mlflow       the experiment's tracking_uri (default sqlite:///<experiment>/mlflow.db)
     tensorboard  $RF_TENSORBOARD_LOG_DIR/<experiment name>/<run name>/ when that variable is set,
@@ -55,11 +57,30 @@ def _switch(name: str, environ: Mapping[str, str]) -> bool:
     raise ValueError(f"{variable}={raw!r}: use true or false")
 
 
+BACKEND_ENV = "RF_TRACKING_BACKEND"
+_BACKENDS = {
+    "mlflow": {"mlflow": True, "tensorboard": False},
+    "tensorboard": {"mlflow": False, "tensorboard": True},
+    "both": {"mlflow": True, "tensorboard": True},
+}
+
+
+def _tracking_backend(environ: Mapping[str, str]) -> dict[str, bool]:
+    raw = environ.get(BACKEND_ENV)
+    if raw is None or not raw.strip():
+        return {}
+    choice = _BACKENDS.get(raw.strip().lower())
+    if choice is None:
+        raise ValueError(f"{BACKEND_ENV}={raw!r}: use one of {sorted(_BACKENDS)}")
+    return choice
+
+
 def chosen_trackers(trackers: Sequence[str] | None, environ: Mapping[str, str] | None = None) -> list[str]:
     """The backends' names in TRACKER_NAMES order: `trackers` if given, else the RF_*_ENABLED switches."""
     if trackers is None:
         env = os.environ if environ is None else environ
-        return [name for name in TRACKER_NAMES if _switch(name, env)]
+        backend = _tracking_backend(env)
+        return [name for name in TRACKER_NAMES if backend.get(name, _switch(name, env))]
     if isinstance(trackers, str):
         raise TypeError(f"trackers must be a list of names, got the string {trackers!r} (use [{trackers!r}])")
     unknown = [t for t in trackers if t not in TRACKER_NAMES]

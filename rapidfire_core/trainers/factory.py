@@ -30,7 +30,7 @@ from trl import DPOTrainer, GRPOTrainer, SFTTrainer
 
 from rapidfire_core.trainers.datasets import FormattedDatasets
 from rapidfire_core.trainers.fused_step import FusedStepMixin
-from rapidfire_core.trainers.generation_eval import make_generation_eval
+from rapidfire_core.trainers.generation_eval import eval_rows_over_raw, make_generation_eval
 from rapidfire_core.trainers.shared_models import ModelRegistry, sharing_constraints
 from rapidfire_core.trainers.user_callbacks import EngineEvents, callback_list, run_callbacks
 
@@ -287,7 +287,7 @@ def build_run_trainer(
         generation_eval = make_generation_eval(
             attached.model,
             attached.tokenizer,
-            eval_ds.to_list(),
+            eval_rows_over_raw(evals, eval_ds),
             compute_metrics,
             model_config.get("generation_config"),
             batch_size=args.per_device_eval_batch_size,

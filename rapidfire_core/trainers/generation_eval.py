@@ -3,9 +3,23 @@
 RapidFire's `compute_metrics(eval_preds)` receives `(predictions, references)` as decoded
 TEXTS (not logits, unlike `transformers.Trainer`). At each evaluation (after every chunk, and
 any the user's eval_strategy asks for) this module generates a completion for every eval prompt
-with the run's adapter active, then calls the user's function; its keys are logged with an
-`eval_` prefix. Generation may sample, so the global RNG is forked: the training stream of the
-run is untouched.
+with the run's adapter active, then calls the user's function; its keys are logged under the
+names it returns, as RapidFire AI logs them (`{"rougeL": 0.4}` is the metric `rougeL`).
+Generation may sample, so the global RNG is forked: the training stream of the run is untouched.
+
+Each eval row gives one (prompt, reference) pair, read as RapidFire AI reads them; a row is the
+formatting function's output over the raw row's columns (so `response` of the raw row is seen):
+
+    input + output          prompt = input, reference = output
+    prompt + completion     prompt = prompt (a chat list through the chat template with the
+                            generation prompt), reference = completion (of a chat list: the
+                            last message's content)
+    text                    prompt = text, reference = response, else instruction, else text
+    instruction + response  prompt = instruction, reference = response
+    prompt + chosen         (preference rows) prompt = prompt, reference = chosen
+    messages                prompt = every message before the last, reference = its content
+
+the first rule that matches wins; a row whose prompt or reference is empty is skipped.
 """
 
 from __future__ import annotations
@@ -14,12 +28,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-
-
-def _as_text(value: Any) -> str:
-    if isinstance(value, list):  # conversational: [{"role": ..., "content": ...}, ...]
-        return "".join(str(m.get("content", "")) for m in value if isinstance(m, dict))
-    return str(value)
 
 
 def _prompt_text(prompt: Any, tokenizer) -> str:
@@ -60,6 +68,70 @@ def generate_completions(
     return outputs
 
 
+# Column sets of the rules above, in their order (a row matches the first set it holds).
+GENERATION_COLUMNS: tuple[tuple[str, ...], ...] = (
+    ("input", "output"),
+    ("prompt", "completion"),
+    ("text",),
+    ("instruction", "response"),
+    ("prompt", "chosen"),
+    ("messages",),
+)
+
+
+def generation_columns_problem(columns: set[str]) -> str | None:
+    """None when rows with `columns` give (prompt, reference) pairs, else what is missing."""
+    if any(set(rule) <= columns for rule in GENERATION_COLUMNS):
+        return None
+    options = " | ".join(" + ".join(rule) for rule in GENERATION_COLUMNS)
+    return (
+        f"compute_metrics generates a completion for each eval row, but the eval rows have "
+        f"{sorted(columns)}: give rows with {options}"
+    )
+
+
+def _last_content(value: Any) -> str:
+    if isinstance(value, list):
+        return str(value[-1].get("content", "")) if value and isinstance(value[-1], dict) else ""
+    return "" if value is None else str(value)
+
+
+def prompt_and_reference(row: dict[str, Any]) -> tuple[Any, str] | None:
+    """The (prompt, reference) of one eval row (module docstring), or None when it gives none.
+    A chat prompt stays a message list (the chat template applies at generation)."""
+    pair: tuple[Any, Any] | None = None
+    if "input" in row and "output" in row:
+        pair = row["input"], row["output"]
+    elif "prompt" in row and "completion" in row:
+        pair = row["prompt"], _last_content(row["completion"])
+    elif "text" in row:
+        pair = row["text"], row.get("response") or row.get("instruction") or row["text"]
+    elif "instruction" in row and "response" in row:
+        pair = row["instruction"], row["response"]
+    elif "prompt" in row and "chosen" in row:
+        pair = row["prompt"], _last_content(row["chosen"])
+    elif isinstance(row.get("messages"), list) and len(row["messages"]) > 1:
+        pair = row["messages"][:-1], _last_content(row["messages"])
+    if pair is None:
+        return None
+    prompt, reference = pair
+    reference = "" if reference is None else str(reference).strip()
+    empty_prompt = not prompt if isinstance(prompt, list) else not str(prompt or "").strip()
+    if empty_prompt or not reference:
+        return None
+    return (prompt if isinstance(prompt, list) else str(prompt).strip()), reference
+
+
+def eval_rows_over_raw(raw: Any, formatted: Any) -> list[dict[str, Any]]:
+    """Each formatted eval row over its raw row's columns (a formatting function that returns
+    only `text` still lets the raw `response` be the reference, as in RapidFire AI, where the
+    formatted dataset keeps the raw columns). `raw`, `formatted`: datasets of equal length."""
+    formatted_rows = formatted.to_list()
+    if raw is None or raw is formatted or len(raw) != len(formatted_rows):
+        return formatted_rows
+    return [{**r, **f} for r, f in zip(raw.to_list(), formatted_rows, strict=True)]
+
+
 def make_generation_eval(
     model,
     tokenizer,
@@ -68,13 +140,20 @@ def make_generation_eval(
     generation_config: dict[str, Any] | None,
     batch_size: int,
 ) -> Callable[[int, float | None], dict[str, float]]:
-    """A closure `(step, epoch) -> {"eval_<metric>": value}` for one run."""
-    prompts = [row["prompt"] for row in eval_rows]
-    references = [_as_text(row.get("completion", row.get("chosen", ""))) for row in eval_rows]
+    """A closure `(step, epoch) -> {metric: value}` for one run (the names compute_metrics
+    returns). `eval_rows`: the formatted eval rows over their raw columns (module docstring)."""
+    pairs = [pair for pair in map(prompt_and_reference, eval_rows) if pair is not None]
+    if not pairs:
+        raise ValueError(
+            generation_columns_problem(set().union(*(set(r) for r in eval_rows)))
+            or "compute_metrics: no eval row has a non-empty prompt and reference"
+        )
+    prompts = [prompt for prompt, _ in pairs]
+    references = [reference for _, reference in pairs]
 
     def evaluate(step: int, epoch: float | None) -> dict[str, float]:
         predictions = generate_completions(model, tokenizer, prompts, generation_config or {}, batch_size)
         metrics = compute_metrics((predictions, references)) or {}
-        return {(k if k.startswith("eval_") else f"eval_{k}"): float(v) for k, v in metrics.items()}
+        return {str(k): float(v) for k, v in metrics.items()}
 
     return evaluate

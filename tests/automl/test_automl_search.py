@@ -218,7 +218,7 @@ def test_trainer_type_mismatch_is_reported_per_run():
         RFGridSearch(mc, trainer_type="DPO").expand()
     msg = str(err.value)
     assert "2 of 2 runs invalid" in msg
-    assert "run 0 {peft.r=8}" in msg and "run 1 {peft.r=16}" in msg
+    assert "run 1 {peft.r=8}" in msg and "run 2 {peft.r=16}" in msg
     assert "training_args is RFSFTConfig but trainer_type='DPO' needs RFDPOConfig" in msg
     # a plain TRL config of the right kind is accepted
     plain = trl.SFTConfig(output_dir="/tmp/x", use_cpu=True, learning_rate=3e-4, max_steps=2)
@@ -237,7 +237,7 @@ def test_grpo_generation_batch_must_divide_by_num_generations():
     with pytest.raises(ConfigError) as err:
         RFGridSearch(mc, trainer_type="GRPO").expand()
     msg = str(err.value)
-    assert "1 of 2 runs invalid" in msg and "run 1 {train.num_generations=4}" in msg
+    assert "1 of 2 runs invalid" in msg and "run 2 {train.num_generations=4}" in msg
     assert (
         "per_device_train_batch_size (3) * gradient_accumulation_steps (2) = 6 is not divisible by "
         "num_generations (4)"
@@ -263,7 +263,7 @@ def test_trl_validation_errors_surface_at_expand():
     )
     with pytest.raises(ConfigError) as err:
         RFGridSearch(mc, trainer_type="DPO").expand()
-    assert "1 of 2 runs invalid" in str(err.value) and "run 0" in str(err.value)
+    assert "1 of 2 runs invalid" in str(err.value) and "run 1 {" in str(err.value)
     assert "trl.DPOConfig rejected" in str(err.value)
 
 

@@ -74,3 +74,38 @@ def test_budget_pruning_replacements_and_the_persisted_study(tmp_path, tiny_mode
             assert trial.value == pytest.approx(last_eval)
         assert sorted(trial.intermediate_values) == list(range(1, len(trial.intermediate_values) + 1))
     exp.end()
+
+
+def test_an_objective_no_run_logs_is_refused_before_training_and_leaves_no_trial(
+    tmp_path, tiny_model_dir, create_tiny_model
+):
+    search = RFOptuna(_space(tiny_model_dir), n_initial=2, budget=2, objective="maximize:rougeL", seed=0)
+    exp = Experiment("refused", experiment_path=tmp_path, verbose=False)
+    with pytest.raises(ConfigError, match="'rougeL' cannot be computed: no run of this sweep logs"):
+        exp.run_fit(
+            search, create_tiny_model, support_dataset(n=8), support_dataset(n=4, seed=9), num_chunks=2
+        )
+    assert exp.get_runs_info().empty
+    assert not (exp.path / "optuna.db").exists()  # the drawn trials stayed in memory
+    assert search._study is search.study  # RapidFire AI's attribute name
+    exp.end()
+
+
+def test_running_the_search_again_trains_in_name_1_and_leaves_the_first_study_as_it_was(
+    tmp_path, tiny_model_dir, create_tiny_model
+):
+    def search():
+        space = _space(tiny_model_dir)
+        space.training_args.max_steps = 2
+        return RFOptuna(space, n_initial=2, budget=2, sampler="random", seed=1)
+
+    data = support_dataset(n=8, seed=3), support_dataset(n=2, seed=9)
+    for _ in range(2):  # the notebook run top to bottom twice
+        exp = Experiment("optuna", experiment_path=tmp_path, verbose=False)
+        exp.run_fit(search(), create_tiny_model, *data, num_chunks=2)
+        assert exp.get_runs_info()["status"].tolist() == ["COMPLETED", "COMPLETED"]
+        exp.end()
+    assert exp.experiment_name == "optuna_1"
+    for name in ("optuna", "optuna_1"):
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / name / 'optuna.db'}")
+        assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]  # no orphan trial

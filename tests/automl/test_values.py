@@ -94,7 +94,7 @@ def test_the_path_names_the_config_and_only_the_runs_with_the_bad_value_are_list
     )
     assert "configs[1].training_args.learning_rate: " in message and "configs[0]" not in message
     # a run with both problems lists both
-    assert "run 4 {peft.r=0, train.learning_rate=-1.0}: configs[1].peft_config.r" in message
+    assert "run 5 {peft.r=0, train.learning_rate=-1.0}: configs[1].peft_config.r" in message
     assert "got 0; configs[1].training_args.learning_rate: " in message
 
 

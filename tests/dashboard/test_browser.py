@@ -326,3 +326,42 @@ def test_end_to_end_against_a_real_background_sweep(page, tmp_path, tiny_model_d
         handle.cancel()
         handle.wait(timeout=120, raise_errors=False)
         exp.end()
+
+
+WIDE_GRID = [  # a sweep whose knob columns alone are wider than a 1400 px window
+    {"model_name": f"HuggingFaceTB/SmolLM2-{size}-Instruct", "peft.r": r, "peft.lora_alpha": 2 * r,
+     "peft.lora_dropout": dropout, "peft.target_modules": modules, "train.learning_rate": lr,
+     "train.lr_scheduler_type": schedule, "train.per_device_train_batch_size": batch,
+     "train.gradient_accumulation_steps": accumulation, "train.weight_decay": decay, "train.warmup_steps": warmup}
+    for size, r, dropout, modules, lr, schedule, batch, accumulation, decay, warmup in (
+        ("135M", 8, 0.05, ["q_proj", "v_proj"], 1e-3, "linear", 4, 1, 0.0, 0),
+        ("360M", 32, 0.1, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj"], 1e-4, "cosine", 8, 4, 0.01, 10),
+    )
+]  # fmt: skip
+
+
+def test_at_1400_px_every_action_stays_visible_and_progress_keeps_up_with_the_charts(browser, tmp_path):
+    runs, _ = make_experiment(tmp_path, "wide", WIDE_GRID)
+    runs.update_run(1, status="ONGOING", global_step=0)  # the store's step is written at chunk ends
+    runs.log_metric_records([MetricRecord(1, step, 0.1, 1, {"loss": 2.0 - 0.1 * step}) for step in (1, 2, 3)])
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        with DashboardServer(tmp_path) as server:
+            page.goto(f"{server.url}#exp=wide")
+            page.wait_for_selector('#runs-table tbody tr[data-run="2"]')
+            wrap = page.locator("#runs-table").locator("xpath=ancestor::div[contains(@class,'table-wrap')]")
+            assert wrap.evaluate("w => w.scrollWidth > w.clientWidth")  # wider than the window: it scrolls
+            assert page.evaluate("() => document.documentElement.scrollWidth") <= 1400  # the page does not
+            visible = wrap.bounding_box()
+            for run_id in (1, 2):
+                clone = page.locator(f'#runs-table tbody tr[data-run="{run_id}"] button.clone').bounding_box()
+                assert (
+                    clone["x"] >= visible["x"]
+                    and clone["x"] + clone["width"] <= visible["x"] + visible["width"]
+                )
+            progress = page.locator('#runs-table tbody tr[data-run="1"] .progress').inner_text()
+            assert "3" in progress.split("/")[0]  # the step it logged, as the loss chart shows
+    finally:
+        context.close()

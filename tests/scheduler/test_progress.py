@@ -103,3 +103,18 @@ def test_a_sweep_prints_no_dataset_preparation_bars(
         assert bar not in text
     # the two LoRA runs share the base model: they train fused, and each line names its run
     assert "[epoch 1 chunk 1/2] runs 1,2 fused: run 1" in text and "rapidfire dashboard" in text
+
+
+def test_a_cohort_line_names_only_runs_of_its_cohort_even_when_one_joins_mid_turn():
+    stream = io.StringIO()
+    display = ProgressDisplay([], stream=stream)
+    first, joined = _run(step=4), _run(step=0)
+    joined.run_id = 7
+    display.begin_turn(first, fused=[3])  # a cohort of one is a run's own turn
+    display.end_turn(first, "ONGOING")
+    assert stream.getvalue().startswith("[epoch 2 chunk 2/4] run 3 step 4/40")
+    display.begin_turn(first, fused=[3])
+    display.end_turn(joined, "ONGOING")  # a clone that joined the cohort at its next step
+    assert (
+        stream.getvalue().splitlines()[-1].startswith("[epoch 2 chunk 2/4] runs 3,7 fused: run 7 step 0/40")
+    )

@@ -56,8 +56,8 @@ def test_fingerprints_follow_knobs_functions_and_data_not_object_identity(tiny_m
     assert run_fingerprint(spec, _Data(support_dataset(n=8, seed=1))) != fingerprint
 
 
-def test_run_fit_again_continues_its_sweep_and_another_group_is_an_explicit_choice(
-    tmp_path, tiny_model_dir, create_tiny_model
+def test_a_rerun_of_a_finished_or_changed_sweep_trains_in_name_1_and_resume_is_an_explicit_choice(
+    tmp_path, tiny_model_dir, create_tiny_model, capsys
 ):
     rows = support_dataset(n=8)
     exp = Experiment("reuse", experiment_path=tmp_path, verbose=False)
@@ -65,23 +65,33 @@ def test_run_fit_again_continues_its_sweep_and_another_group_is_an_explicit_choi
     results = exp.get_results()
     exp.end()
 
-    exp = Experiment("reuse", experiment_path=tmp_path, verbose=False)  # a later session
-    exp.run_fit(_group(tiny_model_dir), create_tiny_model, rows, num_chunks=2)  # all done: nothing to train
-    assert exp.get_runs_info()["status"].tolist() == ["COMPLETED"]
-    assert exp.get_results().equals(results)
-    with pytest.raises(ResumeMismatch) as err:
-        exp.run_fit(_group(tiny_model_dir, lr=2e-3), create_tiny_model, rows, num_chunks=2)
-    assert "train.learning_rate: 0.001 -> 0.002" in str(err.value) and "resume=False" in str(err.value)
-    with pytest.raises(ResumeMismatch, match="a function .* or the data differs"):
-        exp.run_fit(_group(tiny_model_dir), create_tiny_model, rows, num_chunks=2, seed=7)
-    assert len(exp.get_runs_info()) == 1  # nothing was added by the refused calls
+    exp = Experiment("reuse", experiment_path=tmp_path)  # the notebook run again, unchanged
+    assert exp.get_results().equals(results)  # opening it reads it
+    capsys.readouterr()
+    exp.run_fit(_group(tiny_model_dir), create_tiny_model, rows, num_chunks=2)
+    notice = capsys.readouterr().out.splitlines()[0]
+    assert notice.startswith("Experiment 'reuse' already holds this sweep, finished: this run_fit trains in")
+    assert exp.experiment_name == "reuse_1" and exp.path == tmp_path.resolve() / "reuse_1"
+    assert exp.get_runs_info()["status"].tolist() == ["COMPLETED"]  # trained again, apart
+    exp.end()
 
-    exp.run_fit(_group(tiny_model_dir, lr=2e-3), create_tiny_model, rows, num_chunks=2, resume=False)
+    exp = Experiment("reuse", experiment_path=tmp_path, verbose=False)  # the notebook, one lr changed
+    exp.run_fit(_group(tiny_model_dir, lr=2e-3), create_tiny_model, rows, num_chunks=2)
+    assert exp.experiment_name == "reuse_2"
+    assert exp.get_runs_info()["train.learning_rate"].tolist() == [2e-3]
+    with pytest.raises(ResumeMismatch, match="a function .* or the data differs"):
+        exp.run_fit(
+            _group(tiny_model_dir, lr=2e-3), create_tiny_model, rows, num_chunks=2, seed=7, resume=True
+        )
+    assert len(exp.get_runs_info()) == 1  # nothing was added by the refused call
+
+    exp.run_fit(_group(tiny_model_dir), create_tiny_model, rows, num_chunks=2, resume=False)
     info = exp.get_runs_info()
     assert info["sweep"].tolist() == [1, 2] and info["status"].tolist() == ["COMPLETED", "COMPLETED"]
-    exp.run_fit(_group(tiny_model_dir), create_tiny_model, rows, num_chunks=2, resume=True)  # sweep 1 again
-    assert len(exp.get_runs_info()) == 2
+    exp.run_fit(_group(tiny_model_dir, lr=2e-3), create_tiny_model, rows, num_chunks=2, resume=True)
+    assert len(exp.get_runs_info()) == 2 and exp.experiment_name == "reuse_2"  # sweep 1 again: done
     exp.end()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reuse", "reuse_1", "reuse_2"]
 
     fresh = Experiment("fresh", experiment_path=tmp_path, verbose=False)
     with pytest.raises(ResumeMismatch, match="holds no runs to continue"):

@@ -79,3 +79,24 @@ def test_values_that_were_used_as_typed_have_no_typed_twin(tmp_path):
         params = spec_params(spec, spec.knobs, spec.training_args(output_dir=str(tmp_path), report_to="none"))
     assert params["train.learning_rate"] == 1e-4 and params["train.max_steps"] == 3
     assert not [k for k in params if k.startswith("typed.")]
+
+
+def test_legacy_fields_the_translation_dropped_are_recorded_as_dropped():
+    from rapidfire_core.automl import RFDPOConfig, RFGridSearch, RFLoraConfig, RFModelConfig
+    from rapidfire_core.tracking.effective_params import spec_params
+
+    config = RFModelConfig(
+        model_name="m",
+        peft_config=RFLoraConfig(r=4),
+        training_args=RFDPOConfig(max_prompt_length=512, max_completion_length=512, max_length=1024,
+                                  model_adapter_name="default", ref_adapter_name="reference",
+                                  warmup_ratio=0.1),
+    )  # fmt: skip
+    (spec,) = RFGridSearch(config, trainer_type="DPO").expand()
+    args = spec.training_args(output_dir="/tmp/unused")
+    params = spec_params(spec, spec.knobs, args)
+    for field, typed in (("max_prompt_length", 512), ("model_adapter_name", "default"),
+                         ("ref_adapter_name", "reference")):  # fmt: skip
+        assert params[f"train.{field}"] == "dropped" and params[f"typed.train.{field}"] == typed
+    assert params["train.warmup_ratio"] == 0.1 and "typed.train.warmup_ratio" not in params  # carried over
+    assert params["train.max_length"] == 1024

@@ -20,6 +20,15 @@ def test_switches_turn_backends_on_and_off():
     assert chosen_trackers(None, environ={"RF_WANDB_ENABLED": "yes"}) == ["mlflow", "wandb"]
 
 
+def test_rapidfire_colab_backend_variable_picks_mlflow_tensorboard_or_both():
+    assert chosen_trackers(None, environ={"RF_TRACKING_BACKEND": "tensorboard"}) == ["tensorboard"]
+    assert chosen_trackers(None, environ={"RF_TRACKING_BACKEND": "Both"}) == ["mlflow", "tensorboard"]
+    env = {"RF_TRACKING_BACKEND": "mlflow", "RF_TRACKIO_ENABLED": "true"}
+    assert chosen_trackers(None, environ=env) == ["mlflow", "trackio"]
+    with pytest.raises(ValueError, match="RF_TRACKING_BACKEND='wandb': use one of"):
+        chosen_trackers(None, environ={"RF_TRACKING_BACKEND": "wandb"})
+
+
 def test_the_argument_overrides_the_switches():
     env = {"RF_TENSORBOARD_ENABLED": "true"}
     assert chosen_trackers(["trackio", "mlflow"], environ=env) == ["mlflow", "trackio"]

@@ -235,9 +235,9 @@
       S.rowSig.clear();
       table.tHead.replaceChildren(h("tr", null,
         h("th", { class: "swatch-col" }), h("th", null, "run"), h("th", null, "status"),
-        knobs.map((k) => h("th", { class: "knob", title: k }, shortName(k))),
         h("th", null, "progress"),
         metrics.map((m) => h("th", { class: "num" }, m)),
+        knobs.map((k) => h("th", { class: "knob", title: k }, shortName(k))),
         h("th", null, "origin"), h("th", { class: "actions-col" }, "actions")));
     }
     const body = table.tBodies[0];
@@ -301,15 +301,15 @@
       h("td", null, h("span", { class: `status ${status.toLowerCase()}` }, status),
         pending.length ? h("span", { class: "pending" }, `${pending.join(", ")} pending…`) : null,
         run.error ? h("div", { class: "run-error", title: run.error }, run.error.split("\n").pop()) : null),
-      knobs.map((k) => h("td", { class: "knob", title: `${k} = ${JSON.stringify(run.knobs[k])}` },
-        k in run.knobs ? knobText(run.knobs[k]) : "—")),
       h("td", { class: "progress" }, h("div", null, `step ${steps}`,
         h("span", { class: "muted" }, ` · ${run.chunks_done} chunk${run.chunks_done === 1 ? "" : "s"}`),
         run.resume_from ? h("div", { class: "muted resume-from",
           title: run.resume_from.how === "run_fit" ? "interrupted: run_fit with the same arguments continues it"
-            : "stopped: Resume continues it" }, `resumable from chunk ${run.resume_from.chunk}`) : null),
+            : "stopped: Resume continues it" }, `resumable from chunk ${run.resume_from.chunk + 1}`) : null),
         frac !== null ? bar : null),
       metrics.map((m) => h("td", { class: "num" }, m in run.latest ? formatNumber(run.latest[m]) : "–")),
+      knobs.map((k) => h("td", { class: "knob", title: `${k} = ${JSON.stringify(run.knobs[k])}` },
+        k in run.knobs ? knobText(run.knobs[k]) : "—")),
       h("td", null, origin),
       h("td", { class: "actions" }, button("stop", "Stop"), button("resume", "Resume"),
         button("delete", "Delete"), button("clone", "Clone")),

@@ -1,0 +1,1 @@
+"""RapidFire AI's ``rapidfireai.fit.db`` namespace, renamed: ``rf_db.RfDb`` (see that module)."""

@@ -1,0 +1,1 @@
+"""RapidFire AI's ``rapidfireai.fit.utils`` namespace, renamed: ``interactive_controller``."""
