@@ -82,9 +82,12 @@ class MetricRecord(NamedTuple):
 class RunStore:
     """SQLite-backed store of runs and their logged metrics (thread-safe)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self._file = SQLiteFile(path, _SCHEMA)
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+        """`read_only`: open an existing file only to read it (`SQLiteFile`); writes raise."""
+        self._file = SQLiteFile(path, _SCHEMA, read_only=read_only)
         self.path, self._lock, self._db = self._file.path, self._file.lock, self._file.db
+        if read_only:
+            return
         with self._lock, self._db:
             have = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
             for name, kind in _ADDED_COLUMNS.items():
