@@ -62,14 +62,3 @@ def test_the_cause_is_found_through_a_chain():
     except RuntimeError as outer:
         assert unwritable_cause(outer) is lost
     assert unwritable_cause(ValueError("x")) is None
-
-
-def test_a_read_only_store_never_writes(tmp_path):
-    RunStore(tmp_path / "runs.db").create_run("a", "SFT", {})
-    reader = RunStore(tmp_path / "runs.db", read_only=True)
-    assert [r["run_id"] for r in reader.runs()] == [1]
-    with pytest.raises(sqlite3.OperationalError, match="readonly"):
-        reader.create_run("b", "SFT", {})
-    with pytest.raises(sqlite3.OperationalError):
-        RunStore(tmp_path / "missing.db", read_only=True).runs()
-    assert not (tmp_path / "missing.db").exists()
