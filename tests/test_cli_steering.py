@@ -275,6 +275,20 @@ def test_end_to_end_against_a_training_process(training_process, capsys):
     err = capsys.readouterr().err
     assert "learning_rate" in err and "expected float" in err
 
+    # A clone key no encoder can write, stored as an older version stored it (submit refuses it
+    # now): the training process fails that command alone, with the reason, and trains on.
+    import sqlite3
+
+    with sqlite3.connect(root / name / "runs.db") as db:
+        cur = db.execute(
+            "INSERT INTO commands(op, run_id, payload_json, source, status, created_at)"
+            " VALUES ('clone', 1, ?, 'cli', 'pending', 0)",
+            ('{"changes": {"caf\\udce9": 1}, "warm_start": false}',),
+        )
+    bad = CommandStore(root / name / "runs.db").wait(cur.lastrowid, timeout=60)
+    assert bad.status == "failed" and "caf\\udce9" in bad.error
+    assert RunStatus.FAILED not in [store.status(r) for r in (1, 2, 3, 4)]
+
     assert run_cli(root, "resume", name, "2") == 0
     assert run_cli(root, "delete", name, "3") == 0
     assert store.status(3) == RunStatus.DELETED

@@ -257,7 +257,7 @@ def experiments(request: Request) -> Response:
     found = list_experiments(state.root)
     for exp in found:
         exp["controller_alive"] = False
-        if "refused" in exp:
+        if "refused" in exp or "unreadable" in exp:
             continue
         try:
             exp["controller_alive"] = state.experiment(exp["name"]).commands.controller_alive()

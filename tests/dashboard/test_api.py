@@ -402,3 +402,19 @@ def test_a_key_that_is_not_unicode_is_refused_and_the_history_stays_readable(cli
     listed = client.get("/api/experiments/sweep/commands")
     assert listed.status_code == 200
     assert list(listed.json()["commands"][0]["payload"]["changes"]) == ["\ud800"]
+
+
+def test_a_folder_the_os_refuses_is_listed_as_unreadable(client, root, monkeypatch):
+    from rapidfire_core.dashboard import experiments
+
+    (root / "locked").mkdir()
+    real = experiments.is_experiment_dir
+
+    def is_experiment_dir(path):  # what a folder of mode 700 owned by another user does (as non-root)
+        if path.name == "locked":
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(experiments, "is_experiment_dir", is_experiment_dir)
+    listed = {e["name"]: e for e in client.get("/api/experiments").json()["experiments"]}
+    assert "Permission denied" in listed["locked"]["unreadable"] and "unreadable" not in listed["sweep"]
