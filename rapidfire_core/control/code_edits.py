@@ -40,6 +40,7 @@ _CODE_FIELDS = {
     "formatting_func": "is code run on every row",
     "compute_metrics": "is code run at evaluation",
     "generation_config": "holds generate() options that can load code (custom_generate, trust_remote_code)",
+    "generation_kwargs": "holds generate() options that can load code (custom_generate, trust_remote_code)",
     "model_init_kwargs": "is passed to from_pretrained (trust_remote_code, revision, ...)",
     "ref_model_init_kwargs": "is passed to from_pretrained (trust_remote_code, revision, ...)",
     "report_to": "chooses tracker integrations to import and send data to",
@@ -72,6 +73,8 @@ _CODE_WORDS = {
     "vllm": "talks to a vLLM server or loads vLLM",
     "liger": "loads Liger kernels",
     "trackio": "sends data to a tracker",
+    "custom": "loads custom code (custom_generate)",
+    "megatron": "names a Megatron module to import",
 }
 
 

@@ -34,6 +34,9 @@ from rapidfire_core.control.code_edits import code_loading_changes, code_loading
         ("train.resume_from_checkpoint", "/tmp/ckpt"),
         ("trust_remote_code", True),
         ("train.dataset_kwargs", {"trust_remote_code": True}),
+        ("train.generation_kwargs", {"do_sample": True}),
+        ("peft.megatron_core", "evil.module"),
+        ("peft.base_model_name_or_path", "/tmp/evil"),
     ],
 )
 def test_edits_that_can_load_code_or_touch_files_are_named(key, value):
