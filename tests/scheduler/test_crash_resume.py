@@ -1,8 +1,9 @@
 """A sweep killed with SIGKILL at any point and continued by calling run_fit again equals the
 same sweep trained without interruption: every metric it logs at every step (loss, num_tokens,
-mean_token_accuracy, entropy, learning_rate, grad_norm, epoch, DPO's rewards/logps/logits, ...;
-only wall-clock values are left out) and the final adapters (the fidelity tests' tolerance),
-every step once in the run store and in MLflow, no MLflow run left RUNNING.
+mean_token_accuracy, entropy, learning_rate, grad_norm, epoch, train_loss, DPO's
+rewards/logps/logits, ...; left out: wall-clock values, and total_flos, see NOT_REPRODUCIBLE)
+and the final adapters (the fidelity tests' tolerance), every step once in the run store and
+in MLflow, no MLflow run left RUNNING.
 
 The killed process is a real subprocess (`tests.scheduler.crash_sweep`), killed by the engine's
 fault hook at a named point (`rapidfire_core.control.faults`) or by the test at a random time.
@@ -40,7 +41,11 @@ from tests.scheduler import crash_sweep
 
 REPO = Path(__file__).resolve().parents[2]
 # Wall-clock values (train_runtime, train_samples_per_second, ...) differ between any two runs.
-WALL_CLOCK = re.compile(r"(_runtime|_per_second|step_time)$")
+# total_flos too, here: transformers counts `model.num_parameters()` of the shared base model,
+# which holds every run's adapter resident at that step, so it depends on which other runs were
+# loaded when (a continued sweep does not rebuild a COMPLETED run's adapter). That is a gap to
+# stock TRL (base + the run's own adapter), reported for the fidelity work, not a resume error.
+NOT_REPRODUCIBLE = re.compile(r"(_runtime|_per_second|step_time)$|^total_flos$")
 
 
 def _env(fault: str | None = None) -> dict[str, str]:
@@ -84,7 +89,7 @@ def _assert_equals_uninterrupted(exp, reference, rtol: float = 1e-5) -> None:
         mine, theirs = got[got.run_id == run_id], want[want.run_id == run_id]
         assert mine["step"].is_unique  # the run store holds each step once
         assert mine["step"].tolist() == theirs["step"].tolist()
-        logged = [c for c in theirs.columns if c not in ("run_id", "step") and not WALL_CLOCK.search(c)]
+        logged = [c for c in theirs.columns if c not in ("run_id", "step") and not NOT_REPRODUCIBLE.search(c)]
         assert {"loss", "num_tokens", "learning_rate", "grad_norm"} <= set(logged)
         assert set(mine.columns) == set(theirs.columns)  # no metric more or less
         for metric in logged:

@@ -4,12 +4,12 @@ sweep, an explicit new sweep, a clear error otherwise; a second trainer refused.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 
 from rapidfire_core import Experiment
 from rapidfire_core.automl import RFGridSearch, RFLoraConfig, RFModelConfig, RFSFTConfig
-from rapidfire_core.control.checkpoints import CheckpointError, CheckpointStore
 from rapidfire_core.control.owner_lease import ExperimentBusy
 from rapidfire_core.demo.data import formatting_function, support_dataset
 from rapidfire_core.scheduler.resume import ResumeMismatch, describe, run_fingerprint
@@ -118,16 +118,20 @@ def test_a_second_run_fit_on_an_experiment_being_trained_is_refused(
 
 
 def test_a_disk_that_refuses_a_checkpoint_fails_only_that_run(tmp_path, tiny_model_dir, monkeypatch):
-    real_write = CheckpointStore.write
+    # ENOSPC from the OS where run 2's checkpoint files are flushed (what a full disk raises).
+    import errno
 
-    def write(self, *args, **kwargs):
-        if self.directory.parent.name == "2":
-            raise CheckpointError(
-                "could not write the checkpoint: OSError: [Errno 28] No space left on device"
-            )
-        return real_write(self, *args, **kwargs)
+    from rapidfire_core.control import checkpoints
 
-    monkeypatch.setattr(CheckpointStore, "write", write)
+    real_fsync = checkpoints._fsync_file
+
+    def fsync(path):
+        parts = Path(path).parts
+        if ("runs", "2") in zip(parts, parts[1:], strict=False):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_fsync(path)
+
+    monkeypatch.setattr(checkpoints, "_fsync_file", fsync)
     exp = crash_sweep.run(str(tmp_path), "full-disk", tiny_model_dir, "sft")
     info = exp.get_runs_info().set_index("run_id")
     assert info.loc[1, "status"] == "COMPLETED"
