@@ -5,7 +5,8 @@
     rapidfire runs EXPERIMENT [--json]
     rapidfire stop|resume|delete EXPERIMENT RUN [--no-wait | --wait] [--timeout S]
     rapidfire clone EXPERIMENT RUN [--set KNOB=VALUE ...] [--warm-start] [--no-wait | --wait] [--timeout S]
-    rapidfire dashboard [EXPERIMENTS_PATH] [--host H] [--port P] [--token T]
+    rapidfire dashboard [EXPERIMENTS_PATH] [--host H] [--port P] [--token T | --no-token]
+                        [--allow-code-edits]
 
 EXPERIMENT is a name under the experiments root (--experiment-path, default $RF_EXPERIMENT_PATH
 or ./rapidfire_experiments) or a path to an experiment directory.
@@ -204,8 +205,11 @@ def _add_steering_parsers(sub) -> None:
         help="serve the live dashboard (runs, metric charts, stop/resume/delete/clone) in a browser",
         description=(
             "Serve the live dashboard over every experiment under EXPERIMENTS_PATH. It listens on "
-            "127.0.0.1 unless --host says otherwise; on any other address every request must carry a "
-            "token: --token, or one generated and printed in the URL."
+            "127.0.0.1 unless --host says otherwise. Every request must carry a token, on any address "
+            "(other users of this machine can reach 127.0.0.1 too): --token, or your own, generated once "
+            "and kept in ~/.rapidfire/dashboard_token (mode 600; $RAPIDFIRE_HOME moves it), printed in the "
+            "URL to open. Clone edits that can load code (model_name, model_kwargs, paths, ...) are "
+            "refused unless --allow-code-edits. See docs/security.md."
         ),
     )
     dash.add_argument(
@@ -219,7 +223,20 @@ def _add_steering_parsers(sub) -> None:
     dash.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT}; 0 picks a free one)"
     )
-    dash.add_argument("--token", default=None, help="require this token on every request")
+    access = dash.add_mutually_exclusive_group()
+    access.add_argument("--token", default=None, help="require this token on every request")
+    access.add_argument(
+        "--no-token",
+        action="store_true",
+        help="require no token (a single-user machine only: anyone on it could steer your runs); "
+        "loopback addresses only",
+    )
+    dash.add_argument(
+        "--allow-code-edits",
+        action="store_true",
+        help="accept clone edits that can make the training process load code or touch files "
+        "(model_name, model_kwargs, tokenizer, reward_funcs, paths, ...); refused by default",
+    )
 
 
 def _version(module: str) -> str:
@@ -483,32 +500,38 @@ def _wait(commands, command_id: int, timeout: float, stop_if_idle: bool, poll: f
 
 
 def _cmd_dashboard(args) -> int:
-    import secrets
-
     from rapidfire_core.dashboard.experiments import default_root
-    from rapidfire_core.dashboard.server import is_loopback, serve
+    from rapidfire_core.dashboard.server import serve
+    from rapidfire_core.dashboard.token import token_path
 
     root = Path(args.experiments_path) if args.experiments_path else default_root()
-    token = args.token
-    if token is not None and not token.strip():
+    if args.token is not None and not args.token.strip():
         raise CliError("--token must not be empty")
-    generated = token is None and not is_loopback(args.host)
-    if generated:
-        # Anyone who can reach a non-loopback address could stop or delete runs: require a secret.
-        token = secrets.token_urlsafe(18)
     if not root.is_dir():
         print(f"note: {root} does not exist yet; experiments appear once one is made there", file=sys.stderr)
 
     def announce(url: str) -> None:
         print(f"RapidFire dashboard for the experiments under {root.resolve()}")
         print(f"  open {url}")
-        if generated:
-            print(f"  (--host {args.host} is not a loopback address: every request must carry this token)")
+        if args.no_token:
+            print("  no token (--no-token): every user of this machine can steer these runs")
+        elif args.token is None:
+            print(f"  the token is yours, kept in {token_path()} (readable by you only)")
+        if args.allow_code_edits:
+            print("  --allow-code-edits: clone edits from the page may load code as you")
         print("  Ctrl-C stops it", flush=True)
 
     try:
-        serve(root, host=args.host, port=args.port, token=token, announce=announce)
-    except OSError as exc:
+        serve(
+            root,
+            host=args.host,
+            port=args.port,
+            token=args.token,
+            announce=announce,
+            require_token=not args.no_token,
+            allow_code_edits=args.allow_code_edits,
+        )
+    except (OSError, ValueError) as exc:  # a busy port, an untrusted token file, --no-token off loopback
         raise CliError(str(exc)) from None
     except KeyboardInterrupt:
         pass

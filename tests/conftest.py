@@ -13,6 +13,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+# The dashboard's token file (rapidfire_core.dashboard.token) goes to a fresh folder, not ~.
+os.environ["RAPIDFIRE_HOME"] = __import__("tempfile").mkdtemp(prefix="rapidfire-home-")
 
 import pytest  # noqa: E402
 

@@ -163,22 +163,43 @@ def test_non_numeric_run_id_is_an_argparse_usage_error(root, capsys):
     assert exc.value.code == 2
 
 
-def test_dashboard_generates_a_token_for_a_non_loopback_host(root, monkeypatch, capsys):
+def test_dashboard_requires_the_users_token_by_default_on_every_address(root, monkeypatch, capsys):
+    from rapidfire_core.dashboard.token import read_token
+
     seen = {}
 
-    def fake_serve(served_root, host, port, token, announce):
-        seen.update(root=served_root, host=host, port=port, token=token)
-        announce(f"http://{host}:{port}/?token={token}")
+    def fake_serve(served_root, host, port, token, announce, require_token, allow_code_edits):
+        from rapidfire_core.dashboard.server import server_token
+
+        token = server_token(host, token, require_token)
+        seen.update(root=served_root, host=host, port=port, token=token, allow_code_edits=allow_code_edits)
+        announce(f"http://{host}:{port}/" + (f"?token={token}" if token else ""))
 
     monkeypatch.setattr("rapidfire_core.dashboard.server.serve", fake_serve)
-    assert cli.main(["dashboard", str(root), "--host", "0.0.0.0", "--port", "9999"]) == 0
-    assert seen["host"] == "0.0.0.0" and len(seen["token"]) >= 20
-    out = capsys.readouterr().out
-    assert f"?token={seen['token']}" in out and "not a loopback address" in out
     assert cli.main(["dashboard", str(root)]) == 0
-    assert seen["token"] is None and seen["host"] == "127.0.0.1" and seen["port"] == 8765
-    assert cli.main(["dashboard", str(root), "--token", "mine"]) == 0
-    assert seen["token"] == "mine"
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 8765 and seen["allow_code_edits"] is False
+    assert len(seen["token"]) >= 32 and seen["token"] == read_token()
+    out = capsys.readouterr().out
+    assert f"?token={seen['token']}" in out and "readable by you only" in out
+    assert cli.main(["dashboard", str(root), "--host", "0.0.0.0", "--port", "9999"]) == 0
+    assert seen["host"] == "0.0.0.0" and seen["token"] == read_token()  # the same token
+    assert cli.main(["dashboard", str(root), "--token", "mine", "--allow-code-edits"]) == 0
+    assert seen["token"] == "mine" and seen["allow_code_edits"] is True
+    assert "may load code" in capsys.readouterr().out
+    assert cli.main(["dashboard", str(root), "--no-token"]) == 0
+    assert seen["token"] is None and "every user of this machine" in capsys.readouterr().out
+    assert cli.main(["dashboard", str(root), "--no-token", "--host", "0.0.0.0"]) == 2
+    assert "without a token" in capsys.readouterr().err
+
+
+def test_clone_with_a_key_that_is_not_utf8_fails_alone_with_a_reason(root):
+    # A real process: the byte 0xE9 reaches argv as it does from a shell's $'caf\xe9=1'.
+    argv = [sys.executable, "-m", "rapidfire_core.cli", "clone", "sweep", "2", "--set", b"caf\xe9=1"]
+    proc = subprocess.run([*argv, "--experiment-path", str(root)], capture_output=True)
+    assert proc.returncode == 2, proc.stderr
+    assert b"not valid Unicode text" in proc.stderr and b"Traceback" not in proc.stderr
+    assert CommandStore(root / "sweep" / "runs.db").all() == []
+    assert RunStore(root / "sweep" / "runs.db").get_run(1)["status"] == "ONGOING"
 
 
 def test_dashboard_on_a_busy_port_is_a_clear_error(root, capsys):
@@ -263,6 +284,20 @@ def test_end_to_end_against_a_training_process(training_process, capsys):
     assert run_cli(root, "clone", name, "1", "--set", "learning_rate=fast") == 1
     err = capsys.readouterr().err
     assert "learning_rate" in err and "expected float" in err
+
+    # A clone key no encoder can write, stored as an older version stored it (submit refuses it
+    # now): the training process fails that command alone, with the reason, and trains on.
+    import sqlite3
+
+    with sqlite3.connect(root / name / "runs.db") as db:
+        cur = db.execute(
+            "INSERT INTO commands(op, run_id, payload_json, source, status, created_at)"
+            " VALUES ('clone', 1, ?, 'cli', 'pending', 0)",
+            ('{"changes": {"caf\\udce9": 1}, "warm_start": false}',),
+        )
+    bad = CommandStore(root / name / "runs.db").wait(cur.lastrowid, timeout=60)
+    assert bad.status == "failed" and "caf\\udce9" in bad.error
+    assert RunStatus.FAILED not in [store.status(r) for r in (1, 2, 3, 4)]
 
     assert run_cli(root, "resume", name, "2") == 0
     assert run_cli(root, "delete", name, "3") == 0

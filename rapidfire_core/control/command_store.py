@@ -123,14 +123,54 @@ def check_command(op: str, run_id: Any, payload: dict[str, Any] | None, source: 
         json.dumps(payload)
     except TypeError as exc:
         raise CommandError(f"{op}: the payload must be JSON (numbers, strings, lists): {exc}") from None
+    except RecursionError:
+        raise CommandError(f"{op}: the payload is nested too deeply") from None
+    bad = _non_unicode_text(payload)
+    if bad is not None:
+        raise CommandError(
+            f"{op}: {bad} is not valid Unicode text (a byte that is not UTF-8, or a lone surrogate"
+            " such as \\ud800): write knob names and values as UTF-8 text"
+        )
     return payload
+
+
+def _non_unicode_text(value: Any, where: str = "") -> str | None:
+    """Where in `value` a string cannot be encoded as UTF-8 (a surrogate: from a non-UTF-8 byte
+    on the command line, or a JSON escape such as "\\ud800"), as an escaped description; None
+    if every string can. Such a string would reach the run store, MLflow and the dashboard's
+    replies, none of which can write it."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{where or 'a value'} {ascii(value)}".strip()
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            bad = _non_unicode_text(key, "the name") if isinstance(key, str) else None
+            bad = bad or _non_unicode_text(item, f"the value of {ascii(key)}")
+            if bad is not None:
+                return bad
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            bad = _non_unicode_text(item, where)
+            if bad is not None:
+                return bad
+    return None
+
+
+def printable(text: str) -> str:
+    """`text` with whatever UTF-8 cannot encode (lone surrogates) escaped as \\udcxx, so that an
+    error message quoting a user's bad input can be stored and shown."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class CommandStore:
     """The commands table of one experiment's `runs.db` (thread-safe; any process)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self._file = SQLiteFile(path, _SCHEMA)
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+        """`read_only`: open an existing file only to read it (`SQLiteFile`); writes raise."""
+        self._file = SQLiteFile(path, _SCHEMA, read_only=read_only)
         self.path, self._lock, self._db = self._file.path, self._file.lock, self._file.db
         # Set by submit() in this process: the controller's per-step probe is then free of I/O.
         self.submitted = threading.Event()
@@ -154,6 +194,9 @@ class CommandStore:
         return self.get(command_id)
 
     def get(self, command_id: int) -> Command:
+        """The command; KeyError if there is none (also for an id no SQLite integer can hold)."""
+        if not -(2**63) <= command_id < 2**63:
+            raise KeyError(f"no command with id {command_id}")
         rows = self._select("WHERE command_id = ?", (command_id,))
         if not rows:
             raise KeyError(f"no command with id {command_id}")
@@ -210,6 +253,8 @@ class CommandStore:
     ) -> Command:
         """Record the outcome of a claimed command: applied (with result) or failed (error)."""
         status = FAILED if error is not None else APPLIED
+        # An error may quote the command's own bad input; it must be storable whatever it holds.
+        error = printable(error) if error is not None else None
         with self._lock, self._db:
             self._db.execute(
                 "UPDATE commands SET status = ?, applied_at = ?, result_json = ?, error = ?"

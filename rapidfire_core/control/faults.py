@@ -1,4 +1,5 @@
-"""Fault injection for crash tests: kill this process at a named point of the engine.
+"""Fault injection for crash tests: kill this process at a named point of the engine (or,
+for `store_full`, make the disk under the run store refuse every write from then on).
 
     RAPIDFIRE_FAULT=checkpoint_write:3     SIGKILL on the 3rd time the point is reached
     RAPIDFIRE_FAULT=mid_chunk:5,metric_flush:2      (several: the first that fires kills)
@@ -14,6 +15,9 @@ Points (each a `fault_point(name)` call in the engine):
                       steps it covers (scheduler.controller)
     after_completion  a run is COMPLETED in the run store; MLflow has neither its last
                       metrics nor its end (scheduler.controller)
+    store_full        not a kill: from the Nth write transaction of runs.db on, every write
+                      fails with SQLite's "database or disk is full", as on a full disk
+                      (control.sqlite_file)
 
 The kill is SIGKILL (no `finally`, no atexit, no flush): what a `kill -9`, an OOM kill or a
 power loss leaves. Without the variable a point costs one dict lookup.
@@ -25,7 +29,9 @@ import os
 import signal
 
 ENV = "RAPIDFIRE_FAULT"
-POINTS = frozenset({"mid_chunk", "checkpoint_write", "metric_flush", "after_checkpoint", "after_completion"})
+POINTS = frozenset(
+    {"mid_chunk", "checkpoint_write", "metric_flush", "after_checkpoint", "after_completion", "store_full"}
+)
 
 
 def _parse(text: str) -> dict[str, int]:
@@ -51,4 +57,12 @@ def fault_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-__all__ = ["ENV", "POINTS", "fault_point"]
+def fault_active(name: str) -> bool:
+    """True from the time `name` reached its count on (a fault that persists, like a full disk)."""
+    if not _ARMED or name not in _ARMED:
+        return False
+    _SEEN[name] = _SEEN.get(name, 0) + 1
+    return _SEEN[name] >= _ARMED[name]
+
+
+__all__ = ["ENV", "POINTS", "fault_active", "fault_point"]

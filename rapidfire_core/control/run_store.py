@@ -82,9 +82,13 @@ class MetricRecord(NamedTuple):
 class RunStore:
     """SQLite-backed store of runs and their logged metrics (thread-safe)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self._file = SQLiteFile(path, _SCHEMA)
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+        """`read_only`: open an existing file only to read it (`SQLiteFile`); writes raise."""
+        self._file = SQLiteFile(path, _SCHEMA, read_only=read_only)
         self.path, self._lock, self._db = self._file.path, self._file.lock, self._file.db
+        if read_only:
+            self._read_older_file()
+            return
         with self._lock, self._db:
             have = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
             for name, kind in _ADDED_COLUMNS.items():
@@ -94,6 +98,20 @@ class RunStore:
                     except sqlite3.OperationalError as exc:  # another process added it meanwhile
                         if "duplicate column" not in str(exc):
                             raise
+
+    def _read_older_file(self) -> None:
+        """A file written before `_ADDED_COLUMNS` existed, opened read-only (it cannot be migrated):
+        read through a TEMP view named `runs` (it shadows the table) that gives the missing
+        columns their defaults. Nothing is written to the file."""
+        with self._lock:
+            have = {row[1] for row in self._db.execute("PRAGMA main.table_info(runs)")}
+            missing = [name for name in _ADDED_COLUMNS if name not in have]
+            if have and missing:
+                defaults = ", ".join(
+                    f"{_ADDED_COLUMNS[name].partition('DEFAULT')[2].strip() or 'NULL'} AS {name}"
+                    for name in missing
+                )
+                self._db.execute(f"CREATE TEMP VIEW runs AS SELECT *, {defaults} FROM main.runs")
 
     def close(self) -> None:
         self._file.close()

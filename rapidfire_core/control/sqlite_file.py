@@ -5,6 +5,59 @@ from __future__ import annotations
 import sqlite3
 import threading
 from pathlib import Path
+from urllib.parse import quote
+
+from rapidfire_core.control.faults import fault_active
+from rapidfire_core.control.unwritable import as_unwritable
+
+
+class _Connection(sqlite3.Connection):
+    """A connection whose disk failures (full, read-only, I/O) raise `StoreUnwritable` naming
+    the file system (control.unwritable); every other error is raised as it is."""
+
+    store_path: Path
+
+    def execute(self, *args):
+        try:
+            return super().execute(*args)
+        except sqlite3.Error as exc:
+            raise as_unwritable(exc, self.store_path) from None
+
+    def executemany(self, *args):
+        try:
+            return super().executemany(*args)
+        except sqlite3.Error as exc:
+            raise as_unwritable(exc, self.store_path) from None
+
+    def executescript(self, *args):
+        try:
+            return super().executescript(*args)
+        except sqlite3.Error as exc:
+            raise as_unwritable(exc, self.store_path) from None
+
+    def commit(self) -> None:
+        self._refuse_if_disk_full()
+        try:
+            super().commit()
+        except sqlite3.Error as exc:
+            raise as_unwritable(exc, self.store_path) from None
+
+    def __exit__(self, kind, value, tb):
+        if kind is None:
+            try:
+                self._refuse_if_disk_full()
+            except sqlite3.Error:
+                self.rollback()
+                raise
+        try:
+            return super().__exit__(kind, value, tb)
+        except sqlite3.Error as exc:
+            raise as_unwritable(exc, self.store_path) from None
+
+    def _refuse_if_disk_full(self) -> None:
+        # The `store_full` fault (control.faults): what SQLite says when a write meets a full disk.
+        if self.in_transaction and fault_active("store_full"):
+            raise as_unwritable(sqlite3.OperationalError("database or disk is full"), self.store_path)
 
 
 class SQLiteFile:
@@ -13,14 +66,29 @@ class SQLiteFile:
     WAL + synchronous=NORMAL: a metric write is an append, not an fsync of the whole file, and
     readers in other processes (CLI, dashboard, a notebook) proceed while one writer appends.
     The 30 s timeout covers another process holding the write lock. Every access in this
-    process takes `lock`; the connection may be used from any thread.
+    process takes `lock`; the connection may be used from any thread. A write its disk
+    refuses raises `control.unwritable.StoreUnwritable` (a sqlite3.OperationalError).
+
+    `read_only`: the file must exist; it is opened with SQLite's `mode=ro`, no schema is
+    applied and every write raises sqlite3.OperationalError ("attempt to write a readonly
+    database"). For readers that must never change what they look at (the dashboard's GETs):
+    SQLite may still create the `-wal`/`-shm` index files beside the path, as any reader of a
+    WAL database does, but the database itself (or what a symbolic link points to) is not
+    written.
     """
 
-    def __init__(self, path: str | Path, schema: str) -> None:
+    def __init__(self, path: str | Path, schema: str, read_only: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
         self.lock = threading.Lock()
-        self.db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        if read_only:
+            uri = f"file:{quote(str(self.path.absolute()))}?mode=ro"
+            self.db = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30, factory=_Connection)
+            self.db.store_path = self.path
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, check_same_thread=False, timeout=30, factory=_Connection)
+        self.db.store_path = self.path
         with self.lock, self.db:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")

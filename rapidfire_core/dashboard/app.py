@@ -13,19 +13,28 @@
     GET  /api/experiments/{name}/commands           {"commands": [...], "controller_alive"}
     GET  /api/experiments/{name}/commands/{id}      one command
     POST /api/experiments/{name}/commands           {"op", "run_id", "payload"} -> 201 the command, source
-                                                    "dashboard"; 400 {"error"} for a malformed request
+                                                    "dashboard"; 400 {"error"} for a malformed request,
+                                                    403 for a clone edit that can load code (below)
 
 Metric polling is incremental: a client passes the last row id it has and gets only newer
 rows (`more` says another page is waiting); a changed `store_id` means the experiment was
 deleted and made again, so row ids start over. Non-finite numbers (a NaN loss) go out as null.
 
-Security: with no token the app answers only requests whose Host is a loopback name (the
-server binds 127.0.0.1; this also defeats DNS rebinding). With a token every request must
-carry it: `Authorization: Bearer T`, or `?token=T` (the page link), or the cookie the page
-load sets so the page's own assets load. State-changing requests must be JSON (a plain HTML
-form from another site cannot send that) and, when the browser says where they come from
-(Origin), come from this server. Nothing in a request is executed: bodies are parsed as JSON
-and checked by `CommandStore.submit`. Experiment names must be plain children of the root.
+Security (docs/security.md): with a token (the default of `DashboardServer` and `rapidfire
+dashboard`) every request must carry it: `Authorization: Bearer T`, or `?token=T` (the page
+link), or the cookie the page load sets so the page's own assets load. With no token (the
+user opted out) the app answers only requests whose Host is a loopback name (this also defeats
+DNS rebinding). State-changing requests must be JSON (a plain HTML form from another site
+cannot send that) and, when the browser says where they come from (Origin), come from this
+server. Nothing in a request is executed: bodies are parsed as JSON and checked by
+`CommandStore.submit`; a clone edit that can load code (`control.code_edits`) is refused
+unless the app was made with `allow_code_edits`. Experiment names must be plain children of
+the root; a child that is a symbolic link out of the root is refused.
+
+GET requests never write: they read runs.db through read-only connections. Commands are
+written through a separate connection opened at the first POST, refused (403) when runs.db is
+a symbolic link. A runs.db that cannot be read is listed with "unreadable" and its endpoints
+answer 422; a busy database (another process holds it past the 30 s timeout) answers 503.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -48,7 +58,15 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from rapidfire_core.control import CommandError, CommandStore, RunStore
-from rapidfire_core.dashboard.experiments import DB_NAME, ExperimentNotFound, experiment_dir, list_experiments
+from rapidfire_core.control.code_edits import code_loading_changes
+from rapidfire_core.dashboard.experiments import (
+    DB_NAME,
+    ExperimentNotFound,
+    experiment_dir,
+    list_experiments,
+    read_only_reason,
+    refused_reason,
+)
 from rapidfire_core.dashboard.summary import LatestMetrics, finite, run_rows
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -56,6 +74,7 @@ TOKEN_COOKIE = "rapidfire_token"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 METRIC_PAGE = 20_000
 MAX_BODY_BYTES = 1 << 20  # a command is a few hundred bytes
+TOKEN_COOKIE_SECONDS = 30 * 24 * 3600  # a browser reopens the page without the link for a month
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none';"
@@ -74,34 +93,59 @@ class ApiError(Exception):
         self.status = status
 
 
+class _AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: a string that UTF-8 cannot encode (a lone
+    surrogate stored by an older version) goes out as "\\ud800" instead of failing the reply."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def _json(content: Any, status: int = 200) -> JSONResponse:
-    return JSONResponse(finite(content), status_code=status)
+    return _AsciiJSONResponse(finite(content), status_code=status)
 
 
 class _OpenExperiment:
     """The stores of one experiment, opened once per server (connections are thread-safe).
+
+    Reads go through read-only connections (a GET never writes); `writer()` opens the one
+    connection POSTs write commands through, unless runs.db is a symbolic link.
 
     `store_id` is the inode of runs.db: an experiment deleted and made again under the same
     name is a new file (the old one stays allocated while this connection holds it open, so
     the number differs), which the server reopens and the page sees as a reason to refetch."""
 
     def __init__(self, path: Path, store_id: int) -> None:
-        self.store_id = store_id
-        self.runs = RunStore(path / DB_NAME)
-        self.commands = CommandStore(path / DB_NAME)
+        self.path, self.store_id = path, store_id
+        self.runs = RunStore(path / DB_NAME, read_only=True)
+        self.commands = CommandStore(path / DB_NAME, read_only=True)
         self.latest = LatestMetrics()
+        self._writer: CommandStore | None = None
+        self._lock = threading.Lock()
+
+    def writer(self) -> CommandStore:
+        refusal = read_only_reason(self.path)
+        if refusal is not None:
+            raise ApiError(403, refusal)
+        with self._lock:
+            if self._writer is None:
+                self._writer = CommandStore(self.path / DB_NAME)
+            return self._writer
 
     def close(self) -> None:
         self.runs.close()
         self.commands.close()
+        if self._writer is not None:
+            self._writer.close()
 
 
 class DashboardState:
     """The root, the token and the experiments opened so far."""
 
-    def __init__(self, root: Path, token: str | None) -> None:
+    def __init__(self, root: Path, token: str | None, allow_code_edits: bool = False) -> None:
         self.root = Path(root)
         self.token = token
+        self.allow_code_edits = allow_code_edits
         self._open: dict[str, _OpenExperiment] = {}
         self._lock = threading.Lock()
 
@@ -112,6 +156,9 @@ class DashboardState:
             raise ApiError(400, str(exc)) from None
         except ExperimentNotFound as exc:
             raise ApiError(404, str(exc)) from None
+        refused = refused_reason(self.root, path)
+        if refused is not None:
+            raise ApiError(403, refused)
         try:
             store_id = (path / DB_NAME).stat().st_ino
         except FileNotFoundError:
@@ -197,8 +244,11 @@ def page(request: Request) -> Response:
     state = _state(request)
     presented, how = _presented_token(request)
     if state.token is not None and how == "query":
-        # The page's <script>/<link> loads cannot carry a header; the cookie vouches for them.
-        response.set_cookie(TOKEN_COOKIE, presented, httponly=True, samesite="strict")
+        # The page's <script>/<link> loads cannot carry a header; the cookie vouches for them,
+        # and lets the browser reopen the page without the link.
+        response.set_cookie(
+            TOKEN_COOKIE, presented, max_age=TOKEN_COOKIE_SECONDS, httponly=True, samesite="strict"
+        )
     return response
 
 
@@ -206,7 +256,15 @@ def experiments(request: Request) -> Response:
     state = _state(request)
     found = list_experiments(state.root)
     for exp in found:
-        exp["controller_alive"] = state.experiment(exp["name"]).commands.controller_alive()
+        exp["controller_alive"] = False
+        if "refused" in exp or "unreadable" in exp:
+            continue
+        try:
+            exp["controller_alive"] = state.experiment(exp["name"]).commands.controller_alive()
+        except ApiError:  # removed since it was listed
+            continue
+        except sqlite3.DatabaseError as exc:  # one bad file must not hide the others
+            exp["unreadable"] = f"{DB_NAME} cannot be read: {exc}"
     return _json({"root": str(state.root.resolve()), "experiments": found})
 
 
@@ -237,6 +295,7 @@ def commands(request: Request) -> Response:
 def command(request: Request) -> Response:
     opened = _state(request).experiment(request.path_params["name"])
     try:
+        # KeyError also for an id past SQLite's 64-bit integers (10**26)
         return _json(opened.commands.get(int(request.path_params["command_id"])).to_dict())
     except (KeyError, ValueError):
         raise ApiError(404, f"no command with id {request.path_params['command_id']!r}") from None
@@ -254,6 +313,8 @@ async def _json_body(request: Request) -> Any:
         return json.loads(b"".join(chunks))
     except ValueError:
         raise ApiError(400, "the request body is not valid JSON") from None
+    except RecursionError:  # e.g. 100,000 nested [ (the parser recurses once per level)
+        raise ApiError(400, "the request body is nested too deeply") from None
 
 
 async def submit(request: Request) -> Response:
@@ -268,28 +329,54 @@ async def submit(request: Request) -> Response:
     if not isinstance(payload, dict):
         raise ApiError(400, f"payload must be an object, got {payload!r}")
     run_id = body.get("run_id")
+    writer = opened.writer()
     try:
         if isinstance(run_id, int) and not isinstance(run_id, bool):
             opened.runs.get_run(run_id)
-        submitted = opened.commands.submit(body.get("op"), run_id, payload, source="dashboard")
+        if body.get("op") == "clone" and not _state(request).allow_code_edits:
+            _refuse_code_edits(payload.get("changes"))
+        submitted = writer.submit(body.get("op"), run_id, payload, source="dashboard")
     except CommandError as exc:
         raise ApiError(400, str(exc)) from None
-    except KeyError:
+    except (KeyError, OverflowError):  # OverflowError: a run id past SQLite's 64-bit integers
         raise ApiError(400, f"no run with id {run_id} in this experiment") from None
     result = submitted.to_dict()
     result["controller_alive"] = opened.commands.controller_alive()
     return _json(result, status=201)
 
 
+def _refuse_code_edits(changes: Any) -> None:
+    if not isinstance(changes, dict):
+        return  # CommandStore.submit names what is wrong with it
+    found = code_loading_changes(changes)
+    if found:
+        listed = "; ".join(f"{key} {reason}" for key, reason in found.items())
+        raise ApiError(
+            403,
+            f"refused: these edits can make the training process load code or touch files: {listed}. "
+            "Make them from the notebook or `rapidfire clone`, or start the dashboard with "
+            "--allow-code-edits (see docs/security.md)",
+        )
+
+
 def _api_error(_request: Request, exc: Exception) -> Response:
     if isinstance(exc, HTTPException):  # the router's 404 / 405, as JSON like every other answer
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
-    return JSONResponse({"error": str(exc)}, status_code=getattr(exc, "status", 500))
+        return _json({"error": exc.detail}, status=exc.status_code)
+    return _json({"error": str(exc)}, status=getattr(exc, "status", 500))
 
 
-def create_app(root: str | Path, token: str | None = None) -> Starlette:
-    """The dashboard over the experiments directly under `root`. `token`: if set, every request
-    must carry it (see the module docstring); if None, only loopback host names are answered."""
+def _database_error(_request: Request, exc: Exception) -> Response:
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        return _json({"error": f"{DB_NAME} is busy, try again: {exc}"}, status=503)
+    return _json({"error": f"{DB_NAME} cannot be read: {exc}"}, status=422)
+
+
+def create_app(root: str | Path, token: str | None, allow_code_edits: bool = False) -> Starlette:
+    """The dashboard over the experiments directly under `root`.
+
+    `token`: every request must carry it (see the module docstring); None only when the user
+    opted out of it (then only loopback host names are answered). `allow_code_edits`: accept
+    clone edits that can load code (`control.code_edits`), refused otherwise."""
     if token is not None and not token:
         raise ValueError("token must be a non-empty string or None")
     exp = "/api/experiments/{name}"
@@ -303,7 +390,7 @@ def create_app(root: str | Path, token: str | None = None) -> Starlette:
         Route(f"{exp}/commands/{{command_id}}", command),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
-    state = DashboardState(Path(root), token)
+    state = DashboardState(Path(root), token, allow_code_edits)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -313,7 +400,11 @@ def create_app(root: str | Path, token: str | None = None) -> Starlette:
     app = Starlette(
         routes=routes,
         middleware=[Middleware(_Guard)],
-        exception_handlers={ApiError: _api_error, HTTPException: _api_error},
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _api_error,
+            sqlite3.DatabaseError: _database_error,
+        },
         lifespan=lifespan,
     )
     app.state.dashboard = state

@@ -31,22 +31,68 @@ def is_experiment_dir(path: Path) -> bool:
     return (path / DB_NAME).is_file()
 
 
+def refused_reason(root: Path, path: Path) -> str | None:
+    """Why the experiment folder `path` (a child of `root`) is not served at all: it is a
+    symbolic link that leads outside the root (a URL names children of the root only)."""
+    target, base = path.resolve(), root.resolve()
+    if target != base and base not in target.parents:
+        return (
+            f"experiment folder {path.name!r} is a symbolic link to {target}, outside the root {base}:"
+            " not served"
+        )
+    return None
+
+
+def read_only_reason(path: Path) -> str | None:
+    """Why the dashboard must not write to the experiment at `path` (None if it may): its
+    runs.db is a symbolic link, so a write would land in whatever file it points to."""
+    db = path / DB_NAME
+    if db.is_symlink():
+        return (
+            f"{path.name}/{DB_NAME} is a symbolic link (to {os.readlink(db)}): served read-only,"
+            " commands refused"
+        )
+    return None
+
+
 def list_experiments(root: Path) -> list[dict[str, Any]]:
     """Experiments directly under `root`, most recently written first:
-    [{"name", "path", "updated_at"}]; [] if the root does not exist (yet)."""
+    [{"name", "path", "updated_at"}], plus "refused" (`refused_reason`), "read_only"
+    (`read_only_reason`) or "unreadable" (the OS refused to look into it) when those apply;
+    [] if the root does not exist (yet). One odd folder never hides the others."""
     if not root.is_dir():
         return []
     found = []
     for child in root.iterdir():
-        if child.name.startswith(".") or not child.is_dir() or not is_experiment_dir(child):
+        if child.name.startswith("."):
             continue
-        db = child / DB_NAME
-        # The WAL file changes on every write; the main file only at checkpoints.
-        wal = child / (DB_NAME + "-wal")
-        mtime = max(db.stat().st_mtime, wal.stat().st_mtime if wal.exists() else 0.0)
-        found.append({"name": child.name, "path": str(child.resolve()), "updated_at": mtime})
+        try:
+            entry = _entry(root, child)
+        except FileNotFoundError:  # removed while we looked
+            continue
+        except OSError as exc:  # e.g. a folder of another user that this one may not enter
+            entry = {"name": child.name, "path": str(child), "updated_at": 0.0}
+            entry["unreadable"] = f"{child.name} cannot be read: {exc.strerror or exc}"
+        if entry is not None:
+            found.append(entry)
     found.sort(key=lambda e: (-e["updated_at"], e["name"]))
     return found
+
+
+def _entry(root: Path, child: Path) -> dict[str, Any] | None:
+    if not child.is_dir() or not is_experiment_dir(child):
+        return None
+    db = child / DB_NAME
+    # The WAL file changes on every write; the main file only at checkpoints.
+    wal = child / (DB_NAME + "-wal")
+    mtime = max(db.stat().st_mtime, wal.stat().st_mtime if wal.exists() else 0.0)
+    entry: dict[str, Any] = {"name": child.name, "path": str(child.resolve()), "updated_at": mtime}
+    refused, read_only = refused_reason(root, child), read_only_reason(child)
+    if refused:
+        entry["refused"] = refused
+    elif read_only:
+        entry["read_only"] = read_only
+    return entry
 
 
 def check_name(name: str) -> str:

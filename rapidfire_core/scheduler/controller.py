@@ -53,6 +53,7 @@ from rapidfire_core.control.checkpoints import (
 from rapidfire_core.control.faults import fault_point
 from rapidfire_core.control.owner_lease import OwnerLease
 from rapidfire_core.control.run_status import IN_FLIGHT
+from rapidfire_core.control.unwritable import unwritable_cause
 from rapidfire_core.errors import ConfigError
 from rapidfire_core.memory.residency import RunResidency
 from rapidfire_core.scheduler.checkpoint_writer import CheckpointWriter
@@ -515,18 +516,24 @@ class RunController:
         # ends: freeze it, so those collections only scan what training allocates.
         gc.collect()
         gc.freeze()
+        lost = None  # the run store refused a write (control.unwritable): nothing more is recorded
         try:
             if residency is not None:
                 residency.start(self.turn_takers())
             run_rounds(self, self.hooks)
-        except BaseException:  # KeyboardInterrupt and cancel included: leave no run thread running
-            self.interrupt("run_fit was interrupted")
+        except BaseException as exc:  # KeyboardInterrupt and cancel included: leave no run thread running
+            lost = unwritable_cause(exc)
+            self.interrupt("run_fit was interrupted", record=lost is None)
+            if lost is not None:
+                raise lost.training_stopped() from None
             raise
         finally:
-            self._settle_checkpoints()
+            if lost is None:
+                self._settle_checkpoints()
             gc.unfreeze()
-            self.buffer.flush()
-            self.tracker.flush()  # the MLflow store is complete when run_fit returns
+            if lost is None:
+                self.buffer.flush()
+                self.tracker.flush()  # the MLflow store is complete when run_fit returns
             self.lease.release()
             if residency is not None:
                 self.residency = None
@@ -536,9 +543,11 @@ class RunController:
         """Ask a running `run` to stop every unfinished run (from any thread)."""
         self._cancel.set()
 
-    def interrupt(self, reason: str) -> None:
+    def interrupt(self, reason: str, record: bool = True) -> None:
         """End every run's thread now (KeyboardInterrupt, cancel): runs in flight become STOPPED
-        with `reason`; runs stopped by a command stay STOPPED (neither can resume in-process)."""
+        with `reason`; runs stopped by a command stay STOPPED (neither can resume in-process).
+        `record=False` (the run store cannot be written): the threads end and nothing is
+        written; the store holds each run as of its last checkpoint, so run_fit continues it."""
         # The run holding the turn (still training when the interrupt came) stops first, at its
         # next step: paused runs are only woken, to unwind, once no other run is executing.
         # More Ctrl-Cs while this runs are held off: every run must end up consistent.
@@ -546,7 +555,7 @@ class RunController:
             self._writer.drain()  # checkpoints already taken reach the disk
             for run in sorted(self.runs.values(), key=lambda r: not r.worker.has_turn):
                 run.abort()
-                if self._status.get(run.run_id) in IN_FLIGHT:
+                if record and self._status.get(run.run_id) in IN_FLIGHT:
                     # It continues from its last checkpoint on the next run_fit: what it logged
                     # after that checkpoint is trained again, so MLflow never gets it.
                     self.buffer.flush()
@@ -559,8 +568,9 @@ class RunController:
                         f"run {run.run_id} STOPPED ({reason}); resumable from its last checkpoint"
                     )
                 self._forget(run)
-            self.buffer.flush()
-            self.tracker.flush()
+            if record:
+                self.buffer.flush()
+                self.tracker.flush()
 
     # ---- commands --------------------------------------------------------------------------------
     def apply_commands(self) -> None:
@@ -705,6 +715,8 @@ class RunController:
         run.release()
 
     def _fail(self, run: Run, exc: BaseException, tb: str | None) -> None:
+        if unwritable_cause(exc) is not None:
+            raise exc  # not this run's failure: the store cannot record anything (run() stops)
         reason = f"{type(exc).__name__}: {exc}"
         self.buffer.release_all(run.run_id)
         if self._status.get(run.run_id) is not RunStatus.DELETED:

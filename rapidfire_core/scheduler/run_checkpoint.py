@@ -8,7 +8,8 @@ Captured at an optimizer-step boundary of a paused run (a chunk end, or a stop):
     rng.pt               run.process_state's RNG streams: python, numpy, torch CPU, CUDA
     trainer_state.json   run.trainer.state (global step, epoch, log history, flos, ...)
     engine.json          sampler start, chunks_done, the chunk gate's (epoch, micro-batches),
-                         the trainer's loss accumulators, the run's latest metrics
+                         the trainer's loss accumulators, its counters and metric
+                         accumulators (`TRAINER_COUNTERS`), the run's latest metrics
 
 Continuing (`RunResume`). The run is rebuilt from its config as on its first start (trainer,
 adapter, sampler from the same start position), its adapter weights are loaded through
@@ -22,6 +23,30 @@ loaded by transformers (the engine did, through the seam). The RNG streams, and 
 accumulators transformers resets after loading (`_tr_loss`, `_total_loss_scalar`,
 `_globalstep_last_logged`), are put back at the first optimizer-step boundary, the point where
 they were captured: every draw after it (dropout, DataLoader seeds) is the uninterrupted run's.
+
+Every piece of trainer state that feeds a logged value is in the checkpoint, so a continued
+run logs what the uninterrupted one logs, not only the same losses. Audit of TRL 1.16 and
+transformers 5.25 (attributes a trainer changes while it trains; `TRAINER_COUNTERS`):
+
+    trainer_state.json  global_step, epoch, total_flos, num_input_tokens_seen (GRPO's
+                        `num_tokens`, and transformers' own with include_num_input_tokens_seen),
+                        log_history, best metric, stateful callbacks: loaded by transformers
+    _tr_loss, _total_loss_scalar, _globalstep_last_logged   `loss`, and `train_loss` at the end
+    _initial_global_step the step train() started at: `train_loss` is the loss summed since
+                        then over the steps since then; a resumed train() sets it to the
+                        checkpoint's step, the uninterrupted run has 0
+    current_flos        FLOPs of the steps since the last log, not yet in total_flos
+    _total_train_tokens SFT's and DPO's `num_tokens` (a running sum since the trainer was made)
+    _metrics            SFT/DPO/GRPO per-step values averaged at the next log (entropy,
+                        mean_token_accuracy, rewards/*, logps/*, kl, completions/*, ...):
+                        not empty at a chunk end that is not a logging step (logging_steps > 1)
+    _pending_metrics    GRPO: values of `log_metric` not yet folded into `_metrics`
+    _step               GRPO: micro-steps taken; picks when to generate and which buffered
+                        generation batch a micro-step trains on
+
+Not kept: wall-clock values (`train_runtime`, `*_per_second`, GRPO's `step_time`, which are
+never equal across two runs anyway) and GRPO's `_logs` (the prompt/completion text table it
+prints with log_completions, not a metric).
 
 DPO: the reference model is the base model with the run's adapter disabled, recomputed from
 the shared base, so nothing beyond the above is needed (with `precompute_ref_log_probs` the
@@ -43,6 +68,16 @@ import torch
 from rapidfire_core.control.checkpoints import CheckpointInfo, CheckpointStore
 
 ENGINE_FORMAT = 1
+# Trainer attributes that feed logged values (module docstring): JSON numbers, or
+# {mode: {metric: [numbers]}} dicts of lists. Absent on a trainer: not captured, not restored.
+TRAINER_COUNTERS = (
+    "_initial_global_step",
+    "current_flos",
+    "_total_train_tokens",
+    "_metrics",
+    "_pending_metrics",
+    "_step",
+)
 
 
 def _host_copy(value: Any) -> Any:
@@ -137,6 +172,7 @@ def capture(run: Any) -> RunCheckpoint:
         "total_loss_scalar": float(getattr(trainer, "_total_loss_scalar", 0.0)),
         "globalstep_last_logged": int(getattr(trainer, "_globalstep_last_logged", state.global_step)),
         "latest": dict(run.latest),
+        "counters": trainer_counters(trainer),
     }
     return RunCheckpoint(
         global_step=int(state.global_step),
@@ -148,6 +184,44 @@ def capture(run: Any) -> RunCheckpoint:
         trainer_state=_state_json(state),
         engine=engine,
     )
+
+
+def _plain(value: Any) -> Any:
+    """`value` as JSON: tensors and numpy scalars as numbers, mappings (defaultdicts) as dicts."""
+    if torch.is_tensor(value) or isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def trainer_counters(trainer: Any) -> dict[str, Any]:
+    """The trainer's `TRAINER_COUNTERS` it has, as JSON values (copies)."""
+    return {name: _plain(getattr(trainer, name)) for name in TRAINER_COUNTERS if hasattr(trainer, name)}
+
+
+def restore_trainer_counters(trainer: Any, counters: dict[str, Any]) -> None:
+    """Put captured counters back; dicts are refilled in place (`_metrics` holds defaultdicts
+    the trainer made, which its code appends to)."""
+    for name, value in counters.items():
+        current = getattr(trainer, name, None)
+        if isinstance(value, dict) and isinstance(current, dict):
+            _refill(current, value)
+        else:
+            setattr(trainer, name, value)
+
+
+def _refill(target: dict, saved: dict) -> None:
+    for key in [k for k in target if k not in saved]:
+        del target[key]
+    for key, value in saved.items():
+        inner = target.get(key)
+        if isinstance(value, dict) and isinstance(inner, dict):
+            _refill(inner, value)  # keeps the trainer's own (default)dict objects
+        else:
+            target[key] = list(value) if isinstance(value, list) else value
 
 
 def _export_callback_states(trainer: Any) -> None:
@@ -193,6 +267,15 @@ class RunResume:
             trainer._tr_loss.fill_(self.engine["tr_loss"])
         trainer._total_loss_scalar = self.engine["total_loss_scalar"]
         trainer._globalstep_last_logged = self.engine["globalstep_last_logged"]
+        restore_trainer_counters(trainer, self.engine.get("counters", {}))
 
 
-__all__ = ["RunCheckpoint", "RunResume", "capture", "restore_rng"]
+__all__ = [
+    "TRAINER_COUNTERS",
+    "RunCheckpoint",
+    "RunResume",
+    "capture",
+    "restore_rng",
+    "restore_trainer_counters",
+    "trainer_counters",
+]

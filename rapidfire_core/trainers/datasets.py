@@ -13,7 +13,9 @@ dataset and the row instead of a failure of every run later:
     DPO   "chosen" + "rejected" (+ "prompt")
     GRPO  "prompt"
 
-Each of those values is a string or a non-empty list of chat messages (dicts with a "role");
+Each of those values is a string or a non-empty list of chat messages (dicts with a "role"
+whose "content", when given, is a string, a list of content parts or None: bytes or a number
+would reach the chat template as their repr);
 the values of one row are all strings or all message lists (TRL joins prompt + completion),
 and every row is of the kind of the first row (TRL decides the kind once, from the first row).
 """
@@ -100,6 +102,17 @@ def _kind(value: Any) -> str | None:
     return None
 
 
+def _bad_content(messages: list[dict[str, Any]]) -> str | None:
+    """'message i: ...' for the first message whose content a chat template cannot render."""
+    for i, message in enumerate(messages):
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            return (
+                f"message {i}: 'content' must be a string (or a list of content parts), got {_show(content)}"
+            )
+    return None
+
+
 def _show(value: Any) -> str:
     text = repr(value)
     return f"{type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}"
@@ -125,6 +138,9 @@ class RowChecker:
                 raise ValueError(
                     f"{self.where}, row {index}: {column!r} must be {_CHAT_HINT}, got {_show(row[column])}"
                 )
+            bad = _bad_content(row[column]) if kind == "chat" else None
+            if bad is not None:
+                raise ValueError(f"{self.where}, row {index}: {column!r} {bad}")
             if self.trainer_type == "SFT" and column == "messages" and kind != "chat":
                 raise ValueError(
                     f"{self.where}, row {index}: 'messages' must be a list of chat messages, "

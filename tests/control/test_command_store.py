@@ -31,6 +31,26 @@ def test_submit_validates_the_request_itself(tmp_path):
     }
 
 
+def test_text_that_is_not_unicode_is_refused_at_submit_and_storable_in_an_error(tmp_path):
+    store = CommandStore(tmp_path / "runs.db")
+    # "caf\udce9": what Python makes of the byte 0xE9 on a UTF-8 command line; "\ud800": JSON
+    for changes in ({"caf\udce9": 1}, {"learning_rate": "\ud800"}, {"r": ["ok", "x\udcff"]}):
+        with pytest.raises(CommandError, match="not valid Unicode text"):
+            store.submit("clone", 1, {"changes": changes})
+    with pytest.raises(CommandError, match="nested too deeply"):
+        nested: list = []
+        for _ in range(100_000):
+            nested = [nested]
+        store.submit("clone", 1, {"changes": {"x": nested}})
+    assert store.all() == []
+    # an error that quotes such text (a row stored by an older version) is still recorded
+    cmd = store.submit("stop", 1)
+    assert store.claim(cmd.command_id)
+    done = store.finish(cmd.command_id, error="change 'caf\udce9': not a field")
+    assert done.status == "failed" and done.error == "change 'caf\\udce9': not a field"
+    assert store.pending() == [] and [c.status for c in store.all()] == ["failed"]
+
+
 def test_each_command_is_claimed_once_and_its_outcome_kept(tmp_path):
     store = CommandStore(tmp_path / "runs.db")
     cmd = store.submit("clone", 1, {"changes": {"r": 4}, "warm_start": True})

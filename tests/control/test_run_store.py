@@ -1,6 +1,7 @@
 """The run store: run life cycle and the (run, step) results frame."""
 
 import math
+import sqlite3
 import threading
 
 import pytest
@@ -59,3 +60,26 @@ def test_unknown_column_is_rejected(tmp_path):
     run = store.create_run("a", "SFT", {})
     with pytest.raises(KeyError, match="bogus"):
         store.update_run(run, bogus=1)
+
+
+def test_a_read_only_store_never_writes(tmp_path):
+    RunStore(tmp_path / "runs.db").create_run("a", "SFT", {})
+    reader = RunStore(tmp_path / "runs.db", read_only=True)
+    assert [r["run_id"] for r in reader.runs()] == [1]
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        reader.create_run("b", "SFT", {})
+    with pytest.raises(sqlite3.OperationalError):
+        RunStore(tmp_path / "missing.db", read_only=True).runs()
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_a_read_only_store_reads_a_file_from_before_the_added_columns(tmp_path):
+    path = tmp_path / "runs.db"
+    RunStore(path).create_run("a", "SFT", {"peft.r": 4})
+    with sqlite3.connect(path) as db:  # as the first release wrote it
+        for column in ("fingerprint", "sweep", "interrupted"):
+            db.execute(f"ALTER TABLE runs DROP COLUMN {column}")
+    before = path.read_bytes()
+    run = RunStore(path, read_only=True).runs()[0]
+    assert (run["run_id"], run["sweep"], run["interrupted"]) == (1, 1, 0)
+    assert path.read_bytes() == before

@@ -218,6 +218,19 @@ def test_token_protected_page_works_from_the_printed_url_only(page, tmp_path):
         _open(page, server)  # url carries ?token=: the page sends it on every API call
         page.click('#runs-table tbody tr[data-run="1"] button[data-action="stop"]')
         page.wait_for_selector('#commands-table tbody tr[data-status="pending"]')
+        # the browser reopens the page without the link: the cookie the first load set carries it
+        page.goto(server.url.split("?")[0] + "#exp=sft-sweep")
+        page.wait_for_selector('#commands-table tbody tr[data-status="pending"]')
+
+
+def test_the_default_dashboard_opens_from_its_printed_url(page, tmp_path):
+    from rapidfire_core.dashboard.token import read_token
+
+    make_experiment(tmp_path, "sft-sweep", GRID)
+    with DashboardServer(tmp_path) as server:  # no token given: the user's own, from its file
+        assert server.token == read_token() and f"?token={server.token}" in server.url
+        assert page.goto(server.url.split("?")[0]).status == 401
+        _open(page, server)
 
 
 def test_experiment_picker_lists_every_experiment(page, sweep):

@@ -58,10 +58,19 @@ def dpo_group(model_dir: str) -> RFGridSearch:
     return RFGridSearch(config, trainer_type="DPO")
 
 
-def run(root: str, name: str, model_dir: str, kind: str, execution: str = "sliced", **fit) -> Experiment:
-    """The sweep, time-sliced unless `execution="auto"` (fused cohorts: see test_crash_resume)."""
+def run(
+    root: str,
+    name: str,
+    model_dir: str,
+    kind: str,
+    execution: str = "sliced",
+    exp: Experiment | None = None,
+    **fit,
+) -> Experiment:
+    """The sweep, time-sliced unless `execution="auto"` (fused cohorts: see test_crash_resume);
+    `exp`: run it on this Experiment (run_fit again on the same object) instead of a new one."""
     fit["execution"] = execution
-    exp = Experiment(name, experiment_path=root, verbose=False)
+    exp = exp or Experiment(name, experiment_path=root, verbose=False)
     if kind == "sft":
         exp.run_fit(sft_group(model_dir), create_model, support_dataset(n=16, seed=3), num_chunks=NUM_CHUNKS,
                     seed=SEED, **fit)  # fmt: skip

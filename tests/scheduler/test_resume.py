@@ -4,12 +4,12 @@ sweep, an explicit new sweep, a clear error otherwise; a second trainer refused.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 
 from rapidfire_core import Experiment
 from rapidfire_core.automl import RFGridSearch, RFLoraConfig, RFModelConfig, RFSFTConfig
-from rapidfire_core.control.checkpoints import CheckpointError, CheckpointStore
 from rapidfire_core.control.owner_lease import ExperimentBusy
 from rapidfire_core.demo.data import formatting_function, support_dataset
 from rapidfire_core.scheduler.resume import ResumeMismatch, describe, run_fingerprint
@@ -128,18 +128,55 @@ def test_a_second_run_fit_on_an_experiment_being_trained_is_refused(
 
 
 def test_a_disk_that_refuses_a_checkpoint_fails_only_that_run(tmp_path, tiny_model_dir, monkeypatch):
-    real_write = CheckpointStore.write
+    # ENOSPC from the OS where run 2's checkpoint files are flushed (what a full disk raises).
+    import errno
 
-    def write(self, *args, **kwargs):
-        if self.directory.parent.name == "2":
-            raise CheckpointError(
-                "could not write the checkpoint: OSError: [Errno 28] No space left on device"
-            )
-        return real_write(self, *args, **kwargs)
+    from rapidfire_core.control import checkpoints
 
-    monkeypatch.setattr(CheckpointStore, "write", write)
+    real_fsync = checkpoints._fsync_file
+
+    def fsync(path):
+        parts = Path(path).parts
+        if ("runs", "2") in zip(parts, parts[1:], strict=False):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_fsync(path)
+
+    monkeypatch.setattr(checkpoints, "_fsync_file", fsync)
     exp = crash_sweep.run(str(tmp_path), "full-disk", tiny_model_dir, "sft")
     info = exp.get_runs_info().set_index("run_id")
     assert info.loc[1, "status"] == "COMPLETED"
     assert info.loc[2, "status"] == "FAILED" and "No space left on device" in info.loc[2, "error"]
+    exp.end()
+
+
+def test_a_run_store_that_cannot_be_written_stops_every_run_resumable(tmp_path, tiny_model_dir, monkeypatch):
+    """The disk under runs.db fills mid-sweep: SQLite's "database or disk is full" on every write
+    from the 30th on (the `store_full` fault, injected at the connection's commit: what a full
+    disk does; a real 24 MiB tmpfs filled mid-run behaves the same, see docs/security.md)."""
+    import sqlite3
+
+    from rapidfire_core.control import CommandStore, RunStore, faults
+    from rapidfire_core.control.unwritable import StoreUnwritable
+
+    monkeypatch.setattr(faults, "_ARMED", {"store_full": 30})
+    monkeypatch.setattr(faults, "_SEEN", {})
+    exp = Experiment("full-store", experiment_path=str(tmp_path), verbose=False)
+    with pytest.raises(StoreUnwritable) as caught:
+        crash_sweep.run(str(tmp_path), "full-store", tiny_model_dir, "sft", exp=exp)
+    message = str(caught.value)
+    assert str(tmp_path / "full-store" / "runs.db") in message and "free of" in message
+    assert "continues from it" in message and "run_fit again" in message
+    assert caught.value.__suppress_context__ and caught.value.__cause__ is None  # one message
+    assert isinstance(caught.value, sqlite3.OperationalError)
+
+    monkeypatch.setattr(faults, "_ARMED", {})  # space was made
+    stored = RunStore(tmp_path / "full-store" / "runs.db").runs()
+    assert [r["status"] for r in stored] and all(r["status"] in ("NEW", "ONGOING") for r in stored)
+    assert CommandStore(tmp_path / "full-store" / "runs.db").pending() == []
+    again = crash_sweep.run(str(tmp_path), "full-store", tiny_model_dir, "sft", exp=exp)
+    assert again.get_runs_info()["status"].tolist() == ["COMPLETED", "COMPLETED"]
+    results = again.get_results()
+    for run_id, steps in results.groupby("run_id"):  # each step once; counters carried on (the
+        assert steps["step"].is_unique  # exact comparison with an uninterrupted sweep: test_crash_resume)
+        assert steps["num_tokens"].is_monotonic_increasing, run_id
     exp.end()
