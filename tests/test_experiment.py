@@ -200,7 +200,7 @@ def test_mlflow_write_failures_do_not_stop_training(
 def test_an_error_saving_one_runs_adapter_fails_only_that_run(
     tmp_path, tiny_model_dir, create_tiny_model, monkeypatch
 ):
-    import rapidfire_core.scheduler.controller as controller_module
+    import rapidfire_core.scheduler.local_executor as controller_module
 
     real_save = controller_module.save_adapter
 

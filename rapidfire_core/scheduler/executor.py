@@ -26,8 +26,9 @@ lost executor is a resume elsewhere.
 The calls, in the order a sweep makes them (the in-process executor is
 `scheduler.local_executor.LocalExecutor`; `tests/scheduler/fake_executor.py` is a fake):
 
-    executor.start(host, state_budget)      the controller's callbacks (ExecutorHost), once per fit
+    executor.connect(host)                  the controller's callbacks (ExecutorHost), once
     executor.place(order) -> Placement      build the run now (raises: the run FAILs with the reason)
+    executor.start_fit(state_budget)        a fit (run_fit, continue_fit) begins
     executor.turn_takers(run_ids)           the runs (of those ids, all in flight) that want a turn,
                                             grouped: a sliced run or a fused cohort is one taker
     executor.take_turn(taker, upcoming)     train each of the taker's runs through its next chunk;
@@ -42,10 +43,11 @@ The calls, in the order a sweep makes them (the in-process executor is
                                               PAUSED (stopped or deleted meanwhile), FINISHED (its
                                               result saved), or FAILED (the executor let it go)
     executor.capture(run_id) -> RunCheckpoint  a paused run's state on the host (stop, move)
+    executor.progress(run_id) -> RunProgress   where a held run stands (chunks_done, global_step)
     executor.park(run_id) / unpark(run_id)  a STOPPED run's state may leave / must come back
     executor.warm_start_from(run_id)        a parent's adapter (and moments) + its data position
     executor.remove(run_id)                 end the run's thread, free its adapter and state
-    executor.interrupt() -> [run ids]       end every run's thread now (Ctrl-C, cancel)
+    executor.interrupt() -> {id: step}      end every run's thread now (Ctrl-C, cancel)
     executor.end_fit()                      the fit is over: per-fit resources go (parked runs stay)
     executor.close()                        the experiment ends: every run here ends
 
@@ -67,7 +69,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from rapidfire_core.control.checkpoints import CheckpointInfo
 from rapidfire_core.scheduler.run_checkpoint import RunCheckpoint
+
+
+class FitCancelled(Exception):
+    """The fit was cancelled (`FitHandle.cancel()`): raised by `host.apply_commands`; an executor
+    lets it through (no run fails), and unfinished runs stop as on a KeyboardInterrupt."""
+
+
+class CannotWarmStart(Exception):
+    """A warm start from this run is impossible (the message says why): the clone command fails."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +92,7 @@ class RunOrder:
     (`layout.run_dir`): the trainer's output_dir, where FINISHED saves the adapter or model.
     start_position: the run's first place in the chunk order, in plan rows (0; a warm clone's
     parent's position). warm_start: a `trainers.warm_start.WarmStart` from `warm_start_from`.
-    resume_from: a verified chunk checkpoint folder (`control.checkpoints`, written from
+    resume_from: a verified chunk checkpoint (`control.checkpoints.CheckpointInfo`, written from a
     `RunCheckpoint`): the run continues from it exactly (its start position is the checkpoint's).
     parked: the run is STOPPED by a command: placed, but kept out of turns until `unpark`."""
 
@@ -92,7 +104,7 @@ class RunOrder:
     output_dir: Path
     start_position: int = 0
     warm_start: Any = None
-    resume_from: Path | None = None
+    resume_from: CheckpointInfo | None = None
     parked: bool = False
 
 
@@ -147,6 +159,7 @@ class RunProgress(Protocol):
 
     run_id: int
     knobs: dict[str, Any]
+    num_chunks: int  # chunks per epoch
     chunks_done: int
     global_step: int
     max_steps: int
@@ -156,9 +169,9 @@ class RunProgress(Protocol):
 class ExecutorHost(Protocol):
     """The controller's side, as an executor calls it (from its turn's threads)."""
 
-    def turn_begins(self, runs: Sequence[RunProgress], joining: bool = False) -> None:
-        """`runs` are about to train, together (one: time-sliced; several: a fused cohort): each
-        becomes ONGOING. joining: runs made during the turn (clones) joining its cohort."""
+    def turn_begins(self, runs: Sequence[RunProgress], fused: bool = False, joining: bool = False) -> None:
+        """`runs` are about to train, together (fused: a cohort's due members): each becomes
+        ONGOING. joining: runs made during the cohort's turn (clones) join it at the next step."""
 
     def in_flight(self, run_id: int) -> bool:
         """True while the run is NEW or ONGOING (a command may have stopped or deleted it)."""
@@ -191,6 +204,7 @@ class ExecutorStats:
     fused_steps: int = 0  # forwards that fused 2+ runs' calls
     batched_generations: int = 0  # generates that batched 2+ runs' prompts (GRPO)
     reference_sequences: list[int] = field(default_factory=lambda: [0, 0])  # DPO: [computed, served]
+    capture_seconds: float = 0.0  # capturing run state for checkpoints (on the training path)
 
 
 class Executor(Protocol):
@@ -202,9 +216,12 @@ class Executor(Protocol):
     name: str
     stats: ExecutorStats
 
-    def start(self, host: ExecutorHost, state_budget: int | None = None) -> None:
-        """A fit begins: reports and questions go to `host` until `end_fit`. state_budget: device
-        bytes for the runs' trainable state (`memory.residency`; None: all stays resident)."""
+    def connect(self, host: ExecutorHost) -> None:
+        """Reports and questions go to `host` (the controller) from now on."""
+
+    def start_fit(self, state_budget: int | None = None) -> None:
+        """A fit begins. state_budget: device bytes for the runs' trainable state
+        (`memory.residency`; None: all of it stays on the device)."""
 
     def place(self, order: RunOrder) -> Placement:
         """Build the run (trainer, adapter on its base model, sampler; continue from
@@ -218,9 +235,15 @@ class Executor(Protocol):
         each has `run_id` (its smallest) and `chunks_done` (its members' least) and is opaque
         otherwise; runs whose training ended are left out."""
 
+    def members(self, taker: Any) -> list[int]:
+        """The ids of the runs a taker of `turn_takers` trains."""
+
     def take_turn(self, taker: Any, upcoming: Sequence[Any]) -> None:
         """Train the taker's due runs through their next chunk (module docstring); `upcoming`:
         the takers after it (a pool prefetches the next one's state)."""
+
+    def progress(self, run_id: int) -> RunProgress:
+        """Where a held run stands now (chunks_done, global_step, latest metrics)."""
 
     def capture(self, run_id: int) -> RunCheckpoint | None:
         """The paused run's state on the host (None: it has not trained since it was placed)."""
@@ -232,13 +255,15 @@ class Executor(Protocol):
         """A parked run takes turns again, continuing exactly where it stopped."""
 
     def warm_start_from(self, run_id: int) -> tuple[Any, int]:
-        """(a `WarmStart` of the run's adapter and optimizer moments now, its data position)."""
+        """(a `trainers.warm_start.WarmStart` of the run's adapter and optimizer moments now, its
+        position in the chunk order); CannotWarmStart with the reason if it has no adapter."""
 
     def remove(self, run_id: int) -> None:
         """End the run here: its thread, adapter and pooled state are freed (delete, a move away)."""
 
-    def interrupt(self) -> list[int]:
-        """End every run's thread now (the one training first); returns the ids it held."""
+    def interrupt(self) -> dict[int, int]:
+        """End every run's thread now (the one training first) and let them go: {run id: the
+        global step it stood at} of the runs it held (their last checkpoint is where they resume)."""
 
     def end_fit(self) -> None:
         """The fit is over: per-fit resources (state pool, compute thread) go; placed runs stay."""
@@ -248,9 +273,11 @@ class Executor(Protocol):
 
 
 __all__ = [
+    "CannotWarmStart",
     "Executor",
     "ExecutorHost",
     "ExecutorStats",
+    "FitCancelled",
     "Placement",
     "RunOrder",
     "RunProgress",
