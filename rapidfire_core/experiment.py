@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,7 @@ class Experiment:
         self._tracker: Trackers | None = None
         self._controller: RunController | None = None
         self._fit: FitHandle | None = None
+        self._shown_knobs: list[str] = []  # the knobs the progress lines show (those that vary)
         self._open = True
         # Runs a dead process left in flight are settled now, unless a live process trains the
         # experiment. No lease is taken (a trainer starting meanwhile is never refused), and
@@ -123,6 +124,8 @@ class Experiment:
                 self._say("Another process is training this experiment now: its runs are left as they are")
             elif orphans:
                 self._get_controller().end_orphaned_tracking(orphans)
+        else:
+            self._say("This process cannot write the experiment's folder: it is opened for reading only")
         self._say(f"Experiment '{experiment_name}' at {self.path}")
 
     # ---- training -----------------------------------------------------------------------------
@@ -243,25 +246,14 @@ class Experiment:
             + (f" (continuing sweep {plan.sweep})" if plan is not None else "")
         )
 
+        self._shown_knobs = shown
+
         def fit(controller: RunController) -> None:
-            progress = ProgressDisplay(shown, enabled=self.verbose, log=self._open_logs().main.write)
-            controller.progress = progress
-            if plan is not None:
-                run_ids = controller.restore_runs(plan, data)
-            else:
-                controller.start_sweep()
-                run_ids = controller.add_runs(specs, data)
+            progress = self._progress()
+            run_ids = controller.take_runs(specs, data, plan, progress)
             for line in controller.execution_summary(run_ids):
                 self._say(line)
-            if policy is None:
-                self._train(controller, state_budget, progress)
-                return
-            policy.start(run_ids)
-            controller.hooks.round_end.append(policy.round_end)
-            try:
-                self._train(controller, state_budget, progress)
-            finally:
-                controller.hooks.round_end.remove(policy.round_end)
+            self._train(controller, state_budget, progress, policy, run_ids)
 
         return self._start(fit, background)
 
@@ -276,10 +268,7 @@ class Experiment:
         self._own()
 
         def fit(controller: RunController) -> None:
-            progress = ProgressDisplay(
-                controller.progress.shown_knobs, enabled=self.verbose, log=self._open_logs().main.write
-            )
-            self._train(controller, state_budget, progress)
+            self._train(controller, state_budget, self._progress())
 
         return self._start(fit, background)
 
@@ -311,13 +300,20 @@ class Experiment:
         handle._start(owned)
         return handle
 
-    def _train(self, controller: RunController, state_budget: int | None, progress: ProgressDisplay) -> None:
+    def _train(
+        self,
+        controller: RunController,
+        state_budget: int | None,
+        progress: ProgressDisplay,
+        policy: Any = None,
+        run_ids: Sequence[int] = (),
+    ) -> None:
         self._say(
             f"Watch and steer it live: rapidfire dashboard {self.path.parent}  "
             f"(or rapidfire runs|stop|resume|delete|clone {self.path})"
         )
         with cpu_threads(self._num_cpus):
-            controller.run(state_budget, progress)
+            controller.run(state_budget, progress, policy, run_ids)
         self._summarize()
 
     # ---- steering (IC Ops) ----------------------------------------------------------------------
@@ -433,6 +429,10 @@ class Experiment:
                 TrainingLog(self._open_logs().training),
             )
         return self._tracker
+
+    def _progress(self) -> ProgressDisplay:
+        """The display of a fit's turns (printed when verbose; always in the experiment's log)."""
+        return ProgressDisplay(self._shown_knobs, enabled=self.verbose, log=self._open_logs().main.write)
 
     def _open_logs(self) -> ExperimentLogs:
         """The experiment's log files, opened for appending when this object first writes (a

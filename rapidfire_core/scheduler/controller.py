@@ -169,6 +169,18 @@ class RunController:
         self.tracker.flush()
 
     # ---- registering and placing runs -----------------------------------------------------------
+    def take_runs(
+        self, specs: Sequence[Any], data: FitData, plan: ResumePlan | None, progress: ProgressDisplay
+    ) -> list[int]:
+        """A fit's runs handed over by `Experiment.run_fit`: the stored sweep `plan` continued
+        (`restore_runs`), or a new sweep of `specs`. `progress` shows what happens from now on.
+        Returns the sweep's run ids."""
+        self.progress = progress
+        if plan is not None:
+            return self.restore_runs(plan, data)
+        self.start_sweep()
+        return self.add_runs(specs, data)
+
     def start_sweep(self) -> None:
         """New runs of this fit belong to a new sweep (the next `run_fit` number)."""
         self.sweep = self.store.next_sweep()
@@ -474,14 +486,25 @@ class RunController:
         self.progress.end_turn(report.run, status.value)
 
     # ---- running -----------------------------------------------------------------------------------
-    def run(self, state_budget: int | None, progress: ProgressDisplay) -> None:
+    def run(
+        self,
+        state_budget: int | None,
+        progress: ProgressDisplay,
+        policy: Any = None,
+        run_ids: Sequence[int] = (),
+    ) -> None:
         """Train until no run is NEW or ONGOING (STOPPED runs stay parked for a later resume).
         The caller holds the owner lease (`take_ownership`). state_budget: device bytes for the
-        runs' trainable state (`memory.residency`; None: all of it stays on the device)."""
+        runs' trainable state (`memory.residency`; None: all of it stays on the device).
+        policy: an automatic search (`automl.policy`) over `run_ids`: it decides at round ends
+        (stop / clone commands), for this fit."""
         if not self.lease.held:
             raise RuntimeError("the run controller trains only while it holds the owner lease")
         self.progress = progress
         self._cancel.clear()
+        if policy is not None:
+            policy.start(list(run_ids))
+            self.hooks.round_end.append(policy.round_end)
         try:
             for executor in self.executors:
                 executor.start_fit(state_budget)
@@ -495,6 +518,8 @@ class RunController:
             self.tracker.flush()  # the MLflow store is complete when run_fit returns
             for executor in self.executors:
                 executor.end_fit()
+            if policy is not None:
+                self.hooks.round_end.remove(policy.round_end)
 
     def cancel(self) -> None:
         """Ask a running `run` to stop every unfinished run (from any thread)."""

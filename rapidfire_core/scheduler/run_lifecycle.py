@@ -12,7 +12,7 @@ mirror, then derives the tracking status from `TRACKING_STATUS`:
     STOPPED      KILLED             ended (a stop command, an interrupt, a dead process)
     COMPLETED    FINISHED           ended
     FAILED       FAILED             ended
-    DELETED      KILLED, deleted    ended (never left RUNNING), then deleted
+    DELETED      KILLED, deleted    ended if it was running (never left RUNNING), then deleted
 
 `settle_tracking` repairs a tracking run its process left behind the store (it died after
 the store changed but before the tracker heard): the tracker's status is made the table's.
