@@ -122,6 +122,7 @@ class RunController:
             executor.connect(self)
         self._placed: dict[int, Executor] = {}  # run id -> the executor that holds it
         self._placements: dict[int, Placement] = {}
+        self._taken_by: dict[int, Executor] = {}  # id(taker) -> its executor, for the current round
         self._specs: dict[int, tuple[Any, FitData]] = {}  # every run made here: clones need them
         self._mlflow_ids: dict[int, str] = {}
         self.lease = OwnerLease(commands)
@@ -551,19 +552,23 @@ class RunController:
     def turn_takers(self) -> list[Any]:
         """Runs that want a turn, grouped by their executors (a fused cohort is one taker)."""
         takers = []
+        self._taken_by = {}
         for executor in self.executors:
             ids = [i for i, e in self._placed.items() if e is executor and self.in_flight(i)]
-            takers += executor.turn_takers(ids)
+            for taker in executor.turn_takers(ids):
+                self._taken_by[id(taker)] = executor
+                takers.append(taker)
         return takers
 
     def wants_turn(self, taker: Any) -> bool:
-        executor = self._executor(taker.run_id)
-        return executor is not None and any(self.in_flight(i) for i in executor.members(taker))
+        """True while any run of the taker (a cohort's members may be stopped one by one) is in flight."""
+        executor = self._taken_by[id(taker)]
+        return any(self.in_flight(i) and executor.holds(i) for i in executor.members(taker))
 
     def take_turn(self, taker: Any, upcoming: Sequence[Any]) -> None:
         """One turn of `taker` on its executor: each of its due runs trains until it completes a
         chunk or ends; commands arriving meanwhile are applied at its next optimizer step."""
-        self._placed[taker.run_id].take_turn(taker, upcoming)
+        self._taken_by[id(taker)].take_turn(taker, upcoming)
 
     # ---- commands --------------------------------------------------------------------------------
     def apply_commands(self) -> None:
