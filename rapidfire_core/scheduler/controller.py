@@ -124,7 +124,6 @@ class RunController:
         self._placements: dict[int, Placement] = {}
         self._taken_by: dict[int, Executor] = {}  # id(taker) -> its executor, for the current round
         self._specs: dict[int, tuple[Any, FitData]] = {}  # every run made here: clones need them
-        self._mlflow_ids: dict[int, str] = {}
         self.lease = OwnerLease(commands)
         self.sweep = 1  # the sweep (run_fit) new runs belong to: `start_sweep` / `restore_runs`
         self.checkpoint_keep = DEFAULT_KEEP
@@ -229,7 +228,6 @@ class RunController:
         """Place a registered run (None: it failed to build, and is FAILED)."""
         run_id = order.run_id
         self.buffer.register(run_id, order.mlflow_run_id)
-        self._mlflow_ids[run_id] = order.mlflow_run_id
         self._specs[run_id] = (order.spec, order.fit)
         executor = executor or self.placer(self.executors, order.spec)
         try:

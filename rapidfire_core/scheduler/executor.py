@@ -54,6 +54,12 @@ The calls, in the order a sweep makes them (the in-process executor is
 Placement is the controller's: it picks the executor of each new run (`RunController.placer`),
 and only it moves runs. Run ids are the run store's; an executor keeps no other identity.
 
+`RunOrder.fit` is the sweep's `scheduler.run.FitData` as the controller built it: its model
+registry may already hold the first base model (validation loads it in the user's process). A
+remote executor builds its own registry from the same `create_model` (and its datasets from the
+same rows) rather than shipping loaded models; the run's spec and the user's functions travel by
+pickle (cloudpickle for notebook-defined functions).
+
 A remote executor (a Ray actor) may deliver `host.record` / `host.report` in batches at the end
 of its calls, in the order they happened; `host.should_pause` may read a flag the controller
 sets when a command is submitted; for `host.apply_commands` it may end the turn early at the
