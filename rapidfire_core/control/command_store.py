@@ -258,12 +258,15 @@ class CommandStore:
             ).fetchone()
         return row[:3] if row is not None and _alive(*row) else None
 
-    def unless_owned(self, write: Callable[[sqlite3.Connection], T]) -> tuple[bool, T | None]:
-        """Run `write(db)` in one IMMEDIATE transaction on this file unless another live process
-        owns the experiment: (True, its result), or (False, None) with nothing written. Readers
-        use it to settle what a dead owner left without taking the lease, so a trainer that starts
-        at the same time is never refused (`take_lease` and this transaction serialize)."""
-        owner, result = self._unless_owned(write)
+    def unless_owned(
+        self, write: Callable[[sqlite3.Connection], T], holder: bool = False
+    ) -> tuple[bool, T | None]:
+        """Run `write(db)` in one IMMEDIATE transaction on this file unless a live owner holds the
+        experiment: (True, its result), or (False, None) with nothing written. Readers use it to
+        settle what a dead owner left without taking the lease, so a trainer that starts at the
+        same time is never refused (`take_lease` and this transaction serialize). holder: the
+        caller holds the lease itself (else a lease held in this process counts as an owner)."""
+        owner, result = self._unless_owned(write, holder)
         return owner is None, result
 
     def take_lease(self, started_at: float) -> tuple[int, str, float] | None:
@@ -277,9 +280,11 @@ class CommandStore:
                 (os.getpid(), socket.gethostname(), started_at, time.time()),
             )
 
-        return self._unless_owned(take)[0]
+        return self._unless_owned(take, holder=True)[0]
 
-    def _unless_owned(self, write: Callable[[sqlite3.Connection], T]) -> tuple[tuple | None, T | None]:
+    def _unless_owned(
+        self, write: Callable[[sqlite3.Connection], T], holder: bool
+    ) -> tuple[tuple | None, T | None]:
         """(the live other owner's (pid, host, started_at), None) with nothing written, or
         (None, write(db)) committed: one IMMEDIATE transaction."""
         with self._lock:
@@ -290,7 +295,7 @@ class CommandStore:
                     "SELECT pid, host, started_at, heartbeat_at FROM controllers WHERE id = 1"
                 ).fetchone()
                 mine = row is not None and row[0] == os.getpid() and row[1] == socket.gethostname()
-                if row is not None and not mine and _alive(*row):
+                if row is not None and not (holder and mine) and _alive(*row):
                     self._db.rollback()
                     return row[:3], None
                 result = write(self._db)

@@ -155,7 +155,7 @@ class RunController:
         STOPPED and interrupted, in runs.db and their tracking runs (KILLED). The lease holder
         calls this (the runs it trains are kept)."""
         keep = frozenset(self._placed)
-        _, orphans = self.commands.unless_owned(lambda db: settle_orphans(db, keep))
+        _, orphans = self.commands.unless_owned(lambda db: settle_orphans(db, keep), holder=True)
         self.end_orphaned_tracking(orphans or [])
 
     def end_orphaned_tracking(self, orphans: Sequence[int]) -> None:
