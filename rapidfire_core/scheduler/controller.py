@@ -566,7 +566,11 @@ class RunController:
     def take_turn(self, taker: Any, upcoming: Sequence[Any]) -> None:
         """One turn of `taker` on its executor: each of its due runs trains until it completes a
         chunk or ends; commands arriving meanwhile are applied at its next optimizer step."""
-        self._taken_by[id(taker)].take_turn(taker, upcoming)
+        executor = self._taken_by[id(taker)]
+        while executor.take_turn(taker, upcoming):  # it paused for commands without applying them
+            self.apply_commands()
+            if not self.wants_turn(taker):
+                break
 
     # ---- commands --------------------------------------------------------------------------------
     def apply_commands(self) -> None:

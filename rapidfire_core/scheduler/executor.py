@@ -62,9 +62,10 @@ pickle (cloudpickle for notebook-defined functions).
 
 A remote executor (a Ray actor) may deliver `host.record` / `host.report` in batches at the end
 of its calls, in the order they happened; `host.should_pause` may read a flag the controller
-sets when a command is submitted; for `host.apply_commands` it may end the turn early at the
-step boundary (report nothing for the paused runs) and let the controller apply the commands
-and call `take_turn` again for the same taker: the runs continue exactly where they paused.
+sets when a command is submitted; instead of calling `host.apply_commands` it may end the turn
+early at that step boundary (`take_turn` returns True, nothing reported for the paused runs):
+the controller applies the commands and calls `take_turn` again for the same taker while any of
+its runs is in flight, and the runs continue exactly where they paused.
 """
 
 from __future__ import annotations
@@ -244,9 +245,11 @@ class Executor(Protocol):
     def members(self, taker: Any) -> list[int]:
         """The ids of the runs a taker of `turn_takers` trains."""
 
-    def take_turn(self, taker: Any, upcoming: Sequence[Any]) -> None:
+    def take_turn(self, taker: Any, upcoming: Sequence[Any]) -> bool:
         """Train the taker's due runs through their next chunk (module docstring); `upcoming`:
-        the takers after it (a pool prefetches the next one's state)."""
+        the takers after it (a pool prefetches the next one's state). True: the turn paused at
+        an optimizer-step boundary for waiting commands, without applying them (call again after
+        applying them); False: the turn is over (every run reported)."""
 
     def progress(self, run_id: int) -> RunProgress:
         """Where a held run stands now (chunks_done, global_step, latest metrics)."""

@@ -139,10 +139,11 @@ class LocalExecutor:
     def members(self, taker: Run | Cohort) -> list[int]:
         return [m.run_id for m in taker.members] if isinstance(taker, Cohort) else [taker.run_id]
 
-    def take_turn(self, taker: Run | Cohort, upcoming: Sequence[Run | Cohort]) -> None:
+    def take_turn(self, taker: Run | Cohort, upcoming: Sequence[Run | Cohort]) -> bool:
+        """A whole turn: commands are applied inside it (`host.apply_commands`), so False."""
         if isinstance(taker, Cohort):
             self._take_cohort_turn(taker)
-            return
+            return False
         run, host = taker, self._host
         try:
             if self.residency is not None:
@@ -160,6 +161,7 @@ class LocalExecutor:
             raise
         except Exception as exc:  # noqa: BLE001 - one run's trouble must not end the others
             self._fail(run, exc, traceback.format_exc())
+        return False
 
     def _wants_turn(self, run: Run) -> bool:
         return run.run_id in self.runs and self._host.in_flight(run.run_id) and not run.finished

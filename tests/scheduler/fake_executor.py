@@ -55,6 +55,7 @@ class FakeExecutor:
         self.runs: dict[int, FakeRun] = {}
         self.calls: list[tuple] = []
         self.on_step = None  # on_step(run) after each step: a test's seam (submit a command mid-turn)
+        self.returns_for_commands = False  # True: end the turn when commands wait (a remote executor)
         self._host: ExecutorHost | None = None
 
     def connect(self, host: ExecutorHost) -> None:
@@ -90,16 +91,18 @@ class FakeExecutor:
     def members(self, taker: FakeRun) -> list[int]:
         return [taker.run_id]
 
-    def take_turn(self, taker: FakeRun, upcoming: Sequence[Any]) -> None:
+    def take_turn(self, taker: FakeRun, upcoming: Sequence[Any]) -> bool:
         run, host = taker, self._host
         self.calls.append(("turn", run.run_id, run.chunks_done + 1))
         host.turn_begins([run])
         while run.global_step < (run.chunks_done + 1) * run.steps_per_chunk:  # a stopped run goes on
             if host.should_pause():
+                if self.returns_for_commands:
+                    return True  # the controller applies them, then calls again
                 host.apply_commands()
             if run.run_id not in self.runs or not host.in_flight(run.run_id):
                 host.report(RunReport(run.run_id, RunOutcome.PAUSED, run, run.chunks_done, run.global_step))
-                return
+                return False
             if self.fail_at.get(run.run_id) == run.chunks_done + 1:
                 del self.runs[run.run_id]
                 reason = f"RuntimeError: run {run.run_id} blew up"
@@ -108,7 +111,7 @@ class FakeExecutor:
                         run.run_id, RunOutcome.FAILED, run, run.chunks_done, run.global_step, error=reason
                     )
                 )
-                return
+                return False
             run.global_step += 1
             run.latest = {"loss": 1.0 / run.global_step}
             host.record(run.run_id, run.global_step, None, run.chunks_done + 1, dict(run.latest))
@@ -118,6 +121,7 @@ class FakeExecutor:
         run.chunks_done += 1
         outcome = RunOutcome.FINISHED if run.finished else RunOutcome.CHUNK
         host.report(RunReport(run.run_id, outcome, run, run.chunks_done, run.global_step))
+        return False
 
     def progress(self, run_id: int) -> FakeRun:
         return self.runs[run_id]

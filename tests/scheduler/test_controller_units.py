@@ -103,10 +103,12 @@ def test_placement_spreads_runs_and_each_trains_on_its_executor(tmp_path):
     assert sweep.statuses() == ["COMPLETED"] * 4
 
 
-def test_a_stop_parks_the_run_at_its_next_step_and_a_resume_finishes_it(tmp_path):
+@pytest.mark.parametrize("returns_for_commands", [False, True], ids=["applies-in-turn", "returns-for-them"])
+def test_a_stop_parks_the_run_at_its_next_step_and_a_resume_finishes_it(tmp_path, returns_for_commands):
     sweep = Sweep(tmp_path)
     sweep.add(2)
     fake = sweep.executors[0]
+    fake.returns_for_commands = returns_for_commands  # a remote executor may end the turn instead
     stops = []
 
     def stop_run_1_after_its_first_step(run):
