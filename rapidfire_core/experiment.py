@@ -245,7 +245,6 @@ class Experiment:
             f"{len(specs)} {trainer_type} configuration(s), {len(train)} training rows in {num_chunks} chunks"
             + (f" (continuing sweep {plan.sweep})" if plan is not None else "")
         )
-
         self._shown_knobs = shown
 
         def fit(controller: RunController) -> None:
