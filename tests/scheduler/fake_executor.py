@@ -56,6 +56,7 @@ class FakeExecutor:
         self.calls: list[tuple] = []
         self.on_step = None  # on_step(run) after each step: a test's seam (submit a command mid-turn)
         self.returns_for_commands = False  # True: end the turn when commands wait (a remote executor)
+        self.cohort = False  # True: every run in flight is one taker (as runs that fuse)
         self._host: ExecutorHost | None = None
 
     def connect(self, host: ExecutorHost) -> None:
@@ -85,16 +86,25 @@ class FakeExecutor:
     def end_fit(self) -> None:
         self.calls.append(("end_fit",))
 
-    def turn_takers(self, run_ids: Sequence[int]) -> list[FakeRun]:
-        return [self.runs[i] for i in sorted(run_ids) if i in self.runs and not self.runs[i].finished]
+    def turn_takers(self, run_ids: Sequence[int]) -> list[FakeRun | FakeCohort]:
+        runs = [self.runs[i] for i in sorted(run_ids) if i in self.runs and not self.runs[i].finished]
+        return [FakeCohort(runs)] if self.cohort and runs else runs
 
-    def members(self, taker: FakeRun) -> list[int]:
-        return [taker.run_id]
+    def members(self, taker: FakeRun | FakeCohort) -> list[int]:
+        return [m.run_id for m in taker.members] if isinstance(taker, FakeCohort) else [taker.run_id]
 
-    def take_turn(self, taker: FakeRun, upcoming: Sequence[Any]) -> bool:
-        run, host = taker, self._host
+    def take_turn(self, taker: FakeRun | FakeCohort, upcoming: Sequence[Any]) -> bool:
+        if isinstance(taker, FakeCohort):  # each due member in turn (a real cohort fuses their steps)
+            due = [m for m in taker.members if m.run_id in self.runs and self._host.in_flight(m.run_id)]
+            due = [m for m in due if m.chunks_done == taker.chunks_done]
+            self._host.turn_begins(due, fused=True)
+            return any([self._train_chunk(run) for run in due])
+        self._host.turn_begins([taker])
+        return self._train_chunk(taker)
+
+    def _train_chunk(self, run: FakeRun) -> bool:
+        host = self._host
         self.calls.append(("turn", run.run_id, run.chunks_done + 1))
-        host.turn_begins([run])
         while run.global_step < (run.chunks_done + 1) * run.steps_per_chunk:  # a stopped run goes on
             if host.should_pause():
                 if self.returns_for_commands:
@@ -155,6 +165,15 @@ class FakeExecutor:
 
     def close(self) -> None:
         self.runs.clear()
+
+
+class FakeCohort:
+    """Runs that take their turns together (`turn_takers` with `cohort=True`)."""
+
+    def __init__(self, members: Sequence[FakeRun]) -> None:
+        self.members = list(members)
+        self.run_id = min(m.run_id for m in self.members)
+        self.chunks_done = min(m.chunks_done for m in self.members)
 
 
 @dataclass

@@ -140,6 +140,19 @@ def test_a_deleted_run_leaves_its_executor_and_its_tracking_run_ends_before_it_i
     assert sweep.tracking() == ["FINISHED", "KILLED"] and sweep.tracker.deleted == {"run-2"}
 
 
+def test_a_cohort_trains_on_when_its_lowest_member_is_deleted(tmp_path):
+    fake = FakeExecutor(num_chunks=3)
+    fake.cohort = True
+    sweep = Sweep(tmp_path, [fake])
+    sweep.add(3)
+    fake.on_step = lambda run: run.run_id == 1 and run.global_step == 1 and sweep.commands.submit("delete", 1)
+    sweep.train()
+    assert sweep.statuses() == ["DELETED", "COMPLETED", "COMPLETED"]
+    assert [c[1:] for c in fake.calls if c[0] == "turn" and c[1] != 1] == [
+        (2, 1), (3, 1), (2, 2), (3, 2), (2, 3), (3, 3)
+    ]  # fmt: skip
+
+
 def test_a_failing_run_and_an_unbuildable_one_fail_alone_with_their_reason(tmp_path):
     fake = FakeExecutor()
     fake.fail_at[2] = 2  # raises in its second chunk
