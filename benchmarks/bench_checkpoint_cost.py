@@ -6,8 +6,8 @@
 
 The demo's sweep (4 LoRA configs: r 8 / 32 x lr 1e-3 / 1e-4; `rapidfire_core.demo.main`) with a
 checkpoint at every chunk end (the default): `RunController.persist_seconds` is the time spent
-in `RunController.checkpoint` (the metric flush it starts with, the host copy of adapter,
-optimizer, scheduler and RNG state), `write_seconds` the writer's (files, fsyncs, rename),
+persisting on the training path (the executor's host copy of adapter, optimizer, scheduler and
+RNG state, and the controller's metric flush), `write_seconds` the writer's (files, fsyncs, rename),
 measured against the wall time of `run_fit`. On the training path: the metric flush and the host
 copy of the state; the files (write, fsync, manifest, rename, pruning) go to a background
 writer thread (`scheduler.checkpoint_writer`), whose time is reported beside it.
@@ -73,15 +73,10 @@ class CheckpointSweep:
         self._stack.enter_context(warnings.catch_warnings())
         warnings.simplefilter("ignore")
         self.exp = Experiment("checkpoint-cost", experiment_path=root, verbose=False)
-        if not checkpoints:  # the baseline: the same sweep, nothing persisted at chunk ends (MLflow
-            controller = self.exp.controller  # gets each chunk's metrics then, as before checkpoints)
-
-            def no_checkpoint(run) -> bool:
-                controller.buffer.flush()
-                controller.buffer.release(run.run_id)
-                return True
-
-            controller.checkpoint = no_checkpoint
+        if not checkpoints:  # the baseline: the same sweep, no run state captured or written at chunk
+            # ends (MLflow gets each run's metrics when it ends; its writes are queued either way)
+            for executor in self.exp.controller.executors:
+                executor.capture = lambda run_id: None
 
     def run(self) -> float:
         """Wall seconds of `run_fit`."""

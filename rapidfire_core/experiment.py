@@ -32,18 +32,19 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from rapidfire_core import layout
 from rapidfire_core.automl.metric_names import metric_names_of_sweep
 from rapidfire_core.automl.validate import check_grpo_eval_batches, varying_keys
 from rapidfire_core.control import Command, CommandStore, RunStore
 from rapidfire_core.control.experiment_name import check_experiment_name
-from rapidfire_core.control.log_files import ExperimentLogs, TrainingLog
-from rapidfire_core.control.owner_lease import ExperimentBusy, OwnerLease
+from rapidfire_core.control.log_files import ExperimentLogs, TrainingLog, log_file_path
+from rapidfire_core.control.orphans import settle_orphans
 from rapidfire_core.fit.arguments import (
     check_monte_carlo_simulations,
     check_num_cpus,
@@ -51,7 +52,7 @@ from rapidfire_core.fit.arguments import (
     cpu_threads,
 )
 from rapidfire_core.fit.rerun import choose_experiment
-from rapidfire_core.memory.residency import RunResidency, budget_bytes
+from rapidfire_core.memory.residency import budget_bytes
 from rapidfire_core.scheduler.chunks import ChunkPlan
 from rapidfire_core.scheduler.controller import RunController
 from rapidfire_core.scheduler.progress import ProgressDisplay
@@ -64,8 +65,6 @@ from rapidfire_core.trainers.datasets import FormattedDatasets, as_dataset
 from rapidfire_core.trainers.factory import preload_base
 from rapidfire_core.trainers.generation_eval import generation_columns_problem
 from rapidfire_core.trainers.shared_models import ModelRegistry
-
-DEFAULT_ROOT_ENV = "RF_EXPERIMENT_PATH"
 
 
 class Experiment:
@@ -97,44 +96,46 @@ class Experiment:
             raise ValueError(
                 f"mode={mode!r} is not supported: rapidfire_core runs training experiments (mode='fit')"
             )
-        root = Path(experiment_path or os.environ.get(DEFAULT_ROOT_ENV, "rapidfire_experiments"))
+        root = layout.experiments_root(experiment_path)
         self.mode = mode
         self.verbose = verbose
         self._num_cpus = check_num_cpus(num_cpus)
         check_num_gpus(num_gpus, "Experiment")
         self._tracker_names = chosen_trackers(trackers)  # ValueError for a bad name or switch now
         self._given_tracking_uri = tracking_uri
-        self._open_at(root.resolve(), experiment_name)
+        self._open_at(root, experiment_name)
 
     def _open_at(self, root: Path, experiment_name: str, announce: bool = True) -> None:
-        """Open (creating it if new) the experiment `root/experiment_name` as this object's."""
+        """Open (creating it if new) the experiment `root/experiment_name` as this object's.
+
+        Opening takes no owner lease and writes no log line (a reader never blocks a trainer);
+        storage this process cannot write is opened for reading only."""
         self.experiment_name = experiment_name
-        self.path = root / experiment_name
-        self.experiment_path = root
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.path = layout.experiment_dir(root, experiment_name).resolve()
+        self.experiment_path = self.path.parent
+        if not layout.is_experiment_dir(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
+        self._writable = os.access(self.path, os.W_OK)  # False on read-only storage: read only
         self.tracking_uri = self._given_tracking_uri or default_tracking_uri(self.path)
-        self._logs = ExperimentLogs(self.path)
-        self._store = RunStore(self.path / "runs.db")
-        self._commands = CommandStore(self.path / "runs.db")
+        self._logs: ExperimentLogs | None = None  # opened when this object first trains or tracks
+        self._store = RunStore(layout.runs_db(self.path), read_only=not self._writable)
+        self._commands = CommandStore(layout.runs_db(self.path), read_only=not self._writable)
         self._tracker: Trackers | None = None
         self._controller: RunController | None = None
         self._fit: FitHandle | None = None
+        self._shown_knobs: list[str] = []  # the knobs the progress lines show (those that vary)
         self._open = True
-        # Runs left NEW/ONGOING are orphans only if no live process trains them (its owner lease):
-        # a second process that opens the experiment to read results must not stop them.
-        if self._commands.controller_alive():
-            self._say("Another process is training this experiment now: its runs are left as they are")
+        # Runs a dead process left in flight are settled now, unless a live process trains the
+        # experiment. No lease is taken (a trainer starting meanwhile is never refused), and
+        # storage this process cannot write is only read.
+        if self._writable:
+            settled, orphans = self._commands.unless_owned(settle_orphans)
+            if not settled:
+                self._say("Another process is training this experiment now: its runs are left as they are")
+            elif orphans:
+                self._get_controller().end_orphaned_tracking(orphans)
         else:
-            lease = OwnerLease(self._commands)  # held while reconciling: no trainer starts meanwhile
-            try:
-                lease.acquire()
-            except ExperimentBusy:
-                self._say("Another process started training this experiment: its runs are left as they are")
-            else:
-                try:
-                    self._reconcile_dead_owner()
-                finally:
-                    lease.release()
+            self._say("This process cannot write the experiment's folder: it is opened for reading only")
         if announce:
             self._say(f"Experiment '{experiment_name}' at {self.path}")
 
@@ -152,7 +153,7 @@ class Experiment:
     def _stored_runs_of(self, name: str) -> list[dict[str, Any]]:
         if name == self.experiment_name:
             return self._store.runs()
-        other = RunStore(self.experiment_path / name / "runs.db")
+        other = RunStore(layout.runs_db(layout.experiment_dir(self.experiment_path, name)), read_only=True)
         try:
             return other.runs()
         finally:
@@ -160,10 +161,9 @@ class Experiment:
 
     def _switch_to(self, experiment_name: str) -> None:
         """Close this experiment's stores and open `experiment_name` beside it (`fit.rerun`)."""
-        for closable in (self._controller, self._tracker, self._commands, self._store):
+        for closable in (self._controller, self._tracker, self._commands, self._store, self._logs):
             if closable is not None:
                 closable.close()
-        self._logs.close()
         self._open_at(self.experiment_path, experiment_name, announce=False)
 
     # ---- training -----------------------------------------------------------------------------
@@ -266,7 +266,7 @@ class Experiment:
         )
         # The first model now, so a create_model that returns the wrong thing raises here, before
         # any run exists (its ordinary errors fail only the run that needs the model).
-        preload_base(valid[0], data.registry, self.path / "runs", evals is not None)
+        preload_base(valid[0], data.registry, layout.runs_dir(self.path), evals is not None)
         shown = varying_keys([s.knobs for s in specs])
         fingerprints = [run_fingerprint(spec, data) for spec in specs]
         self._follow_rerun(fingerprints, resume, automatic=policy is not None)
@@ -283,33 +283,23 @@ class Experiment:
                 f"{len(specs)} {trainer_type} configuration(s), {len(train)} training rows in {num_chunks} "
                 "chunks" + (f" (continuing sweep {plan.sweep})" if plan is not None else "")
             )
-            progress = ProgressDisplay(shown, enabled=self.verbose, log=self._logs.main.write)
+            self._shown_knobs = shown
+            progress = self._progress()
             controller.progress = progress  # an invalid config's FAILED line shows from here
             registered = None
             if plan is None:  # every run is in the store (NEW, or FAILED) when run_fit returns
-                controller.sweep = self._store.next_sweep()
                 registered = controller.register_runs(specs, data)
         except BaseException:
-            controller.lease.release()
+            controller.give_up_ownership()
             raise
 
         def fit(controller: RunController) -> None:
-            if plan is not None:
-                run_ids = controller.restore_runs(plan, data)
-            else:
-                run_ids = controller.add_runs(specs, data, registered)
+            run_ids = controller.take_runs(specs, data, plan, progress, registered)
             for line in controller.execution_summary(run_ids):
                 self._say(line)
-            if policy is None:
-                self._train(controller, state_budget, progress)
-                return
-            policy.bind(self.path)
-            policy.start(run_ids)
-            controller.hooks.round_end.append(policy.round_end)
-            try:
-                self._train(controller, state_budget, progress)
-            finally:
-                controller.hooks.round_end.remove(policy.round_end)
+            if policy is not None:
+                policy.bind(self.path)  # its study is stored only now that training starts
+            self._train(controller, state_budget, progress, policy, run_ids)
 
         return self._start(fit, background)
 
@@ -324,23 +314,16 @@ class Experiment:
         self._own()
 
         def fit(controller: RunController) -> None:
-            progress = ProgressDisplay(
-                controller.progress.shown_knobs, enabled=self.verbose, log=self._logs.main.write
-            )
-            self._train(controller, state_budget, progress)
+            self._train(controller, state_budget, self._progress())
 
         return self._start(fit, background)
 
     def _own(self) -> RunController:
-        """Take the experiment's owner lease (ExperimentBusy if another live process trains it)
-        and treat the runs a dead owner left in flight as interrupted. `_start` gives it back."""
+        """The controller, owning the experiment (`RunController.take_ownership`: ExperimentBusy if
+        another live process trains it). `_start` gives it back."""
         controller = self._get_controller()
-        controller.lease.acquire()
-        try:
-            self._reconcile_dead_owner(held=set(controller.runs))
-        except BaseException:
-            controller.lease.release()
-            raise
+        controller.take_ownership()
+        self._open_logs()
         return controller
 
     def _start(self, fit: Callable[[RunController], None], background: bool) -> FitHandle | None:
@@ -352,7 +335,7 @@ class Experiment:
             try:
                 fit(controller)
             finally:
-                controller.lease.release()
+                controller.give_up_ownership()
 
         if not background:
             try:
@@ -363,14 +346,20 @@ class Experiment:
         handle._start(owned)
         return handle
 
-    def _train(self, controller: RunController, state_budget: int | None, progress: ProgressDisplay) -> None:
-        residency = RunResidency(state_budget) if state_budget is not None else None
+    def _train(
+        self,
+        controller: RunController,
+        state_budget: int | None,
+        progress: ProgressDisplay,
+        policy: Any = None,
+        run_ids: Sequence[int] = (),
+    ) -> None:
         self._say(
             f"Watch and steer it live: rapidfire dashboard {self.path.parent}  "
             f"(or rapidfire runs|stop|resume|delete|clone {self.path})"
         )
         with cpu_threads(self._num_cpus):
-            controller.run(residency, progress)
+            controller.run(state_budget, progress, policy, run_ids)
         self._summarize()
 
     # ---- steering (IC Ops) ----------------------------------------------------------------------
@@ -417,7 +406,7 @@ class Experiment:
         """The experiment's log file of `log_type`: "main" / "experiment" (default; what the
         experiment prints, turns, commands, failures) or "training" (each run's metric rows,
         TRL/transformers warnings). Both are appended as training goes (`control.log_files`)."""
-        return self._logs.path(log_type)
+        return log_file_path(self.path, log_type)
 
     @property
     def experiment_id(self) -> str | None:
@@ -452,7 +441,8 @@ class Experiment:
         self._commands.close()
         self._store.close()
         self._say(f"Experiment '{self.experiment_name}' ended; results in {self.path}")
-        self._logs.close()
+        if self._logs is not None:
+            self._logs.close()
 
     def __enter__(self) -> Experiment:
         return self
@@ -462,7 +452,8 @@ class Experiment:
 
     # ---- internals ----------------------------------------------------------------------------
     def _say(self, text: str) -> None:
-        self._logs.main.write(text)
+        if self._logs is not None:
+            self._logs.main.write(text)
         if self.verbose:
             print(text, flush=True)
 
@@ -481,9 +472,20 @@ class Experiment:
                 self.experiment_name,
                 self.path,
                 self.tracking_uri,
-                TrainingLog(self._logs.training),
+                TrainingLog(self._open_logs().training),
             )
         return self._tracker
+
+    def _progress(self) -> ProgressDisplay:
+        """The display of a fit's turns (printed when verbose; always in the experiment's log)."""
+        return ProgressDisplay(self._shown_knobs, enabled=self.verbose, log=self._open_logs().main.write)
+
+    def _open_logs(self) -> ExperimentLogs:
+        """The experiment's log files, opened for appending when this object first writes (a
+        fit, tracking): opening an experiment to read its results writes nothing."""
+        if self._logs is None:
+            self._logs = ExperimentLogs(self.path)
+        return self._logs
 
     @property
     def controller(self) -> RunController:
@@ -497,37 +499,14 @@ class Experiment:
             )
         return self._controller
 
-    def _reconcile_dead_owner(self, held: set[int] | None = None) -> None:
-        """Runs left NEW/ONGOING by a process that ended (kill -9, OOM, power loss, a second
-        Ctrl-C) become STOPPED and interrupted, in runs.db and MLflow (KILLED); the next run_fit
-        of their sweep continues them. Commands it had claimed but not finished fail with the
-        reason (they are applied at most once); pending ones wait for the next owner."""
-        orphans = self._store.stop_orphaned_runs(
-            "the process ended while the run was in flight", keep=held or set()
-        )
-        if orphans:
-            self._say(f"Runs {orphans} were left in flight by an earlier process; marked STOPPED (resumable)")
-            self._end_orphaned_mlflow_runs(orphans)
-        self._commands.fail_unfinished("the process applying it ended before it finished")
-
-    def _end_orphaned_mlflow_runs(self, run_ids: list[int]) -> None:
-        """The MLflow runs of runs a dead process left in flight end as KILLED, like runs.db's."""
-        mlflow_ids = [self._store.get_run(r)["mlflow_run_id"] for r in run_ids]
-        mlflow_ids = [m for m in mlflow_ids if m]
-        if not mlflow_ids:
-            return
-        tracker = self._get_tracker()
-        for mlflow_id in mlflow_ids:
-            tracker.end_run(mlflow_id, "KILLED")
-        tracker.flush()
-
     def _summarize(self) -> None:
         runs = [r for r in self._store.runs() if r["run_id"] in self._controller.made]
         counts: dict[str, int] = {}
         for run in runs:
             counts[run["status"]] = counts.get(run["status"], 0) + 1
         self._say("Done: " + ", ".join(f"{n} {status.lower()}" for status, n in sorted(counts.items())))
-        self._say(f"Saved under {self.path / 'runs'}/<run_id>/: adapter/ (LoRA) or model/ (full fine-tuning)")
+        runs = layout.runs_dir(self.path)
+        self._say(f"Saved under {runs}/<run_id>/: adapter/ (LoRA) or model/ (full fine-tuning)")
         self._say(f"Tracking: {self._get_tracker().ui_hint()}")
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
 import time
 
 import pytest
@@ -200,16 +203,16 @@ def test_mlflow_write_failures_do_not_stop_training(
 def test_an_error_saving_one_runs_adapter_fails_only_that_run(
     tmp_path, tiny_model_dir, create_tiny_model, monkeypatch
 ):
-    import rapidfire_core.scheduler.controller as controller_module
+    import rapidfire_core.scheduler.local_executor as executor_module
 
-    real_save = controller_module.save_adapter
+    real_save = executor_module.save_adapter
 
     def save_or_fail(model, adapter_name, out_dir):
         if adapter_name == "run_1":
             raise OSError(28, "No space left on device")
         real_save(model, adapter_name, out_dir)
 
-    monkeypatch.setattr(controller_module, "save_adapter", save_or_fail)
+    monkeypatch.setattr(executor_module, "save_adapter", save_or_fail)
     configs = List([_config(tiny_model_dir, learning_rate=List([1e-3, 1e-4]))])
     exp = Experiment("disk-full", experiment_path=tmp_path, verbose=False)
     exp.run_fit(
@@ -317,3 +320,72 @@ def test_an_experiment_without_mlflow_trains_and_says_where_it_tracked(
     assert exp.experiment_id is None and not (exp.path / "mlflow.db").exists()
     assert "run-1 step 2: loss=" in exp.get_log_file_path("training").read_text()
     exp.end()
+
+
+def _finished_experiment(root):
+    """An experiment on disk with one COMPLETED run, as a past run_fit leaves it."""
+    from rapidfire_core.control import CommandStore, RunStatus, RunStore
+
+    store = RunStore(root / "done" / "runs.db")
+    run = store.create_run("run-1", "SFT", {"train.learning_rate": 1e-3})
+    store.update_run(run, status=RunStatus.ONGOING)
+    store.update_run(run, status=RunStatus.COMPLETED, chunks_done=2, global_step=4)
+    store.close()
+    CommandStore(root / "done" / "runs.db").close()
+    return root / "done"
+
+
+def test_opening_an_experiment_to_read_takes_no_lease_and_writes_no_log(tmp_path, monkeypatch):
+    from rapidfire_core.control import CommandStore
+
+    path = _finished_experiment(tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a reader took the owner lease")
+
+    monkeypatch.setattr(CommandStore, "take_lease", refuse)  # a trainer starting now is never refused
+    reader = Experiment("done", experiment_path=tmp_path, verbose=False)
+    assert reader.get_runs_info()["status"].tolist() == ["COMPLETED"]
+    reader.end()
+    assert not (path / "logs").exists()  # nothing appended to the experiment's logs
+
+
+@contextlib.contextmanager
+def _read_only(path):
+    """`path` as read-only storage for this process (yields its path then, None if this process
+    cannot make one): chmod for a user, a read-only bind mount for root (chmod does not stop root)."""
+    if os.geteuid() != 0:
+        modes = {p: p.stat().st_mode for p in [path, *path.rglob("*")]}
+        for p, mode in modes.items():
+            p.chmod(mode & ~0o222)
+        try:
+            yield path
+        finally:
+            for p, mode in modes.items():
+                p.chmod(mode)
+        return
+    target = path.parent / "read-only"
+    target.mkdir()
+    try:
+        subprocess.run(["mount", "--bind", str(path.parent), str(target)], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        yield None  # root without the right to mount
+        return
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(target)], check=True, capture_output=True)
+        yield target / path.name
+    finally:
+        subprocess.run(["umount", str(target)], check=True, capture_output=True)
+
+
+def test_an_experiment_on_read_only_storage_opens_for_reading(tmp_path):
+    path = _finished_experiment(tmp_path / "root")
+    with _read_only(path) as ro_path:
+        if ro_path is None:
+            pytest.skip("running as root without the right to mount: no read-only storage to test on")
+        exp = Experiment(ro_path.name, experiment_path=ro_path.parent, verbose=False)
+        info = exp.get_runs_info()
+        assert info["status"].tolist() == ["COMPLETED"] and info["global_step"].tolist() == [4]
+        assert exp.get_commands().empty
+        exp.end()
+    assert sorted(p.name for p in path.iterdir()) == ["runs.db"]

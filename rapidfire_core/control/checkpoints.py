@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rapidfire_core import layout
 from rapidfire_core.control.faults import fault_point
 
 DEFAULT_KEEP = 2
@@ -61,7 +62,8 @@ class CheckpointInfo:
 
 
 def run_checkpoint_dir(experiment_path: Path, run_id: int) -> Path:
-    return Path(experiment_path) / "runs" / str(run_id) / "checkpoints"
+    """The folder of a run's checkpoints (`rapidfire_core.layout`)."""
+    return layout.run_checkpoints_dir(Path(experiment_path), run_id)
 
 
 def _sha256(path: Path) -> str:

@@ -28,13 +28,17 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rapidfire_core.control.sqlite_file import SQLiteFile
+
+T = TypeVar("T")
 
 OPS = ("stop", "resume", "delete", "clone")
 SOURCES = ("python", "cli", "dashboard", "automl")
@@ -169,7 +173,8 @@ class CommandStore:
     """The commands table of one experiment's `runs.db` (thread-safe; any process)."""
 
     def __init__(self, path: str | Path, read_only: bool = False) -> None:
-        """`read_only`: open an existing file only to read it (`SQLiteFile`); writes raise."""
+        """read_only: open an existing file only to read it (`SQLiteFile`): the dashboard's GETs, or
+        storage this process cannot write; writes raise."""
         self._file = SQLiteFile(path, _SCHEMA, read_only=read_only)
         self.path, self._lock, self._db = self._file.path, self._file.lock, self._file.db
         # Set by submit() in this process: the controller's per-step probe is then free of I/O.
@@ -266,14 +271,7 @@ class CommandStore:
     def fail_unfinished(self, reason: str) -> list[int]:
         """Commands left `applying` by an owner that died: failed with `reason` (at most once)."""
         with self._lock, self._db:
-            rows = self._db.execute(
-                "SELECT command_id FROM commands WHERE status = ?", (APPLYING,)
-            ).fetchall()
-            self._db.execute(
-                "UPDATE commands SET status = ?, applied_at = ?, error = ? WHERE status = ?",
-                (FAILED, time.time(), reason, APPLYING),
-            )
-        return [row[0] for row in rows]
+            return fail_applying(self._db, reason)
 
     # ---- controller liveness ------------------------------------------------------------------
     def beat(self, started_at: float) -> None:
@@ -305,9 +303,35 @@ class CommandStore:
             ).fetchone()
         return row[:3] if row is not None and _alive(*row) else None
 
+    def unless_owned(
+        self, write: Callable[[sqlite3.Connection], T], holder: bool = False
+    ) -> tuple[bool, T | None]:
+        """Run `write(db)` in one IMMEDIATE transaction on this file unless a live owner holds the
+        experiment: (True, its result), or (False, None) with nothing written. Readers use it to
+        settle what a dead owner left without taking the lease, so a trainer that starts at the
+        same time is never refused (`take_lease` and this transaction serialize). holder: the
+        caller holds the lease itself (else a lease held in this process counts as an owner)."""
+        owner, result = self._unless_owned(write, holder)
+        return owner is None, result
+
     def take_lease(self, started_at: float) -> tuple[int, str, float] | None:
         """Become the owner unless another live process is (then its (pid, host, started_at)).
         One IMMEDIATE transaction: two processes that start at once cannot both win."""
+
+        def take(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT OR REPLACE INTO controllers(id, pid, host, started_at, heartbeat_at)"
+                " VALUES (1, ?, ?, ?, ?)",
+                (os.getpid(), socket.gethostname(), started_at, time.time()),
+            )
+
+        return self._unless_owned(take, holder=True)[0]
+
+    def _unless_owned(
+        self, write: Callable[[sqlite3.Connection], T], holder: bool
+    ) -> tuple[tuple | None, T | None]:
+        """(the live other owner's (pid, host, started_at), None) with nothing written, or
+        (None, write(db)) committed: one IMMEDIATE transaction."""
         with self._lock:
             self._db.commit()
             self._db.execute("BEGIN IMMEDIATE")
@@ -316,19 +340,25 @@ class CommandStore:
                     "SELECT pid, host, started_at, heartbeat_at FROM controllers WHERE id = 1"
                 ).fetchone()
                 mine = row is not None and row[0] == os.getpid() and row[1] == socket.gethostname()
-                if row is not None and not mine and _alive(*row):
+                if row is not None and not (holder and mine) and _alive(*row):
                     self._db.rollback()
-                    return row[:3]
-                self._db.execute(
-                    "INSERT OR REPLACE INTO controllers(id, pid, host, started_at, heartbeat_at)"
-                    " VALUES (1, ?, ?, ?, ?)",
-                    (os.getpid(), socket.gethostname(), started_at, time.time()),
-                )
+                    return row[:3], None
+                result = write(self._db)
                 self._db.commit()
             except BaseException:
                 self._db.rollback()
                 raise
-        return None
+        return None, result
+
+
+def fail_applying(db: sqlite3.Connection, reason: str) -> list[int]:
+    """`CommandStore.fail_unfinished` on the connection `db`, in the caller's transaction."""
+    rows = db.execute("SELECT command_id FROM commands WHERE status = ?", (APPLYING,)).fetchall()
+    db.execute(
+        "UPDATE commands SET status = ?, applied_at = ?, error = ? WHERE status = ?",
+        (FAILED, time.time(), reason, APPLYING),
+    )
+    return [row[0] for row in rows]
 
 
 def _alive(pid: int, host: str, started_at: float, heartbeat_at: float) -> bool:

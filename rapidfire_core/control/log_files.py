@@ -26,7 +26,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-LOG_DIR_NAME = "logs"
+from rapidfire_core import layout
+
+LOG_DIR_NAME = layout.LOG_DIR_NAME
 MAIN_LOG_NAME = "rapidfire.log"
 TRAINING_LOG_NAME = "training.log"
 LOG_TYPES = {"main": MAIN_LOG_NAME, "experiment": MAIN_LOG_NAME, "training": TRAINING_LOG_NAME}
@@ -40,7 +42,7 @@ def log_file_path(experiment_dir: Path, log_type: str | None = None) -> Path:
         raise ValueError(
             f"log_type={log_type!r} is not a log of this experiment: use one of {sorted(LOG_TYPES)}"
         )
-    return experiment_dir / LOG_DIR_NAME / LOG_TYPES[key]
+    return layout.logs_dir(experiment_dir) / LOG_TYPES[key]
 
 
 def _stamp() -> str:

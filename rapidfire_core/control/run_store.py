@@ -79,11 +79,26 @@ class MetricRecord(NamedTuple):
     metrics: Mapping[str, float]
 
 
+def stop_orphans(
+    db: sqlite3.Connection, reason: str, keep: set[int] | frozenset[int] = frozenset()
+) -> list[int]:
+    """`RunStore.stop_orphaned_runs` on the connection `db`, in the caller's transaction."""
+    in_flight = (RunStatus.NEW.value, RunStatus.ONGOING.value)
+    rows = db.execute("SELECT run_id FROM runs WHERE status IN (?, ?)", in_flight).fetchall()
+    orphans = [row[0] for row in rows if row[0] not in keep]
+    db.executemany(
+        "UPDATE runs SET status = ?, error = ?, interrupted = 1, updated_at = ? WHERE run_id = ?",
+        [(RunStatus.STOPPED.value, reason, time.time(), run_id) for run_id in orphans],
+    )
+    return orphans
+
+
 class RunStore:
     """SQLite-backed store of runs and their logged metrics (thread-safe)."""
 
     def __init__(self, path: str | Path, read_only: bool = False) -> None:
-        """`read_only`: open an existing file only to read it (`SQLiteFile`); writes raise."""
+        """read_only: open an existing file only to read it (`SQLiteFile`): the dashboard's GETs, or
+        storage this process cannot write; writes raise."""
         self._file = SQLiteFile(path, _SCHEMA, read_only=read_only)
         self.path, self._lock, self._db = self._file.path, self._file.lock, self._file.db
         if read_only:
@@ -182,15 +197,8 @@ class RunStore:
         Called only when no live process owns the experiment, or by its owner.
         Returns the run ids it changed.
         """
-        in_flight = (RunStatus.NEW.value, RunStatus.ONGOING.value)
         with self._lock, self._db:
-            rows = self._db.execute("SELECT run_id FROM runs WHERE status IN (?, ?)", in_flight).fetchall()
-            orphans = [row[0] for row in rows if row[0] not in keep]
-            self._db.executemany(
-                "UPDATE runs SET status = ?, error = ?, interrupted = 1, updated_at = ? WHERE run_id = ?",
-                [(RunStatus.STOPPED.value, reason, time.time(), run_id) for run_id in orphans],
-            )
-        return orphans
+            return stop_orphans(self._db, reason, keep)
 
     def rollback_metrics(self, run_id: int, after_step: int) -> int:
         """Delete run `run_id`'s metric rows logged after step `after_step` (a run continued from

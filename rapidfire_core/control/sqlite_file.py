@@ -5,7 +5,6 @@ from __future__ import annotations
 import sqlite3
 import threading
 from pathlib import Path
-from urllib.parse import quote
 
 from rapidfire_core.control.faults import fault_active
 from rapidfire_core.control.unwritable import as_unwritable
@@ -69,22 +68,20 @@ class SQLiteFile:
     process takes `lock`; the connection may be used from any thread. A write its disk
     refuses raises `control.unwritable.StoreUnwritable` (a sqlite3.OperationalError).
 
-    `read_only`: the file must exist; it is opened with SQLite's `mode=ro`, no schema is
-    applied and every write raises sqlite3.OperationalError ("attempt to write a readonly
-    database"). For readers that must never change what they look at (the dashboard's GETs):
-    SQLite may still create the `-wal`/`-shm` index files beside the path, as any reader of a
-    WAL database does, but the database itself (or what a symbolic link points to) is not
-    written.
+    read_only: the file must exist; it is opened with SQLite's `mode=ro`, no schema is applied
+    and every write raises sqlite3.OperationalError ("attempt to write a readonly database").
+    For readers that must never change what they look at (the dashboard's GETs) and for storage
+    this process cannot write (a read-only mount, another user's experiment). SQLite reads a WAL
+    file only where it can create its `-shm` index; where it cannot, the file is read as
+    immutable (nothing can change it there).
     """
 
     def __init__(self, path: str | Path, schema: str, read_only: bool = False) -> None:
         self.path = Path(path)
-        self.read_only = read_only
         self.lock = threading.Lock()
+        self.read_only = read_only
         if read_only:
-            uri = f"file:{quote(str(self.path.absolute()))}?mode=ro"
-            self.db = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30, factory=_Connection)
-            self.db.store_path = self.path
+            self.db = _open_read_only(self.path)
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, check_same_thread=False, timeout=30, factory=_Connection)
@@ -97,3 +94,16 @@ class SQLiteFile:
     def close(self) -> None:
         with self.lock:
             self.db.close()
+
+
+def _open_read_only(path: Path) -> _Connection:
+    uri = path.resolve().as_uri()
+    db = sqlite3.connect(f"{uri}?mode=ro", uri=True, check_same_thread=False, timeout=30, factory=_Connection)
+    db.store_path = path
+    try:
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:  # no -shm index and none can be made: the file cannot change
+        db.close()
+        db = sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False, factory=_Connection)
+        db.store_path = path
+    return db

@@ -11,11 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-# The same variable as rapidfire_core.experiment.DEFAULT_ROOT_ENV; not imported from there
-# because that module pulls in torch and TRL (seconds), and the CLI and the server need none.
-ROOT_ENV = "RF_EXPERIMENT_PATH"
-DEFAULT_ROOT = "rapidfire_experiments"
-DB_NAME = "runs.db"
+# Where experiments live is `rapidfire_core.layout`'s (light: no torch), as for `Experiment`.
+from rapidfire_core.layout import DB_NAME, experiments_root, is_experiment_dir
 
 
 class ExperimentNotFound(LookupError):
@@ -23,12 +20,8 @@ class ExperimentNotFound(LookupError):
 
 
 def default_root() -> Path:
-    """$RF_EXPERIMENT_PATH, else ./rapidfire_experiments (as `Experiment` uses)."""
-    return Path(os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
-
-
-def is_experiment_dir(path: Path) -> bool:
-    return (path / DB_NAME).is_file()
+    """$RF_EXPERIMENT_PATH, else ./rapidfire_experiments (`layout.experiments_root`, as `Experiment`)."""
+    return experiments_root()
 
 
 def refused_reason(root: Path, path: Path) -> str | None:

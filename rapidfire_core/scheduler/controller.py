@@ -1,15 +1,19 @@
-"""The run controller: owns the runs of one experiment that this process trains.
+"""The run controller: owns one experiment's runs while this process trains it.
 
-It is the one place where a run's life happens:
+It is the one place where a run's life is decided (the user's process owns the experiment):
 
-- building a run (`add_runs`, and clones): store row, MLflow run, then a complete `Run`;
-- status transitions, through the store's table of allowed ones (`control.run_status`);
-- turn-taking for the round loop (`turn_takers`, `wants_turn`, `take_turn`), with the
-  memory pool's hooks (`gpu_state_budget`) around each turn;
-- applying commands (IC Ops, `control.command_store`) in order, each once: between turns,
-  and inside a turn at the running run's next optimizer step (the run pauses for them);
-- completion (adapter saved), failure (one run's error never stops the others), interruption;
-- the progress display (its only caller).
+- the owner lease (`control.owner_lease`): taken once per fit (`take_ownership`), released once;
+  taking it treats runs a dead owner left in flight as interrupted;
+- registering a run (`add_runs`, clones, `restore_runs`): store row, tracking run, then
+  *placement*: the run is handed to an executor (`scheduler.executor`) by id, with how to build
+  it (`RunOrder`); today one in-process executor (`scheduler.local_executor.LocalExecutor`);
+- status changes: one setter (`RunLifecycle.set`, `scheduler.run_lifecycle`), one table
+  (`control.run_status`), the tracking status derived there;
+- applying commands (IC Ops, `control.command_store`) in order, each once: between turns, and
+  inside a turn when the executor's runs stand at an optimizer step (`apply_commands`);
+- the round loop's view (`turn_takers`, `wants_turn`, `take_turn`: `scheduler.loop`);
+- the executors' reports (`report`): chunk checkpoints written (`CheckpointWriter`), completion,
+  failure (one run's error never stops the others), and the progress display.
 
 Ops and their exact meaning (each takes effect at the affected run's next optimizer-step
 boundary; the other runs are not disturbed: a paused run's process state is restored exactly
@@ -19,7 +23,7 @@ when it gets its next turn):
             kept; with a device budget its state is evicted to the host pool). MLflow: KILLED.
     resume  STOPPED -> ONGOING. It continues exactly where it stopped. MLflow: RUNNING again.
     delete  any -> DELETED. Its thread ends, its adapter and pooled state are freed, its MLflow
-            run is deleted; its rows stay in the run store.
+            run ends (KILLED) and is deleted; its rows stay in the run store.
     clone   a new run from the parent's config with `changes` (validated as run_fit validates;
             a bad edit fails the command, nothing else changes) and the parent's functions.
             Cold: trains from scratch from the start of the chunk order. Warm (`warm_start`):
@@ -33,43 +37,45 @@ a run this process does not hold (trained by another, ended process).
 
 from __future__ import annotations
 
-import gc
 import os
-import shutil
 import threading
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rapidfire_core import layout
 from rapidfire_core.automl.edit import edit_spec
 from rapidfire_core.control import Command, CommandStore, RunStatus, RunStore
-from rapidfire_core.control.checkpoints import (
-    DEFAULT_KEEP,
-    CheckpointStore,
-    run_checkpoint_dir,
-)
+from rapidfire_core.control.checkpoints import DEFAULT_KEEP, CheckpointStore
 from rapidfire_core.control.faults import fault_point
+from rapidfire_core.control.orphans import settle_orphans
 from rapidfire_core.control.owner_lease import OwnerLease
 from rapidfire_core.control.run_status import IN_FLIGHT
 from rapidfire_core.control.unwritable import unwritable_cause
 from rapidfire_core.errors import ConfigError
-from rapidfire_core.memory.residency import RunResidency
 from rapidfire_core.scheduler.checkpoint_writer import CheckpointWriter
-from rapidfire_core.scheduler.cohort import Cohort, CohortTurn, ComputeThread, MemberState, plan_cohorts
+from rapidfire_core.scheduler.executor import (
+    CannotWarmStart,
+    Executor,
+    FitCancelled,
+    Placement,
+    RunOrder,
+    RunOutcome,
+    RunProgress,
+    RunReport,
+)
 from rapidfire_core.scheduler.interrupts import sigint_deferred
+from rapidfire_core.scheduler.local_executor import LocalExecutor
 from rapidfire_core.scheduler.loop import LoopHooks, run_rounds
-from rapidfire_core.scheduler.openmp_pool import release_openmp_workers
 from rapidfire_core.scheduler.progress import ProgressDisplay
 from rapidfire_core.scheduler.resume import ResumePlan, run_fingerprint
-from rapidfire_core.scheduler.run import FitData, Run, RunHooks, TurnEnd
-from rapidfire_core.scheduler.run_checkpoint import RunResume
-from rapidfire_core.scheduler.run_checkpoint import capture as capture_run
-from rapidfire_core.tracking.effective_params import spec_params
+from rapidfire_core.scheduler.run import FitData
+from rapidfire_core.scheduler.run_checkpoint import RunCheckpoint
+from rapidfire_core.scheduler.run_lifecycle import RunLifecycle
 from rapidfire_core.tracking.metric_buffer import MetricBuffer
 from rapidfire_core.tracking.mlflow_tracker import MLflowTracker
-from rapidfire_core.trainers.warm_start import WarmStart, capture_parent
+from rapidfire_core.trainers.warm_start import WarmStart
 
 # How often a running run looks for commands written by other processes (CLI, dashboard).
 # Commands submitted in this process are seen at the very next step.
@@ -80,8 +86,13 @@ class CommandRejected(Exception):
     """A command that makes no sense for its run now; the message is the reason."""
 
 
-class FitCancelled(Exception):
-    """`FitHandle.cancel()` was called: unfinished runs stop, as on a KeyboardInterrupt."""
+Placer = Callable[[Sequence[Executor], Any], Executor]
+"""placer(executors, spec) -> the executor a new run is placed on."""
+
+
+def first_executor(executors: Sequence[Executor], spec: Any) -> Executor:
+    """The placement of one device: every run on the first (only) executor."""
+    return executors[0]
 
 
 class RunController:
@@ -92,52 +103,111 @@ class RunController:
         commands: CommandStore,
         tracker: MLflowTracker,
         say: Callable[[str], None],
+        executors: Sequence[Executor] | None = None,
+        placer: Placer = first_executor,
     ) -> None:
+        """path: the experiment's folder (`layout`). executors: where runs train (default one
+        in-process `LocalExecutor`); placer picks the executor of each new run."""
         self.path = path
         self.store = store
         self.commands = commands
         self.tracker = tracker
         self.say = say
         self.buffer = MetricBuffer(store, tracker)
+        self.lifecycle = RunLifecycle(store, tracker)
         self.hooks = LoopHooks()
         self.progress = ProgressDisplay([], enabled=False)
-        self.residency: RunResidency | None = None
-        self.runs: dict[int, Run] = {}  # built runs this process holds (parked ones included)
-        self._status: dict[int, RunStatus] = {}  # mirror of the store for the runs above
+        self.executors: list[Executor] = list(executors) if executors else [LocalExecutor()]
+        self.placer = placer
+        for executor in self.executors:
+            executor.connect(self)
+        self._placed: dict[int, Executor] = {}  # run id -> the executor that holds it
+        self._unplaced: dict[int, RunOrder] = {}  # registered by register_runs, placed by add_runs
+        self._placements: dict[int, Placement] = {}
+        self._taken_by: dict[int, Executor] = {}  # id(taker) -> its executor, for the current round
         self._specs: dict[int, tuple[Any, FitData]] = {}  # every run made here: clones need them
         self.lease = OwnerLease(commands)
-        self.sweep = 1  # the sweep (run_fit) new runs belong to; set by Experiment.run_fit
+        self.sweep = 1  # the sweep (run_fit) new runs belong to: `start_sweep` / `restore_runs`
         self.checkpoint_keep = DEFAULT_KEEP
-        # Time persisting on the training path (flush + host copy) and in the background writer
-        # (files, fsyncs, rename): benchmarks/bench_checkpoint_cost.py.
-        self.persist_seconds = 0.0
+        # Time persisting on the training path (flush; the host copy is the executors') and in the
+        # background writer (files, fsyncs, rename): benchmarks/bench_checkpoint_cost.py.
+        self._flush_seconds = 0.0
         self.write_seconds = 0.0
         self.checkpoints_written = 0
         self._writer = CheckpointWriter()
         self._last_poll = 0.0
         self._cancel = threading.Event()
-        self._compute: ComputeThread | None = None  # runs fused forwards/backwards (scheduler.cohort)
-        self.fused_steps = 0  # forwards that fused 2+ runs' calls (all cohorts)
-        self.batched_generations = 0  # generates that batched 2+ runs' prompts (GRPO cohorts)
-        # DPO reference log-probs of fused cohorts: [sequences computed, sequences served]
-        self.reference_sequences = [0, 0]
 
-    # ---- building runs -------------------------------------------------------------------------
+    # ---- ownership -------------------------------------------------------------------------------
+    def take_ownership(self) -> None:
+        """Take the experiment's owner lease (ExperimentBusy if another live process trains it)
+        and treat the runs a dead owner left in flight as interrupted. `give_up_ownership` ends it."""
+        self.lease.acquire()
+        try:
+            self.reconcile_dead_owner()
+        except BaseException:
+            self.lease.release()
+            raise
+
+    def give_up_ownership(self) -> None:
+        self.lease.release()
+
+    def reconcile_dead_owner(self) -> None:
+        """What a dead owner left (`control.orphans`) is settled: its runs in flight become
+        STOPPED and interrupted, in runs.db and their tracking runs (KILLED). The lease holder
+        calls this (the runs it trains are kept)."""
+        keep = frozenset(self._placed)
+        _, orphans = self.commands.unless_owned(lambda db: settle_orphans(db, keep), holder=True)
+        self.end_orphaned_tracking(orphans or [])
+
+    def end_orphaned_tracking(self, orphans: Sequence[int]) -> None:
+        """The tracking runs of `orphans` (runs a dead owner left in flight, now STOPPED) end KILLED."""
+        if not orphans:
+            return
+        left = list(orphans)
+        self.say(f"Runs {left} were left in flight by an earlier process; marked STOPPED (resumable)")
+        for run_id in orphans:
+            self.lifecycle.settle_tracking(self.store.get_run(run_id)["mlflow_run_id"], RunStatus.STOPPED)
+        self.tracker.flush()
+
+    # ---- registering and placing runs -----------------------------------------------------------
+    def take_runs(
+        self,
+        specs: Sequence[Any],
+        data: FitData,
+        plan: ResumePlan | None,
+        progress: ProgressDisplay,
+        registered: Sequence[int] | None = None,
+    ) -> list[int]:
+        """A fit's runs handed over by `Experiment.run_fit`: the stored sweep `plan` continued
+        (`restore_runs`), or a new sweep of `specs` (`registered`: their ids, if `register_runs`
+        already stored them). `progress` shows what happens from now on. Returns the sweep's run ids."""
+        self.progress = progress
+        if plan is not None:
+            return self.restore_runs(plan, data)
+        return self.add_runs(specs, data, registered)
+
+    def start_sweep(self) -> None:
+        """New runs of this fit belong to a new sweep (the next `run_fit` number)."""
+        self.sweep = self.store.next_sweep()
+
     def register_runs(self, specs: Sequence[Any], data: FitData) -> list[int]:
-        """One run per spec in the store, in order, all at once: NEW, or FAILED with the reason
-        when the spec is invalid (`RunSpec.error`, from `expand(strict=False)`)."""
+        """A new sweep's runs in the store, one per spec, in order, all at once: NEW, or FAILED with
+        the reason when the spec is invalid (`RunSpec.error`, from `expand(strict=False)`). So
+        every run is visible from the moment `run_fit` returns, even with `background=True`."""
+        self.start_sweep()
         return [self._register(spec, data) for spec in specs]
 
     def add_runs(
         self, specs: Sequence[Any], data: FitData, registered: Sequence[int] | None = None
     ) -> list[int]:
-        """Register (unless `registered` holds their ids) and build one run per spec (in order);
-        a run that fails to build is FAILED."""
+        """Register (unless `registered` holds their ids) and place one run per spec (in order); a
+        run that fails to build is FAILED."""
         run_ids = list(registered) if registered is not None else self.register_runs(specs, data)
-        for run_id, spec in zip(run_ids, specs, strict=True):
-            if run_id in self._status:  # an invalid spec's run is FAILED already
-                rec = self.store.get_run(run_id)
-                self._build(run_id, rec["name"], rec["mlflow_run_id"], spec, data)
+        for run_id in run_ids:
+            order = self._unplaced.pop(run_id, None)
+            if order is not None:  # an invalid spec's run is FAILED already
+                self._place(order)
         return run_ids
 
     def _add(
@@ -148,20 +218,26 @@ class RunController:
         warm: WarmStart | None = None,
         start_position: int = 0,
     ) -> int:
-        run_id = self._register(spec, data, parent_run_id, warm)
-        if run_id in self._status:
-            rec = self.store.get_run(run_id)
-            self._build(run_id, rec["name"], rec["mlflow_run_id"], spec, data, start_position, warm)
+        run_id = self._register(spec, data, parent_run_id, warm, start_position)
+        order = self._unplaced.pop(run_id, None)
+        if order is not None:
+            self._place(order)
         return run_id
 
     def _register(
-        self, spec: Any, data: FitData, parent_run_id: int | None = None, warm: WarmStart | None = None
+        self,
+        spec: Any,
+        data: FitData,
+        parent_run_id: int | None = None,
+        warm: WarmStart | None = None,
+        start_position: int = 0,
     ) -> int:
-        knobs = dict(spec.knobs)
+        """The run in the store and its tracking run started (NEW), its order kept in `_unplaced`
+        for `_place`; an invalid spec's run is FAILED at once, with the reason."""
         run_id = self.store.create_run(
             "run",
             spec.trainer_type,
-            knobs,
+            dict(spec.knobs),
             parent_run_id,
             warm is not None,
             fingerprint=run_fingerprint(spec, data),
@@ -178,84 +254,64 @@ class RunController:
             params |= {"parent_run_id": parent_run_id, "warm_start": warm is not None}
         mlflow_id = self.tracker.start_run(name, params, tags=tags)
         self.store.update_run(run_id, name=name, mlflow_run_id=mlflow_id)
-        self._status[run_id] = RunStatus.NEW
-        self._specs[run_id] = (spec, data)
+        self.lifecycle.register(run_id, RunStatus.NEW)
+        self._specs[run_id] = (spec, data)  # a clone of an invalid run may correct it
         if getattr(spec, "error", None):  # invalid: it fails alone, before anything trains
-            self.tracker.log_params(mlflow_id, knobs)  # never built: only what was typed
-            self._fail_unbuilt(run_id, mlflow_id, data, ConfigError(spec.error), "")
+            self.tracker.log_params(mlflow_id, dict(spec.knobs))  # never built: only what was typed
+            self._fail(run_id, f"{ConfigError.__name__}: {spec.error}", None)
+            return run_id
+        self._unplaced[run_id] = RunOrder(
+            run_id, name, mlflow_id, spec, data, layout.run_dir(self.path, run_id), start_position, warm
+        )
         return run_id
 
-    def _build(
-        self,
-        run_id: int,
-        name: str,
-        mlflow_id: str,
-        spec: Any,
-        data: FitData,
-        start_position: int = 0,
-        warm: WarmStart | None = None,
-    ) -> Run | None:
-        """The `Run` of a registered run (None: it failed to build, and is FAILED)."""
-        knobs = dict(spec.knobs)
-        self.buffer.register(run_id, mlflow_id)
-        self._specs[run_id] = (spec, data)
-        run_hooks = RunHooks(
-            record=self.buffer.record, on_progress=self.progress_step, should_pause=self.should_pause
-        )
+    def _place(self, order: RunOrder, executor: Executor | None = None) -> Placement | None:
+        """Place a registered run (None: it failed to build, and is FAILED)."""
+        run_id = order.run_id
+        self.buffer.register(run_id, order.mlflow_run_id)
+        self._specs[run_id] = (order.spec, order.fit)
+        executor = executor or self.placer(self.executors, order.spec)
         try:
-            run = Run(
-                run_id=run_id,
-                name=name,
-                spec=spec,
-                knobs=knobs,
-                mlflow_run_id=mlflow_id,
-                data=data,
-                hooks=run_hooks,
-                output_dir=self.path / "runs" / str(run_id),
-                start_position=start_position,
-                warm_start=warm,
-            )
+            placement = executor.place(order)
         except Exception as exc:  # noqa: BLE001 - one bad run must not stop the others
-            self.tracker.log_params(mlflow_id, knobs)  # never built: only what was typed
-            self._fail_unbuilt(run_id, mlflow_id, data, exc, traceback.format_exc())
+            self.tracker.log_params(order.mlflow_run_id, dict(order.spec.knobs))  # never built: as typed
+            self._fail(run_id, f"{type(exc).__name__}: {exc}", _traceback())
             return None
         except BaseException:  # interrupted while building: leave no NEW run or RUNNING MLflow run
-            self.store.update_run(
-                run_id, status=RunStatus.STOPPED, error="run_fit was interrupted", interrupted=1
-            )
-            self._status.pop(run_id, None)
-            self.tracker.end_run(mlflow_id, "KILLED")
-            data.registry.discard_adapter(f"run_{run_id}")
+            self.lifecycle.set(run_id, RunStatus.STOPPED, error="run_fit was interrupted", interrupted=1)
             raise
-        # The values the run uses (fp16=False on a CPU, ...), and what was typed where they differ.
-        self.tracker.log_params(mlflow_id, spec_params(spec, knobs, run.trainer.args))
-        self.runs[run_id] = run
-        if self.residency is not None and self._status[run_id] in IN_FLIGHT:
-            self.residency.add(run)
-        return run
+        self.tracker.log_params(order.mlflow_run_id, placement.params)
+        self._placed[run_id] = executor
+        self._placements[run_id] = placement
+        return placement
 
     def _sweep_of(self, parent_run_id: int | None) -> int:
         if parent_run_id is not None:
             return int(self.store.get_run(parent_run_id)["sweep"])
         return self.sweep
 
+    def _executor(self, run_id: int) -> Executor | None:
+        """The executor holding the run (None: not placed here, or let go)."""
+        executor = self._placed.get(run_id)
+        if executor is not None and not executor.holds(run_id):
+            del self._placed[run_id]
+            return None
+        return executor
+
     # ---- durability (see scheduler.resume and scheduler.run_checkpoint) -------------------------
-    def checkpoint(self, run: Run) -> bool:
-        """Persist `run`'s complete training state now, then let MLflow see the steps it covers.
-        Called where a run completes a chunk and where it is stopped (a paused run, at an
-        optimizer-step boundary). The state is copied to the host here; the files are written
-        by the background writer (`scheduler.checkpoint_writer`). A disk that refused this
+    def _persist(self, run_id: int, state: RunCheckpoint | None) -> bool:
+        """Write `state` (a run's state captured at a chunk end or a stop) as its chunk checkpoint,
+        by the background writer; MLflow then sees the steps it covers. A disk that refused this
         run's previous write (full, read-only) fails the run now with the reason (False); the
         store and the other runs are untouched."""
-        if not self._fail_on_write_error(run):
+        if not self._fail_on_write_error(run_id):
             return False
-        if not run.started or run.finished or run.trainer is None:
-            return True  # nothing trained since it was built (or from its checkpoint)
+        if state is None:
+            return True  # nothing trained since it was placed (or from its checkpoint)
         began = time.perf_counter()
         self.buffer.flush()
-        state = capture_run(run)
-        store = CheckpointStore(run_checkpoint_dir(self.path, run.run_id), self.checkpoint_keep)
-        run_id, step = run.run_id, state.global_step
+        store = CheckpointStore(layout.run_checkpoints_dir(self.path, run_id), self.checkpoint_keep)
+        step = state.global_step
 
         def write() -> None:
             wrote = time.perf_counter()
@@ -264,29 +320,37 @@ class RunController:
             fault_point("after_checkpoint")
 
         self._writer.submit(run_id, write, then=lambda: self.buffer.release(run_id, step))
-        self.persist_seconds += time.perf_counter() - began
+        self._flush_seconds += time.perf_counter() - began
         self.checkpoints_written += 1
         return True
 
-    def _fail_on_write_error(self, run: Run) -> bool:
-        error = self._writer.take_error(run.run_id)
+    def checkpoint(self, run_id: int) -> bool:
+        """Capture a paused run's state now (it stands at an optimizer-step boundary: a stop) and
+        persist it (`_persist`)."""
+        if not self._fail_on_write_error(run_id):
+            return False
+        executor = self._executor(run_id)
+        return self._persist(run_id, executor.capture(run_id) if executor is not None else None)
+
+    def _fail_on_write_error(self, run_id: int) -> bool:
+        error = self._writer.take_error(run_id)
         if error is None:
             return True
-        if run.run_id in self.runs and self._status.get(run.run_id) in (*IN_FLIGHT, RunStatus.STOPPED):
-            self._fail(run, error, None)
+        if self.lifecycle.status(run_id) in (*IN_FLIGHT, RunStatus.STOPPED):
+            self._fail(run_id, f"{type(error).__name__}: {error}", None)
         return False
 
     def _settle_checkpoints(self) -> None:
         """Wait for queued checkpoint writes; a run whose write failed fails now."""
         self._writer.drain()
-        for run in list(self.runs.values()):
-            self._fail_on_write_error(run)
+        for run_id in list(self._placed):
+            self._fail_on_write_error(run_id)
 
     def restore_runs(self, plan: ResumePlan, data: FitData) -> list[int]:
         """Take back the runs of a stored sweep (`scheduler.resume`): finished ones are only
-        registered (clones need their configs); the others are rebuilt and continue from their
-        last checkpoint (from the start without one). Interrupted and NEW runs train on; runs
-        STOPPED by a command stay parked, resumable. Returns the sweep's run ids."""
+        registered (clones need their configs); the others are placed again and continue from
+        their last checkpoint (from the start without one). Interrupted and NEW runs train on;
+        runs STOPPED by a command stay parked, resumable. Returns the sweep's run ids."""
         self.sweep = plan.sweep
         ids = []
         for spec, rec in plan.runs(self.commands):
@@ -297,23 +361,21 @@ class RunController:
     def _restore(self, spec: Any, rec: dict[str, Any], data: FitData) -> None:
         run_id, status = rec["run_id"], RunStatus(rec["status"])
         self._specs[run_id] = (spec, data)
+        self.lifecycle.register(run_id, status)
         if status in (RunStatus.COMPLETED, RunStatus.FAILED):
             self._settle_ended_mlflow_run(rec, status)
             return
         if status not in (RunStatus.NEW, RunStatus.ONGOING, RunStatus.STOPPED):
             return  # DELETED
-        info = CheckpointStore(run_checkpoint_dir(self.path, run_id), self.checkpoint_keep).latest()
+        info = CheckpointStore(layout.run_checkpoints_dir(self.path, run_id), self.checkpoint_keep).latest()
         if info is None and rec["warm_start"]:
-            self.store.update_run(
+            self.lifecycle.set(
                 run_id,
-                status=RunStatus.FAILED,
+                RunStatus.FAILED,
                 error="interrupted before its first checkpoint: its warm start cannot be rebuilt",
             )
-            self.tracker.end_run(rec["mlflow_run_id"], "FAILED")
             return
-        resume = RunResume(info) if info is not None else None
-        start = resume.engine["sampler_start"] if resume is not None else 0
-        through = resume.global_step if resume is not None else 0
+        through = info.global_step if info is not None else 0
         # What it logged after its checkpoint is trained again: out of the store; MLflow made to
         # hold exactly the store's durable steps (it may lack some, or hold a torn checkpoint's).
         self.store.rollback_metrics(run_id, through)
@@ -321,40 +383,36 @@ class RunController:
         if mlflow_id != rec["mlflow_run_id"]:
             self.store.update_run(run_id, mlflow_run_id=mlflow_id)
         parked = status is RunStatus.STOPPED and not rec["interrupted"]
-        self._status[run_id] = RunStatus.STOPPED if parked else RunStatus.NEW
-        run = self._build(run_id, rec["name"], mlflow_id, spec, data, start)
-        if run is None:
+        order = RunOrder(
+            run_id,
+            rec["name"],
+            mlflow_id,
+            spec,
+            data,
+            layout.run_dir(self.path, run_id),
+            resume_from=info,
+            parked=parked,
+        )
+        placement = self._place(order)
+        if placement is None:
             return
-        if resume is not None:
-            run.continue_from(resume)
         if not parked:
-            self._set_status(
-                run,
+            self.lifecycle.set(
+                run_id,
                 RunStatus.ONGOING,
                 error=None,
                 interrupted=0,
-                chunks_done=run.chunks_done,
-                global_step=run.global_step,
+                chunks_done=placement.chunks_done,
+                global_step=placement.global_step,
             )
-            self.tracker.reopen_run(mlflow_id)
-        elif self.tracker.run_status(mlflow_id) == "RUNNING":  # its process died before MLflow heard
-            self.tracker.end_run(mlflow_id, "KILLED")
+        else:
+            self.lifecycle.settle_tracking(mlflow_id, RunStatus.STOPPED)  # died before MLflow heard
         where = (
-            f"from its checkpoint at step {through} (chunk {run.chunks_done})" if resume else "from the start"
+            f"from its checkpoint at step {through} (chunk {placement.chunks_done})"
+            if info is not None
+            else "from the start"
         )
         self.progress.note(f"run {run_id} {'stays STOPPED, resumable' if parked else 'continues'} {where}")
-
-    def execution_summary(self, run_ids: Sequence[int]) -> list[str]:
-        """How the runs `run_ids` will train: which fuse, and why the others are time-sliced."""
-        runs = [self.runs[i] for i in run_ids if i in self.runs]
-        fused = [r.run_id for r in runs if r.cohort_key is not None]
-        lines = []
-        if len(fused) > 1:
-            lines.append(f"Runs {fused} train fused: one forward and backward per step for all of them")
-        for run in runs:
-            if run.cohort_key is None and len(runs) > 1:
-                lines.append(f"Run {run.run_id} trains time-sliced: {run.unfused_reason}")
-        return lines
 
     def _settle_ended_mlflow_run(self, rec: dict[str, Any], status: RunStatus) -> None:
         """A run that ended in the store whose process died before MLflow heard of it (its last
@@ -364,134 +422,76 @@ class RunController:
             return
         steps = self.store.metric_steps(rec["run_id"])
         self.tracker.sync_metrics(mlflow_id, steps, max((step for step, _ in steps), default=0))
-        self.tracker.end_run(mlflow_id, "FINISHED" if status is RunStatus.COMPLETED else "FAILED")
+        self.lifecycle.settle_tracking(mlflow_id, status)
+
+    def execution_summary(self, run_ids: Sequence[int]) -> list[str]:
+        """How the runs `run_ids` will train: which fuse, and why the others are time-sliced."""
+        placements = [self._placements[i] for i in run_ids if self._executor(i) is not None]
+        fused = [p.run_id for p in placements if p.cohort_key is not None]
+        lines = []
+        if len(fused) > 1:
+            lines.append(f"Runs {fused} train fused: one forward and backward per step for all of them")
+        for placement in placements:
+            if placement.cohort_key is None and len(placements) > 1:
+                lines.append(f"Run {placement.run_id} trains time-sliced: {placement.unfused_reason}")
+        return lines
 
     @property
     def made(self) -> set[int]:
-        """Ids of every run this controller created (any status)."""
+        """Ids of every run this controller created or took back (any status)."""
         return set(self._specs)
 
-    def progress_step(self, run: Run) -> None:
+    @property
+    def runs(self) -> dict[int, Any]:
+        """The runs built in this process (the in-process executors' `scheduler.run.Run`s), by id."""
+        built: dict[int, Any] = {}
+        for executor in self.executors:
+            built |= getattr(executor, "runs", {})
+        return built
+
+    @property
+    def persist_seconds(self) -> float:
+        """Seconds spent persisting run state on the training path: host copies and flushes."""
+        return self._flush_seconds + sum(e.stats.capture_seconds for e in self.executors)
+
+    @property
+    def fused_steps(self) -> int:
+        """Forwards that fused 2+ runs' calls, over every executor."""
+        return sum(e.stats.fused_steps for e in self.executors)
+
+    @property
+    def batched_generations(self) -> int:
+        """GRPO generates that batched 2+ runs' prompts, over every executor."""
+        return sum(e.stats.batched_generations for e in self.executors)
+
+    @property
+    def reference_sequences(self) -> list[int]:
+        """DPO reference log-probs of fused cohorts: [sequences computed, sequences served]."""
+        return [sum(e.stats.reference_sequences[i] for e in self.executors) for i in (0, 1)]
+
+    # ---- the executors' host (scheduler.executor.ExecutorHost) --------------------------------
+    def in_flight(self, run_id: int) -> bool:
+        return self.lifecycle.status(run_id) in IN_FLIGHT
+
+    def turn_begins(self, runs: Sequence[RunProgress], fused: bool = False, joining: bool = False) -> None:
+        for run in runs:
+            self.lifecycle.set(run.run_id, RunStatus.ONGOING)
+        if not joining:
+            self.progress.begin_turn(runs[0], fused=[run.run_id for run in runs] if fused else None)
+
+    def record(
+        self, run_id: int, step: int, epoch: float | None, chunk: int, metrics: dict[str, float]
+    ) -> None:
+        self.buffer.record(run_id, step, epoch, chunk, metrics)
+
+    def on_progress(self, run: RunProgress) -> None:
+        self.progress_step(run)
+
+    def progress_step(self, run: RunProgress) -> None:
         self.progress.step(run)
 
-    # ---- the round loop's view -------------------------------------------------------------------
-    def turn_takers(self) -> list[Run | Cohort]:
-        """Runs that want a turn, those that fuse grouped into cohorts (`scheduler.cohort`)."""
-        runs = [run for run_id, run in sorted(self.runs.items()) if self.wants_turn(run)]
-        if self.residency is not None:
-            return runs  # the pool evicts and prefetches one run's state per turn: time-sliced
-        return plan_cohorts(runs)
-
-    def wants_turn(self, taker: Run | Cohort) -> bool:
-        if isinstance(taker, Cohort):
-            return any(self.wants_turn(run) for run in taker.members)
-        return self._status.get(taker.run_id) in IN_FLIGHT and not taker.finished
-
-    def take_turn(self, taker: Run | Cohort, upcoming: Sequence[Run | Cohort]) -> None:
-        """One turn of `run`: it trains until it completes a chunk or ends; commands arriving
-        meanwhile are applied at its next optimizer step, and the turn goes on if it may.
-        A cohort's turn does the same for each of its members, fused (`scheduler.cohort`)."""
-        if isinstance(taker, Cohort):
-            self._take_cohort_turn(taker)
-            return
-        run = taker
-        try:
-            if self.residency is not None:
-                self.residency.before_turn(run, upcoming)
-            self._set_status(run, RunStatus.ONGOING)
-            self.progress.begin_turn(run)
-            while True:
-                end = run.take_turn()
-                if end is not TurnEnd.COMMANDS:
-                    break
-                self.apply_commands()
-                if not self.wants_turn(run):
-                    break  # stopped or deleted during its turn
-            self._end_turn(run, end, upcoming)
-        except FitCancelled:
-            raise
-        except Exception as exc:  # noqa: BLE001 - one run's trouble must not end the others
-            self._fail(run, exc, traceback.format_exc())
-
-    def _take_cohort_turn(self, cohort: Cohort) -> None:
-        due = [m for m in cohort.members if self.wants_turn(m) and m.chunks_done == cohort.chunks_done]
-        for run in due:
-            self._set_status(run, RunStatus.ONGOING)
-            run.trainer.rapidfire_slot = run.slot
-        self.progress.begin_turn(due[0], fused=[run.run_id for run in due])
-        turn = CohortTurn(
-            due,
-            advance=self._advance_member,
-            apply_commands=self.apply_commands,
-            wants_turn=self.wants_turn,
-            joiners=lambda: self._joiners(cohort.key, turn),
-            fail=lambda run, exc: self._fail(run, exc, traceback.format_exc()),
-            compute=self._compute_thread().run,
-        )
-        try:
-            turn.run()
-        finally:  # every member stands at a step boundary (or has ended): it may train sliced next
-            self._compute_thread().run(release_openmp_workers)  # a sliced run may compute next
-            self.fused_steps += turn.fused_steps
-            self.batched_generations += turn.batched_generations
-            self.reference_sequences[0] += turn.references.computed
-            self.reference_sequences[1] += turn.references.served
-            for run in turn.state:
-                if run.trainer is not None:
-                    run.trainer.rapidfire_slot = None
-
-    def _compute_thread(self) -> ComputeThread:
-        if self._compute is None:
-            self._compute = ComputeThread()
-        return self._compute
-
-    def _joiners(self, key: tuple, turn: CohortTurn) -> list[Run]:
-        """Runs made during a cohort's turn (clones) that fuse with it: they join at the next step."""
-        joining = [
-            run
-            for run in self.runs.values()
-            if run.cohort_key == key and run not in turn.state and self.wants_turn(run)
-        ]
-        for run in joining:
-            self._set_status(run, RunStatus.ONGOING)
-            run.trainer.rapidfire_slot = run.slot
-        return joining
-
-    def _advance_member(self, run: Run) -> MemberState:
-        """Resume a cohort member until it next pauses; ends its turn if it completed a chunk or
-        finished. Its state says what it waits for."""
-        try:
-            end = run.take_turn()
-            if end is TurnEnd.FUSED:
-                return MemberState(run.slot.waiting_for)
-            if end is TurnEnd.COMMANDS:
-                return MemberState.COMMANDS
-            self._end_turn(run, end, ())
-        except FitCancelled:
-            raise
-        except Exception as exc:  # noqa: BLE001 - one run's trouble must not end the others
-            self._fail(run, exc, traceback.format_exc())
-        return MemberState.DONE
-
-    def _end_turn(self, run: Run, end: TurnEnd, upcoming: Sequence[Run]) -> None:
-        self.buffer.flush()
-        status = self._status[run.run_id]
-        if end is TurnEnd.FINISHED and status is RunStatus.ONGOING:
-            if run.worker.error is not None:
-                self._fail(run, run.worker.error, run.worker.error_traceback)
-                return
-            self._complete(run)
-            status = RunStatus.COMPLETED
-        elif status is not RunStatus.DELETED:
-            if status is RunStatus.ONGOING and not self.checkpoint(run):
-                return  # it failed persisting its state
-            self.store.update_run(run.run_id, chunks_done=run.chunks_done, global_step=run.global_step)
-        self.progress.end_turn(run, status.value)
-        if self.residency is not None and run.run_id in self.runs:
-            if status is RunStatus.ONGOING:
-                self.residency.after_turn(run, upcoming)
-            elif status is RunStatus.STOPPED:
-                self.residency.park(run)
+    def note(self, text: str) -> None:
+        self.progress.note(text)
 
     def should_pause(self) -> bool:
         """Asked at every optimizer-step start of the running run (no I/O most of the time)."""
@@ -503,23 +503,52 @@ class RunController:
         self._last_poll = now
         return self.commands.has_pending()
 
+    def report(self, report: RunReport) -> None:
+        """Apply an executor's report of a run's turn end (`scheduler.executor.RunReport`)."""
+        self.buffer.flush()
+        run_id = report.run_id
+        if report.outcome is RunOutcome.FAILED:
+            self._fail(run_id, report.error, report.traceback, report.global_step)
+            return
+        if report.outcome is RunOutcome.FINISHED:
+            self.buffer.release_all(run_id)
+            self.lifecycle.set(
+                run_id, RunStatus.COMPLETED, chunks_done=report.chunks_done, global_step=report.global_step
+            )
+            fault_point("after_completion")
+            self.progress.end_turn(report.run, RunStatus.COMPLETED.value)
+            return
+        status = self.lifecycle.status(run_id)
+        if status is not RunStatus.DELETED:
+            if status is RunStatus.ONGOING and not self._persist(run_id, report.state):
+                return  # it failed persisting its state
+            self.store.update_run(run_id, chunks_done=report.chunks_done, global_step=report.global_step)
+        self.progress.end_turn(report.run, status.value)
+
     # ---- running -----------------------------------------------------------------------------------
-    def run(self, residency: RunResidency | None, progress: ProgressDisplay) -> None:
-        """Train until no run is NEW or ONGOING (STOPPED runs stay parked for a later resume)."""
+    def run(
+        self,
+        state_budget: int | None,
+        progress: ProgressDisplay,
+        policy: Any = None,
+        run_ids: Sequence[int] = (),
+    ) -> None:
+        """Train until no run is NEW or ONGOING (STOPPED runs stay parked for a later resume).
+        The caller holds the owner lease (`take_ownership`). state_budget: device bytes for the
+        runs' trainable state (`memory.residency`; None: all of it stays on the device).
+        policy: an automatic search (`automl.policy`) over `run_ids`: it decides at round ends
+        (stop / clone commands), for this fit."""
+        if not self.lease.held:
+            raise RuntimeError("the run controller trains only while it holds the owner lease")
         self.progress = progress
-        self.residency = residency
         self._cancel.clear()
-        self.lease.acquire()
-        # Every trainer's train() starts with a full gc.collect() (accelerate's free_memory). In
-        # this process the heap holds every run's trainer, datasets, MLflow and the rest: ~0.5 s a
-        # collection on the 2-core dev machine, per run. What exists now lives until run_fit
-        # ends: freeze it, so those collections only scan what training allocates.
-        gc.collect()
-        gc.freeze()
+        if policy is not None:
+            policy.start(list(run_ids))
+            self.hooks.round_end.append(policy.round_end)
         lost = None  # the run store refused a write (control.unwritable): nothing more is recorded
         try:
-            if residency is not None:
-                residency.start(self.turn_takers())
+            for executor in self.executors:
+                executor.start_fit(state_budget)
             run_rounds(self, self.hooks)
         except BaseException as exc:  # KeyboardInterrupt and cancel included: leave no run thread running
             lost = unwritable_cause(exc)
@@ -530,14 +559,12 @@ class RunController:
         finally:
             if lost is None:
                 self._settle_checkpoints()
-            gc.unfreeze()
-            if lost is None:
                 self.buffer.flush()
                 self.tracker.flush()  # the MLflow store is complete when run_fit returns
-            self.lease.release()
-            if residency is not None:
-                self.residency = None
-                residency.close()
+            for executor in self.executors:
+                executor.end_fit()
+            if policy is not None:
+                self.hooks.round_end.remove(policy.round_end)
 
     def cancel(self) -> None:
         """Ask a running `run` to stop every unfinished run (from any thread)."""
@@ -548,29 +575,51 @@ class RunController:
         with `reason`; runs stopped by a command stay STOPPED (neither can resume in-process).
         `record=False` (the run store cannot be written): the threads end and nothing is
         written; the store holds each run as of its last checkpoint, so run_fit continues it."""
-        # The run holding the turn (still training when the interrupt came) stops first, at its
-        # next step: paused runs are only woken, to unwind, once no other run is executing.
         # More Ctrl-Cs while this runs are held off: every run must end up consistent.
         with sigint_deferred():
             self._writer.drain()  # checkpoints already taken reach the disk
-            for run in sorted(self.runs.values(), key=lambda r: not r.worker.has_turn):
-                run.abort()
-                if record and self._status.get(run.run_id) in IN_FLIGHT:
+            for executor in self.executors:
+                for run_id, global_step in executor.interrupt().items():
+                    self._placed.pop(run_id, None)
+                    if not record or not self.in_flight(run_id):
+                        continue
                     # It continues from its last checkpoint on the next run_fit: what it logged
                     # after that checkpoint is trained again, so MLflow never gets it.
                     self.buffer.flush()
-                    self.buffer.discard(run.run_id)
-                    self._set_status(
-                        run, RunStatus.STOPPED, error=reason, global_step=run.global_step, interrupted=1
+                    self.buffer.discard(run_id)
+                    self.lifecycle.set(
+                        run_id, RunStatus.STOPPED, error=reason, global_step=global_step, interrupted=1
                     )
-                    self.tracker.end_run(run.mlflow_run_id, "KILLED")
-                    self.progress.note(
-                        f"run {run.run_id} STOPPED ({reason}); resumable from its last checkpoint"
-                    )
-                self._forget(run)
+                    self.progress.note(f"run {run_id} STOPPED ({reason}); resumable from its last checkpoint")
             if record:
                 self.buffer.flush()
                 self.tracker.flush()
+
+    # ---- the round loop's view -------------------------------------------------------------------
+    def turn_takers(self) -> list[Any]:
+        """Runs that want a turn, grouped by their executors (a fused cohort is one taker)."""
+        takers = []
+        self._taken_by = {}
+        for executor in self.executors:
+            ids = [i for i, e in self._placed.items() if e is executor and self.in_flight(i)]
+            for taker in executor.turn_takers(ids):
+                self._taken_by[id(taker)] = executor
+                takers.append(taker)
+        return takers
+
+    def wants_turn(self, taker: Any) -> bool:
+        """True while any run of the taker (a cohort's members may be stopped one by one) is in flight."""
+        executor = self._taken_by[id(taker)]
+        return any(self.in_flight(i) and executor.holds(i) for i in executor.members(taker))
+
+    def take_turn(self, taker: Any, upcoming: Sequence[Any]) -> None:
+        """One turn of `taker` on its executor: each of its due runs trains until it completes a
+        chunk or ends; commands arriving meanwhile are applied at its next optimizer step."""
+        executor = self._taken_by[id(taker)]
+        while executor.take_turn(taker, upcoming):  # it paused for commands without applying them
+            self.apply_commands()
+            if not self.wants_turn(taker):
+                break
 
     # ---- commands --------------------------------------------------------------------------------
     def apply_commands(self) -> None:
@@ -612,53 +661,44 @@ class RunController:
         op = {"stop": self._stop, "resume": self._resume, "delete": self._delete, "clone": self._clone}
         return op[command.op](run_id, status, **command.payload)
 
-    def _held(self, run_id: int, op: str) -> Run:
-        run = self.runs.get(run_id)
-        if run is None:
+    def _held(self, run_id: int, op: str) -> Executor:
+        executor = self._executor(run_id)
+        if executor is None:
             raise CommandRejected(
                 f"run {run_id} is not held by this process (it was trained by one that has ended; "
                 "run_fit with its sweep's arguments takes it back), "
                 f"so it cannot be {op}"
             )
-        return run
+        return executor
 
     def _stop(self, run_id: int, status: RunStatus) -> dict[str, Any]:
         if status not in IN_FLIGHT:
             raise CommandRejected(f"run {run_id} is {status.value}: only a NEW or ONGOING run can be stopped")
-        run = self._held(run_id, "stopped")
-        if not self.checkpoint(run):
+        executor = self._held(run_id, "stopped")
+        if not self.checkpoint(run_id):
             raise CommandRejected(f"run {run_id} FAILED while persisting its state at the stop")
-        self._set_status(run, RunStatus.STOPPED, chunks_done=run.chunks_done, global_step=run.global_step)
-        self.tracker.end_run(run.mlflow_run_id, "KILLED")
-        if self.residency is not None:
-            self.residency.park(run)
+        run = executor.progress(run_id)
+        self.lifecycle.set(
+            run_id, RunStatus.STOPPED, chunks_done=run.chunks_done, global_step=run.global_step
+        )
+        executor.park(run_id)
         return {"status": RunStatus.STOPPED.value, "global_step": run.global_step}
 
     def _resume(self, run_id: int, status: RunStatus) -> dict[str, Any]:
         if status is not RunStatus.STOPPED:
             raise CommandRejected(f"run {run_id} is {status.value}: only a STOPPED run can be resumed")
-        run = self._held(run_id, "resumed")
-        self._set_status(run, RunStatus.ONGOING, error=None)
-        self.tracker.reopen_run(run.mlflow_run_id)
-        if self.residency is not None:
-            self.residency.add(run)
-        return {"status": RunStatus.ONGOING.value, "global_step": run.global_step}
+        executor = self._held(run_id, "resumed")
+        self.lifecycle.set(run_id, RunStatus.ONGOING, error=None)
+        executor.unpark(run_id)
+        return {"status": RunStatus.ONGOING.value, "global_step": executor.progress(run_id).global_step}
 
     def _delete(self, run_id: int, status: RunStatus) -> dict[str, Any]:
-        run = self.runs.get(run_id)
-        mlflow_id = self.store.get_run(run_id)["mlflow_run_id"]
-        if run is not None:
+        executor = self._executor(run_id)
+        if executor is not None:
             self.buffer.flush()
-            run.abort()
-            if self.residency is not None:
-                self.residency.discard(run)
-            self._remove_adapter(run)
-            self._forget(run)
-        self.store.update_run(run_id, status=RunStatus.DELETED)
-        self._status[run_id] = RunStatus.DELETED
-        if mlflow_id:
-            self.tracker.delete_run(mlflow_id)
-        _free_accelerator_memory()
+            executor.remove(run_id)
+            self._placed.pop(run_id, None)
+        self.lifecycle.set(run_id, RunStatus.DELETED)
         return {"status": RunStatus.DELETED.value}
 
     def _clone(self, run_id: int, status: RunStatus, changes: dict, warm_start: bool) -> dict[str, Any]:
@@ -680,117 +720,42 @@ class RunController:
         return result
 
     def _capture_warm_start(self, run_id: int, status: RunStatus) -> tuple[WarmStart, int]:
-        parent = self.runs.get(run_id)
-        if parent is None or status is RunStatus.FAILED:
+        executor = self._executor(run_id)
+        if executor is None or status is RunStatus.FAILED:
             raise CommandRejected(f"run {run_id} is {status.value}: its weights are gone, clone it cold")
-        if parent.adapter_name is None:
-            raise CommandRejected(f"run {run_id} trains without a LoRA adapter: warm start needs one")
-        optimizer = getattr(parent.trainer, "optimizer", None) if parent.trainer is not None else None
-        if self.residency is not None:
-            self.residency.make_resident(parent)  # an evicted run's views hold no memory
-        layers = capture_parent(parent.model, parent.adapter_name, optimizer)
-        if self.residency is not None and status is RunStatus.STOPPED:
-            self.residency.park(parent)
-        return WarmStart(run_id, layers), parent.position()
+        try:
+            return executor.warm_start_from(run_id)
+        except CannotWarmStart as exc:
+            raise CommandRejected(str(exc)) from None
 
     # ---- ends of runs ----------------------------------------------------------------------------
-    def _set_status(self, run: Run, status: RunStatus, **fields: Any) -> None:
-        self.store.update_run(run.run_id, status=status, **fields)  # IllegalTransition if not allowed
-        self._status[run.run_id] = status
-
-    def _complete(self, run: Run) -> None:
-        out = self.path / "runs" / str(run.run_id)
-        if run.adapter_name is not None:
-            save_adapter(run.model, run.adapter_name, out / "adapter")
-        else:  # full fine-tuning: the run's own model
-            run.model.save_pretrained(str(out / "model"))
-        # The chunk it ended in counts as done, even one it finished partway through (max_steps).
-        chunks = max(run.chunks_done, run.current_chunk)
-        self._set_status(run, RunStatus.COMPLETED, chunks_done=chunks, global_step=run.global_step)
-        fault_point("after_completion")
-        self.buffer.release_all(run.run_id)
-        self.tracker.end_run(run.mlflow_run_id, "FINISHED")
-        if self.residency is not None:
-            self.residency.forget(run)
-        run.release()
-
-    def _fail(self, run: Run, exc: BaseException, tb: str | None) -> None:
-        if unwritable_cause(exc) is not None:
-            raise exc  # not this run's failure: the store cannot record anything (run() stops)
-        reason = f"{type(exc).__name__}: {exc}"
-        self.buffer.release_all(run.run_id)
-        if self._status.get(run.run_id) is not RunStatus.DELETED:
-            self._set_status(run, RunStatus.FAILED, error=reason, global_step=run.global_step)
-            self.tracker.end_run(run.mlflow_run_id, "FAILED")
-        if not run.finished:
-            run.abort()
-        if self.residency is not None:
-            self._release_pooled(run)
-        self._remove_adapter(run)
-        self._forget(run)
-        _free_accelerator_memory()
-        self.progress.note(f"run {run.run_id} FAILED: {reason}")
+    def _fail(self, run_id: int, reason: str, tb: str | None, global_step: int | None = None) -> None:
+        """The run FAILED with `reason` (its executor lets it go); a DELETED run stays DELETED.
+        global_step: where it stood (None: where its executor says, if it holds it)."""
+        self.buffer.release_all(run_id)
+        executor = self._placed.pop(run_id, None)
+        if global_step is None and executor is not None and executor.holds(run_id):
+            global_step = executor.progress(run_id).global_step
+        if self.lifecycle.status(run_id) is not RunStatus.DELETED:
+            at = {} if global_step is None else {"global_step": global_step}
+            self.lifecycle.set(run_id, RunStatus.FAILED, error=reason, **at)
+        if executor is not None and executor.holds(run_id):
+            executor.remove(run_id)
+        self.progress.note(f"run {run_id} FAILED: {reason}")
         if tb and os.environ.get("RAPIDFIRE_DEBUG"):
             self.progress.note(tb)
 
-    def _fail_unbuilt(self, run_id: int, mlflow_id: str, data: FitData, exc: Exception, tb: str) -> None:
-        reason = f"{type(exc).__name__}: {exc}"
-        self.store.update_run(run_id, status=RunStatus.FAILED, error=reason)
-        self._status.pop(run_id, None)
-        self.tracker.end_run(mlflow_id, "FAILED")
-        data.registry.discard_adapter(f"run_{run_id}")  # it may have been attached before the error
-        _free_accelerator_memory()
-        self.progress.note(f"run {run_id} FAILED: {reason}")
-        if os.environ.get("RAPIDFIRE_DEBUG"):
-            self.progress.note(tb)
-
-    def _release_pooled(self, run: Run) -> None:
-        """Let a failed run's pooled state go; if even that fails (e.g. out of device memory while
-        restoring it), its state stays in the host pool until the end and the other runs go on."""
-        import warnings
-
-        try:
-            self.residency.discard(run)
-        except Exception as exc:  # noqa: BLE001 - the run has already failed; the others must not
-            warnings.warn(
-                f"run {run.run_id}: its state could not be released from the pool ({exc}); "
-                "it stays in the host arena until run_fit ends",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-
-    def _remove_adapter(self, run: Run) -> None:
-        if run.adapter_name is not None:
-            run.data.registry.discard_adapter(run.adapter_name)
-
-    def _forget(self, run: Run) -> None:
-        run.release()
-        self.runs.pop(run.run_id, None)
-
     def close(self) -> None:
         """End every parked run's thread (the experiment ends); STOPPED runs stay STOPPED."""
-        for run in list(self.runs.values()):
-            run.abort()
-            self._forget(run)
-        if self._compute is not None:
-            self._compute.close()
-            self._compute = None
+        for executor in self.executors:
+            executor.close()
+        self._placed.clear()
 
 
-def save_adapter(model, adapter_name: str, out_dir: Path) -> None:
-    """Write one run's adapter so that `PeftModel.from_pretrained(base, out_dir)` loads it."""
-    tmp = out_dir.parent / f".{out_dir.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), selected_adapters=[adapter_name])
-    src = tmp / adapter_name if (tmp / adapter_name).is_dir() else tmp
-    shutil.rmtree(out_dir, ignore_errors=True)
-    shutil.move(str(src), str(out_dir))
-    shutil.rmtree(tmp, ignore_errors=True)
+def _traceback() -> str:
+    import traceback
+
+    return traceback.format_exc()
 
 
-def _free_accelerator_memory() -> None:
-    import torch
-
-    gc.collect()  # a failed step's tensors may sit in reference cycles (frames, autograd graph)
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+__all__ = ["CommandRejected", "FitCancelled", "RunController", "first_executor"]

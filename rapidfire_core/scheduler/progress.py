@@ -76,7 +76,7 @@ class ProgressDisplay:
 
     def begin_turn(self, run: Run, fused: list[int] | None = None) -> None:
         """A turn of ``run`` begins; ``fused``: the ids of the cohort training with it in one step."""
-        num_chunks = run.data.num_chunks
+        num_chunks = run.num_chunks
         epoch, chunk = divmod(run.chunks_done, num_chunks)
         self._fused = bool(fused)
         self._members = list(fused or [run.run_id])

@@ -188,6 +188,11 @@ class Run:
         return TurnEnd.FINISHED if self.worker.finished else self._pause_reason
 
     @property
+    def num_chunks(self) -> int:
+        """Chunks per epoch of the training set (the sweep's `num_chunks`)."""
+        return self.data.num_chunks
+
+    @property
     def started(self) -> bool:
         return self.worker.started
 

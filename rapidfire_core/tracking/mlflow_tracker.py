@@ -25,6 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from rapidfire_core import layout
 from rapidfire_core.tracking.mlflow_template import seed_sqlite_store
 
 _PARAM_VALUE_LIMIT = 6000  # MLflow rejects longer parameter values
@@ -35,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 
 def default_tracking_uri(experiment_path: str | Path) -> str:
-    return f"sqlite:///{Path(experiment_path).resolve() / 'mlflow.db'}"
+    return f"sqlite:///{layout.mlflow_db(Path(experiment_path).resolve())}"
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 from rapidfire_core.control import RunStatus
 from rapidfire_core.control.run_store import MetricRecord
 from rapidfire_core.dashboard.app import TOKEN_COOKIE, create_app
-from rapidfire_core.dashboard.experiments import ROOT_ENV, check_name
+from rapidfire_core.dashboard.experiments import check_name
 from rapidfire_core.dashboard.server import DashboardServer
 from rapidfire_core.dashboard.token import read_token
 
@@ -221,22 +221,6 @@ def test_page_and_assets_are_served_with_protective_headers(client):
     for asset in ("app.js", "charts.js", "style.css"):
         assert client.get(f"/static/{asset}").status_code == 200
     assert "http" not in client.get("/").text.split("<body>")[0].replace("http-equiv", "")  # no CDN
-
-
-def test_root_env_matches_the_engine():
-    # Read, not imported: importing experiment.py loads torch (seconds).
-    import ast
-
-    import rapidfire_core
-
-    source = (Path(rapidfire_core.__file__).parent / "experiment.py").read_text()
-    values = [
-        node.value.value
-        for node in ast.walk(ast.parse(source))
-        if isinstance(node, ast.Assign)
-        and any(getattr(t, "id", None) == "DEFAULT_ROOT_ENV" for t in node.targets)
-    ]
-    assert values == [ROOT_ENV]
 
 
 def _get(url: str, token: str | None = None) -> dict:

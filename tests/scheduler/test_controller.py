@@ -77,7 +77,8 @@ def test_commands_apply_in_order_and_bad_ones_fail_with_their_reason(
     assert "run_2" not in seen["adapters"] and "run_1" in seen["adapters"]
     assert "rapidfire-run-2" not in seen["threads"]
     client = MlflowClient(exp.tracking_uri)
-    assert client.get_run(info.loc[2, "mlflow_run_id"]).info.lifecycle_stage == "deleted"
+    deleted = client.get_run(info.loc[2, "mlflow_run_id"]).info
+    assert (deleted.lifecycle_stage, deleted.status) == ("deleted", "KILLED")  # never left RUNNING
     assert client.get_run(info.loc[3, "mlflow_run_id"]).data.tags["rapidfire.parent_run_id"] == "2"
 
     # After run_fit: a COMPLETED run cannot be resumed, and nothing changes.
