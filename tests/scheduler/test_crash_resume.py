@@ -217,7 +217,9 @@ def test_a_run_stopped_mid_chunk_stays_stopped_across_a_restart_and_resumes_exac
     assert exp.wait_for(stops[0]).result["global_step"] == 3  # inside its 2nd chunk (steps 3-4)
     exp.end()
 
-    again = crash_sweep.run(str(tmp_path), "stopped", tiny_model_dir, "sft")  # "another process"
+    # "Another process" continues this sweep (resume=True: by default a re-run of a sweep with no
+    # run in flight trains in a new experiment, see fit.rerun).
+    again = crash_sweep.run(str(tmp_path), "stopped", tiny_model_dir, "sft", resume=True)
     info = again.get_runs_info().set_index("run_id")
     assert info["status"].tolist() == ["STOPPED", "COMPLETED"] and not info.loc[1, "interrupted"]
     assert resume_point(again._store, again._store.get_run(1)) == {"chunk": 1, "step": 3, "how": "resume_run"}
