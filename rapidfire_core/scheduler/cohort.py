@@ -288,6 +288,9 @@ class CohortTurn:
         self._resume_all(runs, MemberState.READY)
 
     def _reference(self, runs: list[Any]) -> None:
+        # Reference log-probs (adapters off) through a DPO member's forward wrapper, as its stock
+        # trainer's reference pass; the members' wrappers differ only in extra outputs.
+        runs[0].model_settings.apply()
         try:
             self.compute(self.references.fill, self._model(runs), [run.slot.reference for run in runs])
         except Exception as exc:  # noqa: BLE001 - these runs fail; the others go on

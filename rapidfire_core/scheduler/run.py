@@ -133,6 +133,8 @@ class Run:
         self.trainer = built.trainer
         self.model = built.model
         self.adapter_name = built.adapter_name
+        # What its trainer wrote on the (shared) model object: made current whenever it computes.
+        self.model_settings = self.trainer.rapidfire_model_settings
         self.has_eval = built.has_eval
         self.generation_eval = built.generation_eval
         if warm_start is not None:
@@ -173,7 +175,7 @@ class Run:
             check_fusable(self.model, self.adapter_name)
         except (UnfusableRun, UnfusableAdapter) as exc:
             return str(exc)
-        self.slot = FusedSlot(self.adapter_name, lambda: self._pause(TurnEnd.FUSED))
+        self.slot = FusedSlot(self.adapter_name, lambda: self._pause(TurnEnd.FUSED), self.model_settings)
         self.cohort_key = (id(self.model), self.spec.trainer_type)
         if self.spec.trainer_type == "GRPO":
             install_fused_generate(self.model)  # GRPO fuses its generation (trainers.fused_step)
@@ -263,8 +265,8 @@ class Run:
             self.trainer.train()
 
     def _activate(self, fused: bool = False) -> None:
-        """Make this run's process state, adapter and model mode current (it has just got the
-        turn). The mode: the base is shared, and a sibling evaluating meanwhile left it in eval
+        """Make this run's process state, adapter, model settings and model mode current (it has
+        just got the turn). The mode: the base is shared, and a sibling evaluating meanwhile left it in eval
         mode, which TRL reads when it logs (train or eval metrics) and the layers for dropout.
         fused: back from a hand-off inside a fused cohort step, where the cohort keeps every
         member's adapter trainable: only the active adapter changes (PEFT's `set_adapter` walks
@@ -272,6 +274,8 @@ class Run:
         member and step)."""
         if self.process_state is not None:
             self.process_state.restore()
+        if self.model is not None:
+            self.model_settings.apply()  # its trainer's forward wrapper, use_cache (trainers.model_patches)
         if self.model is not None and self._model_training is not None:
             if self.model.training != self._model_training:
                 self.model.train(self._model_training)

@@ -29,6 +29,7 @@ import torch
 
 from rapidfire_core.lora.context import LoraBatch, backward_batch, lora_batch
 from rapidfire_core.lora.peft_segments import segment_forward
+from rapidfire_core.trainers.model_patches import RunModelSettings
 
 # Right-padding values by argument name (anything else pads with 0).
 _PAD_VALUES = {"labels": -100, "attention_mask": 0}
@@ -42,6 +43,7 @@ class ModelCall:
     kwargs: dict[str, Any]
     grad: bool  # torch.is_grad_enabled() where the run called
     training: bool = True  # the model's mode when the run called (dropout, checkpointing)
+    settings: RunModelSettings | None = None  # the run's writes on the model (forward wrapper, ...)
     output: Any = None
     error: BaseException | None = None
     batch: LoraBatch | None = None  # the segment layout the call ran in (its backward needs it)
@@ -72,7 +74,8 @@ class ModelCall:
                 scalars.append((name, value.dim(), value.dtype, value.device))
             elif name != "num_items_in_batch":
                 scalars.append((name, repr(value)))
-        return (self.grad, self.training, tuple(scalars))
+        settings = self.settings.key() if self.settings is not None else None
+        return (self.grad, self.training, settings, tuple(scalars))
 
 
 def _pad_to(t: torch.Tensor, length: int, value: int | float) -> torch.Tensor:
@@ -131,6 +134,8 @@ def _forward(model, calls: Sequence[ModelCall]) -> None:
         )
     segments = [(c.adapter, c.rows * length) for c in calls]
     batch = LoraBatch(segments, kwargs["input_ids"].device)
+    if calls[0].settings is not None:
+        calls[0].settings.apply()  # the calls' forward wrapper (their fusion keys agree on it)
     if model.training != calls[0].training:
         model.train(calls[0].training)  # a sibling's evaluation may have left it in eval mode
     with torch.set_grad_enabled(calls[0].grad), segment_forward(model), lora_batch(batch):
@@ -182,7 +187,8 @@ def _left_pad(t: torch.Tensor, length: int, value: int) -> torch.Tensor:
 def _generation_key(request: Any) -> tuple:
     config = request.kwargs.get("generation_config")
     names = tuple(sorted(request.kwargs))
-    return (names, config.to_json_string() if config is not None else None)
+    settings = request.settings.key() if request.settings is not None else None
+    return (names, config.to_json_string() if config is not None else None, settings)
 
 
 def run_generations(model, requests: Sequence[Any]) -> int:
@@ -207,6 +213,8 @@ def run_generations(model, requests: Sequence[Any]) -> int:
 
 
 def _generate(model, requests: Sequence[Any]) -> None:
+    if requests[0].settings is not None:
+        requests[0].settings.apply()  # use_cache and the forward of the group (equal keys)
     first = requests[0].kwargs
     config = first.get("generation_config")
     pad = getattr(config, "pad_token_id", None)

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from rapidfire_core.trainers.fused_calls import ModelCall
+from rapidfire_core.trainers.model_patches import RunModelSettings
 
 # The trainer of the run whose thread this is (set once when the run's thread starts): the
 # shared model's `generate` asks it whether the run is in a fused cohort turn.
@@ -55,6 +56,7 @@ class GenerateRequest:
 
     adapter: str
     kwargs: dict[str, Any]
+    settings: RunModelSettings | None = None  # the run's writes on the model (use_cache, ...)
     output: torch.Tensor | None = None
     error: BaseException | None = None
 
@@ -78,9 +80,12 @@ class FusedSlot:
     ``wait`` hands the turn back to the controller (the run pauses until the cohort resumes
     it). Exactly one of ``call``, ``loss`` and ``reference`` is set while the run waits."""
 
-    def __init__(self, adapter: str, wait: Callable[[], None]) -> None:
+    def __init__(
+        self, adapter: str, wait: Callable[[], None], settings: RunModelSettings | None = None
+    ) -> None:
         self.adapter = adapter
         self.wait = wait
+        self.settings = settings  # the run's writes on the shared model (trainers.model_patches)
         self.call: ModelCall | None = None
         self.loss: torch.Tensor | None = None
         self.reference: ReferenceRequest | None = None
@@ -89,7 +94,9 @@ class FusedSlot:
 
     # ---- the member's thread ---------------------------------------------------------------------
     def model_call(self, model: Any, kwargs: dict[str, Any]) -> Any:
-        self.call = ModelCall(self.adapter, dict(kwargs), torch.is_grad_enabled(), bool(model.training))
+        self.call = ModelCall(
+            self.adapter, dict(kwargs), torch.is_grad_enabled(), bool(model.training), self.settings
+        )
         try:
             self.wait()
             call = self.call
@@ -119,7 +126,7 @@ class FusedSlot:
         return request.logps
 
     def generate(self, kwargs: dict[str, Any]) -> torch.Tensor:
-        request = GenerateRequest(self.adapter, dict(kwargs))
+        request = GenerateRequest(self.adapter, dict(kwargs), self.settings)
         self.generation = request
         try:
             self.wait()
