@@ -170,7 +170,7 @@ def compare(n: int, rounds: int, workdir: Path, steps: int = STEPS, batch: int =
     """Interleaved rounds of the three ways for N configs: min seconds each, and tokens/s."""
     model_dir = os.environ.get("RF_BENCH_MODEL") or str(demo_assets().model_path)
     ways = {
-        "fused": lambda: engine(model_dir, workdir, n, "auto", steps=steps, batch=batch),
+        "fused": lambda: engine(model_dir, workdir, n, "fused", steps=steps, batch=batch),
         "sliced": lambda: engine(model_dir, workdir, n, "sliced", steps=steps, batch=batch),
         "sequential": lambda: sequential_stock(model_dir, workdir, n, steps, batch),
     }

@@ -383,3 +383,19 @@ def plan_cohorts(runs: Sequence[Any]) -> list[Any]:
             used += tokens
         takers.append(Cohort(key, current) if len(current) > 1 else current[0])
     return sorted(takers, key=lambda taker: taker.run_id)
+
+
+EXECUTIONS = ("auto", "fused", "sliced")
+
+
+def auto_fuses(trainer_type: str, device: torch.device) -> bool:
+    """What ``execution="auto"`` picks for a fusable run on ``device``: fuse or time-slice.
+
+    On CUDA every fusable run fuses: one read of the base weights and one kernel launch per layer
+    for N runs is where fusion pays. On a CPU a fused SFT/DPO step does the same arithmetic as the
+    runs' own steps on N-times larger activations, and measured slower: 0.81x time-sliced on
+    SmolLM2-135M (benchmarks/RESULTS.md, "SmolLM2-135M"): those train time-sliced. GRPO fuses on
+    every device: its cohort batches only the runs' generations (its training steps stay each
+    run's own), and decoding reads every weight per token whatever the batch, so N runs' prompts in
+    one batch cost about one run's reads (benchmarks/RESULTS.md, the GRPO SmolLM2 sweep)."""
+    return device.type == "cuda" or trainer_type == "GRPO"

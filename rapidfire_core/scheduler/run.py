@@ -32,6 +32,7 @@ import torch
 from rapidfire_core.control.faults import fault_point
 from rapidfire_core.lora.peft_segments import switch_active_adapter
 from rapidfire_core.scheduler.chunks import ChunkPlan, make_sampler
+from rapidfire_core.scheduler.cohort import auto_fuses
 from rapidfire_core.scheduler.run_checkpoint import RunResume
 from rapidfire_core.scheduler.worker import RunAborted, RunWorker
 from rapidfire_core.trainers.callbacks import ChunkGate, MetricsForwarder
@@ -68,7 +69,7 @@ class FitData:
     formatted: FormattedDatasets
     registry: ModelRegistry
     num_chunks: int
-    execution: str = "auto"  # "auto": fuse the runs that can (scheduler.cohort); "sliced": never
+    execution: str = "auto"  # "fused": fuse the runs that can; "auto": where it pays (cohort.auto_fuses)
 
 
 @dataclass
@@ -166,6 +167,10 @@ class Run:
 
         if execution == "sliced":
             return "execution='sliced'"
+        device = next(self.model.parameters()).device
+        if execution == "auto" and not auto_fuses(self.spec.trainer_type, device):
+            kind = self.spec.trainer_type
+            return f"execution='auto' time-slices {kind} on {device.type.upper()}, where it is faster"
         if self.adapter_name is None:
             return "full fine-tuning (no LoRA adapter)"
         if getattr(self.trainer, "ref_model", None) is not None:  # a cohort's reference is the base

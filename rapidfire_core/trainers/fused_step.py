@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from rapidfire_core.lora.run_streams import rng_state, set_rng_state
 from rapidfire_core.trainers.fused_calls import ModelCall
 from rapidfire_core.trainers.model_patches import RunModelSettings
 
@@ -57,6 +58,9 @@ class GenerateRequest:
     adapter: str
     kwargs: dict[str, Any]
     settings: RunModelSettings | None = None  # the run's writes on the model (use_cache, ...)
+    training: bool = True  # the model's mode when the run called (TRL's GRPO generates in training mode)
+    rng_state: torch.Tensor | None = None  # the run's RNG state when it asked: its sampling's stream
+    rng_after: torch.Tensor | None = None  # that state after its draws (None: nothing drawn)
     output: torch.Tensor | None = None
     error: BaseException | None = None
 
@@ -94,9 +98,11 @@ class FusedSlot:
 
     # ---- the member's thread ---------------------------------------------------------------------
     def model_call(self, model: Any, kwargs: dict[str, Any]) -> Any:
+        device = _input_device(kwargs)
         self.call = ModelCall(
-            self.adapter, dict(kwargs), torch.is_grad_enabled(), bool(model.training), self.settings
-        )
+            self.adapter, dict(kwargs), torch.is_grad_enabled(), bool(model.training), self.settings,
+            rng_state(device),
+        )  # fmt: skip
         try:
             self.wait()
             call = self.call
@@ -104,6 +110,8 @@ class FusedSlot:
             self.call = None
         if call.error is not None:
             raise call.error
+        if call.rng_after is not None:  # the dropout masks drawn for this run advanced its stream
+            set_rng_state(device, call.rng_after)
         if call.grad:
             self.loss_batch = call.batch
         return call.output
@@ -125,8 +133,10 @@ class FusedSlot:
             raise RuntimeError("the cohort resumed a run without its reference log-probs")
         return request.logps
 
-    def generate(self, kwargs: dict[str, Any]) -> torch.Tensor:
-        request = GenerateRequest(self.adapter, dict(kwargs), self.settings)
+    def generate(self, kwargs: dict[str, Any], training: bool) -> torch.Tensor:
+        """training: the model's mode where the run called (dropout during generation)."""
+        device = _input_device(kwargs)
+        request = GenerateRequest(self.adapter, dict(kwargs), self.settings, training, rng_state(device))
         self.generation = request
         try:
             self.wait()
@@ -134,6 +144,8 @@ class FusedSlot:
             self.generation = None
         if request.error is not None:
             raise request.error
+        if request.rng_after is not None:  # its sampled tokens (and dropout masks) advanced its stream
+            set_rng_state(device, request.rng_after)
         return request.output
 
     @property
@@ -148,6 +160,11 @@ class FusedSlot:
         if self.loss is not None:
             return "backward"
         return None
+
+
+def _input_device(kwargs: dict[str, Any]) -> torch.device:
+    ids = kwargs.get("input_ids")
+    return ids.device if isinstance(ids, torch.Tensor) else torch.device("cpu")
 
 
 class FusedModel:
@@ -251,7 +268,7 @@ def install_fused_generate(model: Any) -> None:
         slot = getattr(trainer, "rapidfire_slot", None)
         if slot is None or args:
             return own_generate(*args, **kwargs)
-        return slot.generate(kwargs)
+        return slot.generate(kwargs, bool(model.training))
 
     model.generate = generate
     model._rapidfire_fused_generate = True

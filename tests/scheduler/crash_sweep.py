@@ -59,7 +59,7 @@ def dpo_group(model_dir: str) -> RFGridSearch:
 
 
 def run(root: str, name: str, model_dir: str, kind: str, execution: str = "sliced", **fit) -> Experiment:
-    """The sweep, time-sliced unless `execution="auto"` (fused cohorts: see test_crash_resume)."""
+    """The sweep, time-sliced unless `execution="fused"` (fused cohorts: see test_crash_resume)."""
     fit["execution"] = execution
     exp = Experiment(name, experiment_path=root, verbose=False)
     if kind == "sft":
