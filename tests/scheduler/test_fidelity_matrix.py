@@ -45,7 +45,8 @@ SFT_MATRIX = [
                lr_scheduler_type="constant_with_warmup", warmup_steps=1, completion_only_loss=False)),
 ]  # fmt: skip
 
-# DPO: beta, loss type (one, and a weighted list), use_weighting, label smoothing, rpo_alpha.
+# DPO: beta, loss types (weighted lists), use_weighting, label smoothing, and RPO's NLL term (TRL 1.16
+# spells rpo_alpha as the loss type "sft" with its weight).
 DPO_COMMON = dict(max_steps=4, max_length=64, logging_steps=1, per_device_train_batch_size=2)
 DPO_MATRIX = [
     (RFLoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["q_proj", "v_proj"]),
@@ -54,7 +55,8 @@ DPO_MATRIX = [
      RFDPOConfig(beta=0.3, loss_type=["sigmoid", "ipo"], loss_weights=[1.0, 0.5], learning_rate=2e-3, seed=6,
                  **DPO_COMMON)),
     (RFLoraConfig(r=8, lora_alpha=8, lora_dropout=0.05, target_modules="all-linear"),
-     RFDPOConfig(beta=0.2, label_smoothing=0.1, rpo_alpha=0.5, learning_rate=1e-3, seed=7, **DPO_COMMON)),
+     RFDPOConfig(beta=0.2, loss_type=["robust", "sft"], loss_weights=[1.0, 0.5], label_smoothing=0.1,
+                 learning_rate=1e-3, seed=7, **DPO_COMMON)),
 ]  # fmt: skip
 
 # GRPO: temperature, top_p, num_generations, beta, loss type, epsilon, reward scaling, reward weights.
