@@ -32,7 +32,7 @@ import torch
 from rapidfire_core.control.faults import fault_point
 from rapidfire_core.lora.peft_segments import switch_active_adapter
 from rapidfire_core.scheduler.chunks import ChunkPlan, make_sampler
-from rapidfire_core.scheduler.cohort import auto_fuses
+from rapidfire_core.scheduler.cohort import auto_fuses, member_parameters
 from rapidfire_core.scheduler.run_checkpoint import RunResume
 from rapidfire_core.scheduler.worker import RunAborted, RunWorker
 from rapidfire_core.trainers.callbacks import ChunkGate, MetricsForwarder
@@ -273,8 +273,8 @@ class Run:
         """Make this run's process state, adapter, model settings and model mode current (it has
         just got the turn). The mode: the base is shared, and a sibling evaluating meanwhile left it in eval
         mode, which TRL reads when it logs (train or eval metrics) and the layers for dropout.
-        fused: back from a hand-off inside a fused cohort step, where the cohort keeps every
-        member's adapter trainable: only the active adapter changes (PEFT's `set_adapter` walks
+        fused: back from a hand-off inside a fused cohort step, where every member's adapter stays
+        trainable: only the active adapter changes and its own flags are set (PEFT's `set_adapter` walks
         every module and parameter, ~20 ms on SmolLM2-135M with 8 adapters, several times per
         member and step)."""
         if self.process_state is not None:
@@ -287,6 +287,10 @@ class Run:
         if self.adapter_name is not None:
             if fused:
                 switch_active_adapter(self.model, self.adapter_name)
+                # A sibling may have frozen this adapter meanwhile (PEFT re-selects only its own
+                # adapter as trainable after a disable_adapter() block, e.g. a GRPO reference pass).
+                for param in member_parameters(self):
+                    param.requires_grad_(True)
             else:
                 self.model.set_adapter(self.adapter_name)
         self.clock.resume()
