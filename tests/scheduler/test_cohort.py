@@ -298,9 +298,9 @@ def test_fused_members_evaluate_through_their_own_adapter(
         }
         exp.end()
     for run_id, sliced in eval_losses["sliced"].items():
-        fused = eval_losses["auto"][run_id]
+        fused = eval_losses["fused"][run_id]
         assert len(fused) == len(sliced) >= 3
         assert fused == pytest.approx(sliced, rel=1e-5)
-    first, second = eval_losses["auto"].values()
+    first, second = eval_losses["fused"].values()
     # Two different adapters evaluate apart by far more than the tolerance: the check can fail.
     assert max(abs(a - b) for a, b in zip(first, second, strict=True)) > 1e-3
