@@ -2,8 +2,11 @@
 
 Which runs fuse (`cohort_key`): LoRA runs of the same trainer type (SFT or DPO) on the same
 base model object, whose settings a fused step reproduces exactly (`trainers.fused_step`).
-Everything else is time-sliced. Different ranks, alphas, dropouts, target modules, batch
-sizes, max lengths, learning rates, schedules and gradient accumulation all fuse.
+Everything else is time-sliced, and so is what `execution="auto"` does not fuse on the device
+(`auto_fuses`). Different ranks, alphas, dropouts, target modules, batch sizes, max lengths,
+learning rates, schedules and gradient accumulation all fuse; each member computes with its own
+model settings (`trainers.model_patches`) and draws its dropout masks and sampled tokens from its
+own RNG stream (`lora.run_streams`).
 
 A cohort is one turn-taker of the round loop. Its turn (`CohortTurn.run`) trains each member
 that is due until it completes its next chunk, as a sliced turn would, but the members'

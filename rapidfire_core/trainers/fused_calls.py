@@ -11,7 +11,9 @@ per-sequence tensors are concatenated along the batch, right-padded to the longe
 Right padding with ``attention_mask = 0`` and ``labels = -100`` leaves every real position of a
 causal model unchanged, so each run's slice of the output (rows of its sequences, the first
 ``T_run`` positions) is what its own call would have returned, up to fp32 summation order.
-The rows are split among the runs' adapters with a `LoraBatch` (`lora.peft_segments`).
+The rows are split among the runs' adapters with a `LoraBatch` (`lora.peft_segments`); each run's
+rows draw their dropout masks (and, in a batched generate, their sampled tokens) from the run's own
+RNG stream, handed over with its call and back with its output (`lora.run_streams`).
 
 Batch-reduced output fields are recomputed per run: TRL's fused LM head returns
 ``loss = -sum(log_probs) / num_items``, so each run's ``loss`` is rebuilt from its own slice.
