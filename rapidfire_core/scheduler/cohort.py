@@ -399,6 +399,8 @@ def auto_fuses(trainer_type: str, device: torch.device) -> bool:
     runs' own steps on N-times larger activations, and measured slower: 0.81x time-sliced on
     SmolLM2-135M (benchmarks/RESULTS.md, "SmolLM2-135M"): those train time-sliced. GRPO fuses on
     every device: its cohort batches only the runs' generations (its training steps stay each
-    run's own), and decoding reads every weight per token whatever the batch, so N runs' prompts in
-    one batch cost about one run's reads (benchmarks/RESULTS.md, the GRPO SmolLM2 sweep)."""
+    run's own), one read of the weights per token for all runs; measured on a CPU it was never
+    slower than the runs one after another (4 configs: 1.82x on the tiny model, 1.07x on
+    SmolLM2-135M, where 16 rows per run already make decoding compute-bound; benchmarks/RESULTS.md,
+    "Issue 18")."""
     return device.type == "cuda" or trainer_type == "GRPO"
