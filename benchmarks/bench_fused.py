@@ -186,7 +186,7 @@ def ways(
 ) -> dict:
     """The three ways to train N configs, each a () -> (seconds, tokens) (trackers: `engine`'s)."""
     return {
-        "fused": lambda: engine(model_dir, workdir, n, "auto", steps=steps, batch=batch, trackers=trackers),
+        "fused": lambda: engine(model_dir, workdir, n, "fused", steps=steps, batch=batch, trackers=trackers),
         "sliced": lambda: engine(
             model_dir, workdir, n, "sliced", steps=steps, batch=batch, trackers=trackers
         ),

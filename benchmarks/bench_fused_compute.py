@@ -37,7 +37,7 @@ from rapidfire_core.lora.peft_segments import segment_forward  # noqa: E402
 ROWS, LENGTH = 4, 230
 
 
-def _model(n: int):
+def _model(n: int, lora_dropout: float = 0.0):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -48,9 +48,9 @@ def _model(n: int):
     )
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()
-    peft_model = get_peft_model(model, LoraConfig(**LORAS[0]), adapter_name="a0")
+    peft_model = get_peft_model(model, LoraConfig(**LORAS[0], lora_dropout=lora_dropout), adapter_name="a0")
     for i in range(1, n):
-        peft_model.add_adapter(f"a{i}", LoraConfig(**LORAS[i % len(LORAS)]))
+        peft_model.add_adapter(f"a{i}", LoraConfig(**LORAS[i % len(LORAS)], lora_dropout=lora_dropout))
     peft_model.train()
     return peft_model
 
@@ -68,11 +68,13 @@ def separate(model, batches: list[torch.Tensor]) -> None:
         model(input_ids=ids, labels=ids).loss.backward()
 
 
-def fused(model, batches: list[torch.Tensor]) -> None:
-    """One pass over the concatenated batches, rows split among the adapters."""
+def fused(model, batches: list[torch.Tensor], streams: list | None = None) -> None:
+    """One pass over the concatenated batches, rows split among the adapters (streams: each
+    member's dropout from its own RNG stream, `lora.run_streams`; None: one mask for all rows)."""
     ids = torch.cat(batches)
     _trainable(model, {f"a{i}" for i in range(len(batches))})
-    batch = LoraBatch([(f"a{i}", b.numel()) for i, b in enumerate(batches)], ids.device)
+    segments = [(f"a{i}", b.numel()) for i, b in enumerate(batches)]
+    batch = LoraBatch(segments, ids.device, streams=streams)
     with segment_forward(model), lora_batch(batch):
         loss = model(input_ids=ids, labels=ids).loss
     with segment_forward(model), backward_batch(batch):

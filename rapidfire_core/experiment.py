@@ -54,6 +54,7 @@ from rapidfire_core.fit.arguments import (
 from rapidfire_core.fit.rerun import choose_experiment
 from rapidfire_core.memory.residency import budget_bytes
 from rapidfire_core.scheduler.chunks import ChunkPlan
+from rapidfire_core.scheduler.cohort import EXECUTIONS
 from rapidfire_core.scheduler.controller import RunController
 from rapidfire_core.scheduler.progress import ProgressDisplay
 from rapidfire_core.scheduler.resume import ResumeMismatch, plan_resume, run_fingerprint
@@ -201,9 +202,11 @@ class Experiment:
         the next run is prefetched during the current turn. 0 keeps only the running run's state
         on the device. None (default): every run's state stays on the device.
         See `rapidfire_core.memory.residency`.
-        execution: "auto" (default) trains the LoRA runs that share a base model and trainer type
-        (SFT, DPO) as fused cohorts, one forward and backward per step for all of them
-        (`rapidfire_core.scheduler.cohort`); the rest, and every run under "sliced", take turns.
+        execution: "fused" trains the LoRA runs that share a base model and trainer type as fused
+        cohorts (SFT, DPO: one forward and backward per step for all of them; GRPO: one batched
+        generation), see `rapidfire_core.scheduler.cohort`; the rest, and every run under "sliced",
+        take turns. "auto" (default) fuses where it is faster: on CUDA, and GRPO on a CPU
+        (`scheduler.cohort.auto_fuses`, docs/fidelity.md).
         num_gpus, monte_carlo_simulations: RapidFire AI's; accepted, each warned about once when it
         has no effect here (`rapidfire_core.fit.arguments`).
 
@@ -220,8 +223,8 @@ class Experiment:
         True: any invalid config refuses the whole sweep (ConfigError listing every one)."""
         self._check_open()
         self._check_no_fit()
-        if execution not in ("auto", "sliced"):
-            raise ValueError(f"execution must be 'auto' or 'sliced', got {execution!r}")
+        if execution not in EXECUTIONS:
+            raise ValueError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
         check_num_gpus(num_gpus, "run_fit")
         check_monte_carlo_simulations(monte_carlo_simulations)
         if num_shards is not None:

@@ -30,10 +30,14 @@ import contextlib
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..ops.segments import segment_tensors
+
+if TYPE_CHECKING:
+    from .run_streams import RunStream
 
 # The active batches, innermost last, per thread: a cohort step's batch is seen by the thread
 # that runs the step, never by a run's own thread evaluating meanwhile. (A thread-local rather
@@ -82,6 +86,7 @@ class LoraBatch:
         adapter_sets: Iterable[Sequence[str]] = (),
         generator: torch.Generator | None = None,
         per_sequence: bool = False,
+        streams: Sequence[RunStream | None] | None = None,
     ) -> None:
         if not segments:
             raise ValueError("LoraBatch needs at least one segment: [(adapter name or None, rows), ...]")
@@ -98,6 +103,11 @@ class LoraBatch:
         # Segments count sequences, not rows: each call's rows are its sequences x its tokens per
         # sequence (generation: the prompt, then one token per step), see `at_rows`.
         self.per_sequence = per_sequence
+        # One per segment: the run whose RNG stream draws that segment's dropout masks
+        # (`lora.run_streams`); None: one mask for the whole batch from ``generator``.
+        self.streams = tuple(streams) if streams is not None else None
+        if self.streams is not None and len(self.streams) != len(segments):
+            raise ValueError(f"{len(self.streams)} streams for {len(segments)} segments")
         self._scaled: dict[int, LoraBatch] = {}
         self.seg_starts, _ = segment_tensors(self.segment_rows, [-1] * len(self.segment_rows), self.device)
         self._layouts: dict[tuple[str, ...], SegmentLayout] = {}
@@ -128,7 +138,7 @@ class LoraBatch:
             segments = [
                 (n, rows * tokens) for n, rows in zip(self.segment_adapters, self.segment_rows, strict=True)
             ]
-            scaled = LoraBatch(segments, self.device, generator=self.generator)
+            scaled = LoraBatch(segments, self.device, generator=self.generator, streams=self.streams)
             self._scaled[tokens] = scaled
         return scaled
 
@@ -202,6 +212,12 @@ _BACKWARD: LoraBatch | None = None
 
 def _active() -> tuple[LoraBatch, ...]:
     return getattr(_ACTIVE, "stack", ())
+
+
+def in_backward() -> bool:
+    """True inside a `backward_batch` block: a layer forward now is gradient checkpointing's
+    recompute of one the forward ran."""
+    return _BACKWARD is not None
 
 
 def current_lora_batch() -> LoraBatch | None:

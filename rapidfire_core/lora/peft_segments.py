@@ -22,8 +22,9 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .context import current_lora_batch
+from .context import current_lora_batch, in_backward
 from .layer import AdapterSpec, add_segment_adapters
+from .run_streams import stream_dropout
 
 HOOKED_ATTR = "_rapidfire_segment_hook"
 _LAYERS_ATTR = "_rapidfire_lora_layers"  # (adapter names, LoRA layers) of a PeftModel
@@ -94,6 +95,10 @@ def check_fusable(model: nn.Module, adapter_name: str) -> None:
         raise UnfusableAdapter(
             f"adapter {adapter_name!r} trains modules_to_save or trainable tokens, which do not fuse"
         )
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Dropout) and module.p > 0 and ".lora_dropout." not in f".{name}.":
+            # Drawn once for the whole fused batch from one generator: not each run's own masks.
+            raise UnfusableAdapter(f"the base model has its own dropout ({name}, p={module.p}), not fusable")
     for layer in peft_lora_layers(model):
         if adapter_name not in getattr(layer, "lora_A", {}) and adapter_name not in getattr(
             layer, "lora_embedding_A", {}
@@ -123,7 +128,15 @@ def _segment_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch
     layout = batch.layout_for(adapters.names())
     if not layout.active:
         return None
-    return add_segment_adapters(adapters, x, output, batch, layout, module.training)
+    training = module.training
+    if training and batch.streams is not None:
+        # Each run's mask from its own stream, shaped as its own PEFT layer draws it (lora.run_streams).
+        specs = adapters.specs
+        dropouts = [specs[name].lora_dropout if name in specs else 0.0 for name in batch.segment_adapters]
+        if any(p > 0 for p in dropouts):
+            x = stream_dropout(x, batch.segment_rows, batch.streams, dropouts, id(module), in_backward())
+        training = False  # applied above
+    return add_segment_adapters(adapters, x, output, batch, layout, training)
 
 
 def switch_active_adapter(model: nn.Module, adapter_name: str) -> None:

@@ -2,8 +2,11 @@
 
 Which runs fuse (`cohort_key`): LoRA runs of the same trainer type (SFT or DPO) on the same
 base model object, whose settings a fused step reproduces exactly (`trainers.fused_step`).
-Everything else is time-sliced. Different ranks, alphas, dropouts, target modules, batch
-sizes, max lengths, learning rates, schedules and gradient accumulation all fuse.
+Everything else is time-sliced, and so is what `execution="auto"` does not fuse on the device
+(`auto_fuses`). Different ranks, alphas, dropouts, target modules, batch sizes, max lengths,
+learning rates, schedules and gradient accumulation all fuse; each member computes with its own
+model settings (`trainers.model_patches`) and draws its dropout masks and sampled tokens from its
+own RNG stream (`lora.run_streams`).
 
 A cohort is one turn-taker of the round loop. Its turn (`CohortTurn.run`) trains each member
 that is due until it completes its next chunk, as a sliced turn would, but the members'
@@ -288,6 +291,9 @@ class CohortTurn:
         self._resume_all(runs, MemberState.READY)
 
     def _reference(self, runs: list[Any]) -> None:
+        # Reference log-probs (adapters off) through a DPO member's forward wrapper, as its stock
+        # trainer's reference pass; the members' wrappers differ only in extra outputs.
+        runs[0].model_settings.apply()
         try:
             self.compute(self.references.fill, self._model(runs), [run.slot.reference for run in runs])
         except Exception as exc:  # noqa: BLE001 - these runs fail; the others go on
@@ -380,3 +386,21 @@ def plan_cohorts(runs: Sequence[Any]) -> list[Any]:
             used += tokens
         takers.append(Cohort(key, current) if len(current) > 1 else current[0])
     return sorted(takers, key=lambda taker: taker.run_id)
+
+
+EXECUTIONS = ("auto", "fused", "sliced")
+
+
+def auto_fuses(trainer_type: str, device: torch.device) -> bool:
+    """What ``execution="auto"`` picks for a fusable run on ``device``: fuse or time-slice.
+
+    On CUDA every fusable run fuses: one read of the base weights and one kernel launch per layer
+    for N runs is where fusion pays. On a CPU a fused SFT/DPO step does the same arithmetic as the
+    runs' own steps on N-times larger activations, and measured slower: 0.81x time-sliced on
+    SmolLM2-135M (benchmarks/RESULTS.md, "SmolLM2-135M"): those train time-sliced. GRPO fuses on
+    every device: its cohort batches only the runs' generations (its training steps stay each
+    run's own), one read of the weights per token for all runs; measured on a CPU it was never
+    slower than the runs one after another (4 configs: 1.82x on the tiny model, 1.07x on
+    SmolLM2-135M, where 16 rows per run already make decoding compute-bound; benchmarks/RESULTS.md,
+    "Issue 18")."""
+    return device.type == "cuda" or trainer_type == "GRPO"

@@ -32,6 +32,7 @@ import torch
 from rapidfire_core.control.faults import fault_point
 from rapidfire_core.lora.peft_segments import switch_active_adapter
 from rapidfire_core.scheduler.chunks import ChunkPlan, make_sampler
+from rapidfire_core.scheduler.cohort import auto_fuses, member_parameters
 from rapidfire_core.scheduler.run_checkpoint import RunResume
 from rapidfire_core.scheduler.worker import RunAborted, RunWorker
 from rapidfire_core.trainers.callbacks import ChunkGate, MetricsForwarder
@@ -68,7 +69,7 @@ class FitData:
     formatted: FormattedDatasets
     registry: ModelRegistry
     num_chunks: int
-    execution: str = "auto"  # "auto": fuse the runs that can (scheduler.cohort); "sliced": never
+    execution: str = "auto"  # "fused": fuse the runs that can; "auto": where it pays (cohort.auto_fuses)
 
 
 @dataclass
@@ -133,6 +134,8 @@ class Run:
         self.trainer = built.trainer
         self.model = built.model
         self.adapter_name = built.adapter_name
+        # What its trainer wrote on the (shared) model object: made current whenever it computes.
+        self.model_settings = self.trainer.rapidfire_model_settings
         self.has_eval = built.has_eval
         self.generation_eval = built.generation_eval
         if warm_start is not None:
@@ -164,6 +167,10 @@ class Run:
 
         if execution == "sliced":
             return "execution='sliced'"
+        device = next(self.model.parameters()).device
+        if execution == "auto" and not auto_fuses(self.spec.trainer_type, device):
+            kind = self.spec.trainer_type
+            return f"execution='auto' time-slices {kind} on {device.type.upper()}, where it is faster"
         if self.adapter_name is None:
             return "full fine-tuning (no LoRA adapter)"
         if getattr(self.trainer, "ref_model", None) is not None:  # a cohort's reference is the base
@@ -173,7 +180,7 @@ class Run:
             check_fusable(self.model, self.adapter_name)
         except (UnfusableRun, UnfusableAdapter) as exc:
             return str(exc)
-        self.slot = FusedSlot(self.adapter_name, lambda: self._pause(TurnEnd.FUSED))
+        self.slot = FusedSlot(self.adapter_name, lambda: self._pause(TurnEnd.FUSED), self.model_settings)
         self.cohort_key = (id(self.model), self.spec.trainer_type)
         if self.spec.trainer_type == "GRPO":
             install_fused_generate(self.model)  # GRPO fuses its generation (trainers.fused_step)
@@ -268,21 +275,27 @@ class Run:
             self.trainer.train()
 
     def _activate(self, fused: bool = False) -> None:
-        """Make this run's process state, adapter and model mode current (it has just got the
-        turn). The mode: the base is shared, and a sibling evaluating meanwhile left it in eval
+        """Make this run's process state, adapter, model settings and model mode current (it has
+        just got the turn). The mode: the base is shared, and a sibling evaluating meanwhile left it in eval
         mode, which TRL reads when it logs (train or eval metrics) and the layers for dropout.
-        fused: back from a hand-off inside a fused cohort step, where the cohort keeps every
-        member's adapter trainable: only the active adapter changes (PEFT's `set_adapter` walks
+        fused: back from a hand-off inside a fused cohort step, where every member's adapter stays
+        trainable: only the active adapter changes and its own flags are set (PEFT's `set_adapter` walks
         every module and parameter, ~20 ms on SmolLM2-135M with 8 adapters, several times per
         member and step)."""
         if self.process_state is not None:
             self.process_state.restore()
+        if self.model is not None:
+            self.model_settings.apply()  # its trainer's forward wrapper, use_cache (trainers.model_patches)
         if self.model is not None and self._model_training is not None:
             if self.model.training != self._model_training:
                 self.model.train(self._model_training)
         if self.adapter_name is not None:
             if fused:
                 switch_active_adapter(self.model, self.adapter_name)
+                # A sibling may have frozen this adapter meanwhile (PEFT re-selects only its own
+                # adapter as trainable after a disable_adapter() block, e.g. a GRPO reference pass).
+                for param in member_parameters(self):
+                    param.requires_grad_(True)
             else:
                 self.model.set_adapter(self.adapter_name)
         self.clock.resume()

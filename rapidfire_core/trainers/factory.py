@@ -31,7 +31,8 @@ from trl import DPOTrainer, GRPOTrainer, SFTTrainer
 from rapidfire_core.trainers.datasets import FormattedDatasets
 from rapidfire_core.trainers.fused_step import FusedStepMixin
 from rapidfire_core.trainers.generation_eval import eval_rows_over_raw, make_generation_eval
-from rapidfire_core.trainers.shared_models import ModelRegistry, sharing_constraints
+from rapidfire_core.trainers.model_patches import RunModelSettings, capture_run_settings, sharing_constraints
+from rapidfire_core.trainers.shared_models import ModelRegistry
 from rapidfire_core.trainers.user_callbacks import EngineEvents, callback_list, run_callbacks
 
 # The source row of each training row, carried through TRL's dataset preparation (module docstring).
@@ -123,7 +124,8 @@ def build_trainer(
     ref_model: Any = None,
 ):
     """ref_model: a DPO run's own reference model (`ref_model_name`); None: the base model with
-    the run's adapter disabled (`reference_is_base_model`)."""
+    the run's adapter disabled (`reference_is_base_model`). The trainer's writes on the model object
+    are its ``rapidfire_model_settings`` (`trainers.model_patches`)."""
     cls = TRAINER_CLASSES[trainer_type]
     kwargs: dict[str, Any] = dict(
         model=model,
@@ -139,11 +141,15 @@ def build_trainer(
         kwargs["ref_model"] = ref_model
     if adapter_name is not None:
         model.set_adapter(adapter_name)
-    if trainer_type in ("DPO", "GRPO"):
-        with reference_is_base_model(model, adapter_name):
+    settings: list[RunModelSettings] = []
+    with capture_run_settings(model, settings):
+        if trainer_type in ("DPO", "GRPO"):
+            with reference_is_base_model(model, adapter_name):
+                trainer = cls(**kwargs)
+        else:
             trainer = cls(**kwargs)
-    else:
-        trainer = cls(**kwargs)
+    # The writes it made on the shared model object, put back whenever this run computes.
+    trainer.rapidfire_model_settings = settings[0]
     # With tqdm disabled, transformers prints every log dict; the engine has its own display.
     trainer.remove_callback(PrinterCallback)
     return trainer

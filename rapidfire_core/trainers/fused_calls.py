@@ -11,7 +11,9 @@ per-sequence tensors are concatenated along the batch, right-padded to the longe
 Right padding with ``attention_mask = 0`` and ``labels = -100`` leaves every real position of a
 causal model unchanged, so each run's slice of the output (rows of its sequences, the first
 ``T_run`` positions) is what its own call would have returned, up to fp32 summation order.
-The rows are split among the runs' adapters with a `LoraBatch` (`lora.peft_segments`).
+The rows are split among the runs' adapters with a `LoraBatch` (`lora.peft_segments`); each run's
+rows draw their dropout masks (and, in a batched generate, their sampled tokens) from the run's own
+RNG stream, handed over with its call and back with its output (`lora.run_streams`).
 
 Batch-reduced output fields are recomputed per run: TRL's fused LM head returns
 ``loss = -sum(log_probs) / num_items``, so each run's ``loss`` is rebuilt from its own slice.
@@ -21,6 +23,7 @@ reduce the loss over every run's rows; tensors of other shapes) runs alone, stil
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +32,8 @@ import torch
 
 from rapidfire_core.lora.context import LoraBatch, backward_batch, lora_batch
 from rapidfire_core.lora.peft_segments import segment_forward
+from rapidfire_core.lora.run_streams import RunStream, per_run_sampling
+from rapidfire_core.trainers.model_patches import RunModelSettings
 
 # Right-padding values by argument name (anything else pads with 0).
 _PAD_VALUES = {"labels": -100, "attention_mask": 0}
@@ -42,6 +47,9 @@ class ModelCall:
     kwargs: dict[str, Any]
     grad: bool  # torch.is_grad_enabled() where the run called
     training: bool = True  # the model's mode when the run called (dropout, checkpointing)
+    settings: RunModelSettings | None = None  # the run's writes on the model (forward wrapper, ...)
+    rng_state: torch.Tensor | None = None  # the run's RNG state when it called: its dropout's stream
+    rng_after: torch.Tensor | None = None  # that state after the call drew its masks (None: no draw)
     output: Any = None
     error: BaseException | None = None
     batch: LoraBatch | None = None  # the segment layout the call ran in (its backward needs it)
@@ -72,7 +80,8 @@ class ModelCall:
                 scalars.append((name, value.dim(), value.dtype, value.device))
             elif name != "num_items_in_batch":
                 scalars.append((name, repr(value)))
-        return (self.grad, self.training, tuple(scalars))
+        settings = self.settings.key() if self.settings is not None else None
+        return (self.grad, self.training, settings, tuple(scalars))
 
 
 def _pad_to(t: torch.Tensor, length: int, value: int | float) -> torch.Tensor:
@@ -130,16 +139,32 @@ def _forward(model, calls: Sequence[ModelCall]) -> None:
             [_pad_to(torch.ones(c.rows, c.length, dtype=torch.long, device=device), length, 0) for c in calls]
         )
     segments = [(c.adapter, c.rows * length) for c in calls]
-    batch = LoraBatch(segments, kwargs["input_ids"].device)
+    device = kwargs["input_ids"].device
+    streams = _streams(calls, device, [(c.rows, c.length) for c in calls], left_padded=False)
+    batch = LoraBatch(segments, device, streams=streams)
+    if calls[0].settings is not None:
+        calls[0].settings.apply()  # the calls' forward wrapper (their fusion keys agree on it)
     if model.training != calls[0].training:
         model.train(calls[0].training)  # a sibling's evaluation may have left it in eval mode
     with torch.set_grad_enabled(calls[0].grad), segment_forward(model), lora_batch(batch):
         output = model(**kwargs)
     start = 0
-    for call in calls:
+    for call, stream in zip(calls, streams or [None] * len(calls), strict=True):
         call.output = output if len(calls) == 1 else _slice_output(output, start, call, length)
         call.batch = batch
+        call.rng_after = stream.state if stream is not None and stream.drew else None
         start += call.rows
+
+
+def _streams(requests: Sequence[Any], device: torch.device, shapes, left_padded: bool) -> list | None:
+    """Each request's `RunStream` (its RNG state, sequences and own length), or None when none
+    carries a state (the engine's own calls: no dropout is drawn per run)."""
+    if all(r.rng_state is None for r in requests):
+        return None
+    return [
+        RunStream(rows, length, left_padded, r.rng_state, device) if r.rng_state is not None else None
+        for r, (rows, length) in zip(requests, shapes, strict=True)
+    ]
 
 
 def run_model_calls(model, calls: Sequence[ModelCall]) -> int:
@@ -182,7 +207,8 @@ def _left_pad(t: torch.Tensor, length: int, value: int) -> torch.Tensor:
 def _generation_key(request: Any) -> tuple:
     config = request.kwargs.get("generation_config")
     names = tuple(sorted(request.kwargs))
-    return (names, config.to_json_string() if config is not None else None)
+    settings = request.settings.key() if request.settings is not None else None
+    return (names, config.to_json_string() if config is not None else None, settings, request.training)
 
 
 def run_generations(model, requests: Sequence[Any]) -> int:
@@ -207,6 +233,8 @@ def run_generations(model, requests: Sequence[Any]) -> int:
 
 
 def _generate(model, requests: Sequence[Any]) -> None:
+    if requests[0].settings is not None:
+        requests[0].settings.apply()  # use_cache and the forward of the group (equal keys)
     first = requests[0].kwargs
     config = first.get("generation_config")
     pad = getattr(config, "pad_token_id", None)
@@ -224,10 +252,24 @@ def _generate(model, requests: Sequence[Any]) -> None:
         if isinstance(value, torch.Tensor) and name not in ("input_ids", "attention_mask"):
             raise ValueError(f"a fused generate does not batch the tensor argument {name!r}")
     segments = [(r.adapter, int(r.kwargs["input_ids"].shape[0])) for r in requests]
-    batch = LoraBatch(segments, kwargs["input_ids"].device, per_sequence=True)
-    with torch.no_grad(), segment_forward(model), lora_batch(batch):
+    device = kwargs["input_ids"].device
+    shapes = [tuple(r.kwargs["input_ids"].shape) for r in requests]  # (B_run, P_run)
+    streams = _streams(requests, device, shapes, left_padded=True)
+    batch = LoraBatch(segments, device, per_sequence=True, streams=streams)
+    if model.training != requests[0].training:
+        model.train(requests[0].training)  # as the run generates: TRL's GRPO does in training mode
+    sampling = contextlib.nullcontext() if streams is None else per_run_sampling(streams, _eos_ids(config))
+    with torch.no_grad(), segment_forward(model), lora_batch(batch), sampling:
         output = model.generate(**kwargs)
     start = 0
-    for r, (_, rows) in zip(requests, segments, strict=True):
+    for i, (r, (_, rows)) in enumerate(zip(requests, segments, strict=True)):
         r.output = output[start : start + rows, width - int(r.kwargs["input_ids"].shape[1]) :]
+        r.rng_after = streams[i].state if streams is not None and streams[i].drew else None
         start += rows
+
+
+def _eos_ids(config: Any) -> list[int]:
+    eos = getattr(config, "eos_token_id", None)
+    if eos is None:
+        return []
+    return [int(t) for t in (eos if isinstance(eos, (list, tuple)) else [eos])]

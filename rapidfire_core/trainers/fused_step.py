@@ -35,7 +35,9 @@ from typing import Any
 
 import torch
 
+from rapidfire_core.lora.run_streams import rng_state, set_rng_state
 from rapidfire_core.trainers.fused_calls import ModelCall
+from rapidfire_core.trainers.model_patches import RunModelSettings
 
 # The trainer of the run whose thread this is (set once when the run's thread starts): the
 # shared model's `generate` asks it whether the run is in a fused cohort turn.
@@ -55,6 +57,10 @@ class GenerateRequest:
 
     adapter: str
     kwargs: dict[str, Any]
+    settings: RunModelSettings | None = None  # the run's writes on the model (use_cache, ...)
+    training: bool = True  # the model's mode when the run called (TRL's GRPO generates in training mode)
+    rng_state: torch.Tensor | None = None  # the run's RNG state when it asked: its sampling's stream
+    rng_after: torch.Tensor | None = None  # that state after its draws (None: nothing drawn)
     output: torch.Tensor | None = None
     error: BaseException | None = None
 
@@ -78,9 +84,12 @@ class FusedSlot:
     ``wait`` hands the turn back to the controller (the run pauses until the cohort resumes
     it). Exactly one of ``call``, ``loss`` and ``reference`` is set while the run waits."""
 
-    def __init__(self, adapter: str, wait: Callable[[], None]) -> None:
+    def __init__(
+        self, adapter: str, wait: Callable[[], None], settings: RunModelSettings | None = None
+    ) -> None:
         self.adapter = adapter
         self.wait = wait
+        self.settings = settings  # the run's writes on the shared model (trainers.model_patches)
         self.call: ModelCall | None = None
         self.loss: torch.Tensor | None = None
         self.reference: ReferenceRequest | None = None
@@ -89,7 +98,11 @@ class FusedSlot:
 
     # ---- the member's thread ---------------------------------------------------------------------
     def model_call(self, model: Any, kwargs: dict[str, Any]) -> Any:
-        self.call = ModelCall(self.adapter, dict(kwargs), torch.is_grad_enabled(), bool(model.training))
+        device = _input_device(kwargs)
+        self.call = ModelCall(
+            self.adapter, dict(kwargs), torch.is_grad_enabled(), bool(model.training), self.settings,
+            rng_state(device),
+        )  # fmt: skip
         try:
             self.wait()
             call = self.call
@@ -97,6 +110,8 @@ class FusedSlot:
             self.call = None
         if call.error is not None:
             raise call.error
+        if call.rng_after is not None:  # the dropout masks drawn for this run advanced its stream
+            set_rng_state(device, call.rng_after)
         if call.grad:
             self.loss_batch = call.batch
         return call.output
@@ -118,8 +133,10 @@ class FusedSlot:
             raise RuntimeError("the cohort resumed a run without its reference log-probs")
         return request.logps
 
-    def generate(self, kwargs: dict[str, Any]) -> torch.Tensor:
-        request = GenerateRequest(self.adapter, dict(kwargs))
+    def generate(self, kwargs: dict[str, Any], training: bool) -> torch.Tensor:
+        """training: the model's mode where the run called (dropout during generation)."""
+        device = _input_device(kwargs)
+        request = GenerateRequest(self.adapter, dict(kwargs), self.settings, training, rng_state(device))
         self.generation = request
         try:
             self.wait()
@@ -127,6 +144,8 @@ class FusedSlot:
             self.generation = None
         if request.error is not None:
             raise request.error
+        if request.rng_after is not None:  # its sampled tokens (and dropout masks) advanced its stream
+            set_rng_state(device, request.rng_after)
         return request.output
 
     @property
@@ -141,6 +160,11 @@ class FusedSlot:
         if self.loss is not None:
             return "backward"
         return None
+
+
+def _input_device(kwargs: dict[str, Any]) -> torch.device:
+    ids = kwargs.get("input_ids")
+    return ids.device if isinstance(ids, torch.Tensor) else torch.device("cpu")
 
 
 class FusedModel:
@@ -244,7 +268,7 @@ def install_fused_generate(model: Any) -> None:
         slot = getattr(trainer, "rapidfire_slot", None)
         if slot is None or args:
             return own_generate(*args, **kwargs)
-        return slot.generate(kwargs)
+        return slot.generate(kwargs, bool(model.training))
 
     model.generate = generate
     model._rapidfire_fused_generate = True

@@ -2,9 +2,9 @@
 
 `create_model(model_config)` (the user's function, as in the seeds) is called ONCE per
 distinct base: runs whose (model_name, model_type, model_kwargs, tokenizer_kwargs) and
-`sharing_constraints` (training settings that alter the model object) agree and that train a
-LoRA adapter share one model object; each run adds its own named adapter and the
-scheduler activates it when the run has the turn. Runs without a peft config (full fine-tuning)
+`trainers.model_patches.sharing_constraints` (training settings that alter the model object)
+agree and that train a LoRA adapter share one model object; each run adds its own named adapter
+and the scheduler activates it when the run has the turn. Runs without a peft config (full fine-tuning)
 get a model of their own.
 
 Adapter initialisation matches stock TRL: TRL's trainers call `set_seed(args.seed)` and then
@@ -36,24 +36,6 @@ class AttachedModel:
 
 def _stable_key(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=repr)
-
-
-def sharing_constraints(training_args) -> dict[str, Any]:
-    """Training settings that change the model object itself, so runs must agree to share it.
-
-    - mixed precision: accelerate applies autocast by wrapping `model.forward` when a trainer
-      prepares the model, so a bf16 run would impose bf16 on an fp32 run sharing its model;
-    - DPO/GRPO `disable_dropout`: TRL sets every dropout module of the model to p=0;
-    - `neftune_noise_alpha`: transformers hooks noise into the model's embeddings during train();
-    - `use_liger_kernel`: Liger patches the model's modules.
-    """
-    precision = "fp16" if training_args.fp16 else "bf16" if training_args.bf16 else "no"
-    return {
-        "mixed_precision": precision,
-        "disable_dropout": getattr(training_args, "disable_dropout", None),
-        "neftune_noise_alpha": training_args.neftune_noise_alpha,
-        "use_liger_kernel": training_args.use_liger_kernel,
-    }
 
 
 def base_model_key(model_config: dict[str, Any], extra: dict[str, Any] | None = None) -> str:

@@ -13,7 +13,13 @@ def test_demo_command_runs_the_4_config_sweep(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     assert "Leaderboard" in out and "mlflow ui --backend-store-uri sqlite:///" in out
-    assert "Runs [1, 2, 3, 4] train fused" in out  # the demo's LoRA runs share the base model
+    # the demo's LoRA runs share the base model: execution="auto" fuses them on CUDA only
+    import torch
+
+    picked = (
+        "Runs [1, 2, 3, 4] train fused" if torch.cuda.is_available() else "execution='auto' time-slices SFT"
+    )
+    assert picked in out
     speedup = [line for line in out.splitlines() if line.startswith("Fused vs time-sliced")]
     assert len(speedup) == 1 and "x the speed" in speedup[0], out
 

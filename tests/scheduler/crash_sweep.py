@@ -67,7 +67,7 @@ def run(
     exp: Experiment | None = None,
     **fit,
 ) -> Experiment:
-    """The sweep, time-sliced unless `execution="auto"` (fused cohorts: see test_crash_resume);
+    """The sweep, time-sliced unless `execution="fused"` (fused cohorts: see test_crash_resume);
     `exp`: run it on this Experiment (run_fit again on the same object) instead of a new one."""
     fit["execution"] = execution
     exp = exp or Experiment(name, experiment_path=root, verbose=False)

@@ -72,7 +72,7 @@ def references(tmp_path_factory, tiny_model_dir):
     """The uninterrupted sweeps, trained once for the module: {kind: Experiment}."""
     root = tmp_path_factory.mktemp("uninterrupted")
     made = {kind: crash_sweep.run(str(root), f"ref-{kind}", tiny_model_dir, kind) for kind in ("sft", "dpo")}
-    made["sft-fused"] = crash_sweep.run(str(root), "ref-sft-fused", tiny_model_dir, "sft", execution="auto")
+    made["sft-fused"] = crash_sweep.run(str(root), "ref-sft-fused", tiny_model_dir, "sft", execution="fused")
     yield made
     for exp in made.values():
         exp.end()
@@ -142,8 +142,8 @@ def test_sft_sweep_killed_at_a_fault_point_continues_exactly(tmp_path, tiny_mode
 
 
 def test_fused_sweep_killed_mid_chunk_continues(tmp_path, tiny_model_dir, references):
-    _crash(tmp_path, "fused", tiny_model_dir, "sft", "mid_chunk:4", execution="auto")
-    exp = crash_sweep.run(str(tmp_path), "fused", tiny_model_dir, "sft", execution="auto")
+    _crash(tmp_path, "fused", tiny_model_dir, "sft", "mid_chunk:4", execution="fused")
+    exp = crash_sweep.run(str(tmp_path), "fused", tiny_model_dir, "sft", execution="fused")
     assert exp.controller.fused_steps > 0
     _assert_equals_uninterrupted(exp, references["sft-fused"], rtol=1e-3)
     exp.end()

@@ -91,8 +91,9 @@ def test_a_sweep_prints_no_dataset_preparation_bars(
         )  # fmt: skip
         exp = Experiment("quiet", experiment_path=tmp_path)
         exp.run_fit(
-            RFGridSearch(config, trainer_type="SFT"), create_tiny_model, support_dataset(n=8), num_chunks=2
-        )
+            RFGridSearch(config, trainer_type="SFT"), create_tiny_model, support_dataset(n=8), num_chunks=2,
+            execution="fused",
+        )  # fmt: skip
         exp.end()
         assert ds_logging.is_progress_bar_enabled()  # the user's setting is restored
     finally:

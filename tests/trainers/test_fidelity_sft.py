@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from rapidfire_core import Experiment
 from rapidfire_core.automl import List, RFGridSearch, RFLoraConfig, RFModelConfig, RFSFTConfig
 from rapidfire_core.demo.data import formatting_function, support_dataset
 from rapidfire_core.scheduler.chunks import ChunkPlan
-from tests.stock_trl import stock_sft_run
+from tests.stock_trl import assert_adapter_equals_stock, fp32_atol, stock_sft_run
 
 NUM_ROWS, NUM_CHUNKS, SEED = 16, 4, 42
 
@@ -53,13 +52,10 @@ def _assert_run_matches_stock(exp, run_id, spec_lora, spec_args, model_dir, crea
         epochs=3,
     )
     assert len(engine_losses) == len(stock_losses) == args.max_steps
-    torch.testing.assert_close(torch.tensor(engine_losses), torch.tensor(stock_losses), rtol=1e-5, atol=1e-6)
-    saved = load_file(str(exp.path / "runs" / str(run_id) / "adapter" / "adapter_model.safetensors"))
-    assert saved.keys() == stock_weights.keys()
-    for key, value in stock_weights.items():
-        torch.testing.assert_close(saved[key], value, rtol=1e-5, atol=1e-6, msg=key)
-    # the adapter really trained (B starts at zero)
-    assert any(v.abs().sum() > 0 for k, v in saved.items() if "lora_B" in k)
+    # A mean cross-entropy: its terms are token losses of the loss's own magnitude.
+    atol = fp32_atol(max(stock_losses))
+    torch.testing.assert_close(torch.tensor(engine_losses), torch.tensor(stock_losses), rtol=1e-5, atol=atol)
+    assert_adapter_equals_stock(exp.path / "runs" / str(run_id), stock_weights, args.learning_rate)
 
 
 def _fit_single(tmp_path, name, model_dir, create_model, train_rows, eval_rows=None):
