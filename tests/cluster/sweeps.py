@@ -1,15 +1,8 @@
-"""Sweeps the executor tests train on 2 executors and in one process, and their comparison.
-
-python -m tests.cluster.sweeps node-loss ROOT MODEL_DIR    (the 2-node cluster test's process)
-"""
+"""Sweeps the executor tests train on 2 executors and in one process, and their comparison."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import signal
-import sys
 import time
 
 import torch
@@ -59,16 +52,19 @@ def sft_two(model_dir: str, callbacks: list | None = None) -> RFGridSearch:
 
 class StepGate(TrainerCallback):
     """Holds each run at the end of optimizer step `step` until the file `path` exists (at most
-    120 s): a test can send a command while the runs are known to be mid-sweep. Changes no number."""
+    120 s), after writing `<path>.<run seed>.reached`: a test can act (send a command, kill an
+    executor) while the runs are known to be mid-chunk. Changes no number."""
 
     def __init__(self, path: str, step: int) -> None:
         self.path, self.step = path, step
 
     def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step != self.step or os.path.exists(self.path):
+            return
+        with open(f"{self.path}.{args.learning_rate}.reached", "w"):
+            pass
         deadline = time.monotonic() + 120
-        while (
-            state.global_step == self.step and not os.path.exists(self.path) and time.monotonic() < deadline
-        ):
+        while not os.path.exists(self.path) and time.monotonic() < deadline:
             time.sleep(0.05)
 
 
@@ -135,48 +131,3 @@ def assert_mlflow_once(exp) -> None:
         history = [m.step for m in client.get_metric_history(rec["mlflow_run_id"], "loss")]
         logged = results[results.run_id == rec["run_id"]].dropna(subset=["loss"])["step"].tolist()
         assert sorted(history) == sorted(set(history)) == logged
-
-
-def wait_for_step(exp, run_id: int, step: int, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        results = exp.get_results()
-        if len(results) and (results[results.run_id == run_id]["step"] >= step).any():
-            return
-        assert time.monotonic() < deadline, f"run {run_id} did not reach step {step}"
-        time.sleep(0.2)
-
-
-def node_loss(root: str, model_dir: str) -> dict:
-    """Two Ray nodes of one CPU each, one executor on each; the worker node is removed while the
-    run placed there trains its second chunk (after its step 3); the sweep's outcome."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    worker = cluster.add_node(num_cpus=1)
-    ray.init(address=cluster.address, log_to_driver=False)
-    try:
-        exp, handle = fit(root, "node-loss", sft_two(model_dir), num_gpus=2, background=True)
-        wait_for_step(exp, 1, 1)  # both runs are placed (round 1 places every run at once)
-        runs = exp.controller.runs
-        doomed = next(r.run_id for r in runs.values() if r.executor.where["node_id"] == worker.node_id)
-        wait_for_step(exp, doomed, 3)
-        pid = runs[doomed].executor.where["pid"]
-        cluster.remove_node(worker, allow_graceful=False)
-        # The machine is gone: its processes too (a Ray worker outlives its killed raylet for a while).
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        assert handle.wait(timeout=300)
-        result = {"outcome": outcome(exp), "alive": len(exp.controller.pool.alive)}
-        assert_mlflow_once(exp)
-        exp.end()
-        return result
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-
-
-if __name__ == "__main__":
-    if sys.argv[1] == "node-loss":
-        print("RESULT " + json.dumps(node_loss(sys.argv[2], sys.argv[3])))
