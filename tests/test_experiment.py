@@ -203,16 +203,16 @@ def test_mlflow_write_failures_do_not_stop_training(
 def test_an_error_saving_one_runs_adapter_fails_only_that_run(
     tmp_path, tiny_model_dir, create_tiny_model, monkeypatch
 ):
-    import rapidfire_core.scheduler.local_executor as controller_module
+    import rapidfire_core.scheduler.local_executor as executor_module
 
-    real_save = controller_module.save_adapter
+    real_save = executor_module.save_adapter
 
     def save_or_fail(model, adapter_name, out_dir):
         if adapter_name == "run_1":
             raise OSError(28, "No space left on device")
         real_save(model, adapter_name, out_dir)
 
-    monkeypatch.setattr(controller_module, "save_adapter", save_or_fail)
+    monkeypatch.setattr(executor_module, "save_adapter", save_or_fail)
     configs = List([_config(tiny_model_dir, learning_rate=List([1e-3, 1e-4]))])
     exp = Experiment("disk-full", experiment_path=tmp_path, verbose=False)
     exp.run_fit(

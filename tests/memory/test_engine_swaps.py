@@ -73,7 +73,7 @@ def residency_spy(monkeypatch):
             self.turns += 1
             super().before_turn(run, upcoming)
 
-    monkeypatch.setattr("rapidfire_core.experiment.RunResidency", Spy)
+    monkeypatch.setattr("rapidfire_core.scheduler.local_executor.RunResidency", Spy)  # the executor owns the pool
     return created
 
 

@@ -18,7 +18,7 @@ class _Terminal(io.StringIO):
 
 def _run(step=0):
     return SimpleNamespace(
-        run_id=3, chunks_done=5, data=SimpleNamespace(num_chunks=4), global_step=step, max_steps=40,
+        run_id=3, chunks_done=5, num_chunks=4, global_step=step, max_steps=40,
         latest={"loss": 1.5}, knobs={"train.learning_rate": 1e-3, "peft.r": 8},
     )  # fmt: skip
 
