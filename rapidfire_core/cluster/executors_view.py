@@ -8,8 +8,8 @@ sees a whole file), read by `rapidfire runs` and the dashboard:
                     "alive": true, "busy_share": 0.93}, ...],
      "runs": {"1": 0, "2": 1, ...}}          # run id -> the executor that trains it (or did last)
 
-busy_share: the fraction of wall time since the executors started that the executor spent
-training (a chunk turn), as measured inside it. The file is absent for single-device runs.
+busy_share: the fraction of wall time since the executor started that it spent training (its
+turns), as measured inside it. The file is absent for single-device runs.
 """
 
 from __future__ import annotations
@@ -17,14 +17,20 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 VIEW_FILE = "executors.json"
 
 
-def write_view(experiment_path: Path, pool: Any, where: dict[int, int]) -> None:
-    shares = pool.busy_shares()
+def write_view(experiment_path: Path, executors: Sequence[Any]) -> None:
+    """Write the view of `executors` (`ray_executor.RayExecutor`s, lost ones included: `alive`);
+    each run is where a live executor holds it, else where it was last."""
+    now = time.monotonic()
+    where = {}
+    for executor in sorted(executors, key=lambda e: e.alive):  # the live ones' runs win
+        where |= dict.fromkeys(executor.held, executor.index)
     view = {
         "updated": time.time(),
         "executors": [
@@ -34,9 +40,9 @@ def write_view(experiment_path: Path, pool: Any, where: dict[int, int]) -> None:
                 "device": e.where.get("device"),
                 "pid": e.where.get("pid"),
                 "alive": e.alive,
-                "busy_share": round(shares[e.index], 4),
+                "busy_share": round(min(e.busy_seconds / max(now - e.started, 1e-9), 1.0), 4),
             }
-            for e in pool.executors
+            for e in executors
         ],
         "runs": {str(run_id): index for run_id, index in sorted(where.items())},
     }

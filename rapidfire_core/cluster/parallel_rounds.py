@@ -30,12 +30,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from rapidfire_core.cluster.executors_view import write_view
 from rapidfire_core.cluster.placement import BalancedPlacement, Item, Placement
 from rapidfire_core.cluster.ray_executor import ExecutorLost, RayExecutor, RemoteTaker
 from rapidfire_core.cluster.ray_runtime import require_ray
 from rapidfire_core.scheduler.loop import LoopHooks
 
 POLL_SECONDS = 0.5  # commands are noticed within this while turns train
+VIEW_SECONDS = 1.0  # executors.json is written about this often
 
 
 class ParallelRounds:
@@ -47,6 +49,8 @@ class ParallelRounds:
         self.seconds: dict[int, float] = {}  # taker run id -> seconds of its last turn
         self.move_seconds: list[float] = []  # each move's time (capture is the chunk's checkpoint)
         self.moves = 0
+        self.executors = list(controller.executors)  # lost ones stay in the view
+        self._shown = 0.0
 
     @property
     def move_cost(self) -> float:
@@ -68,6 +72,15 @@ class ParallelRounds:
             for executor in controller.executors:
                 executor.request_pause()  # turns in flight end at their next step (interrupt)
             raise
+        finally:
+            self._show(force=True)
+
+    def _show(self, force: bool = False) -> None:
+        """executors.json (`executors_view`): where each run trains, each executor's busy share;
+        about once a second."""
+        if force or time.monotonic() - self._shown >= VIEW_SECONDS:
+            self._shown = time.monotonic()
+            write_view(self.controller.path, self.executors)
 
     # ---- takers --------------------------------------------------------------------------------
     def _takers_on(self, executor: RayExecutor) -> list[RemoteTaker]:
@@ -133,6 +146,7 @@ class ParallelRounds:
                     hook(controller)
                 continue
             ready, _ = ray.wait(list(running), num_returns=1, timeout=POLL_SECONDS)
+            self._show()
             if not pausing and controller.should_pause():
                 pausing = True
                 for executor, _ in running.values():

@@ -21,6 +21,7 @@ elsewhere from their last chunk checkpoints (`RunController.executor_lost`).
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,8 @@ class RayExecutor:
         self.stats = ExecutorStats()
         self.alive = True
         self.busy_seconds = 0.0  # training time, as the actor measured it
+        self.started = time.monotonic()
+        self.checkpoint_bytes_sent = 0  # chunk checkpoints sent to place runs here (moves, losses)
         self._host: ExecutorHost | None = None
         self._held: set[int] = set()
         self._outputs: dict[int, Path] = {}
@@ -109,6 +112,7 @@ class RayExecutor:
             path = Path(order.resume_from.path)
             files = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
             folder = path.name
+            self.checkpoint_bytes_sent += sum(len(content) for content in files.values())
         sent = dataclasses.replace(order, fit=None, output_dir=None, resume_from=None)
         answer = self._get(self.actor.place.remote(sent, key, files, folder))
         if isinstance(answer, tuple):

@@ -4,13 +4,14 @@ after an executor is killed."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 
 import pytest
 
-from rapidfire_core import Experiment
+from rapidfire_core import Experiment, cli
 from rapidfire_core.cluster.parallel_rounds import parallel_rounds
 from rapidfire_core.cluster.placement import RotatingPlacement
 from tests.cluster import sweeps
@@ -31,8 +32,15 @@ def reference_four(tmp_path_factory, tiny_model_dir):
     return _one_process(root, "four", sweeps.sft_four(tiny_model_dir), execution="auto")
 
 
+def _runs_json(exp, capsys) -> dict:
+    """What `rapidfire runs EXP --json` shows of the experiment."""
+    capsys.readouterr()
+    assert cli.main(["runs", str(exp.path), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
 def test_four_run_sweep_on_two_executors_equals_one_process(
-    local_ray, tmp_path, tiny_model_dir, reference_four
+    local_ray, tmp_path, tiny_model_dir, reference_four, capsys
 ):
     # The runs may fuse: each executor holds two and trains them as a fused cohort.
     exp = sweeps.fit(tmp_path, "four-ray", sweeps.sft_four(tiny_model_dir), num_gpus=2, execution="auto")
@@ -41,6 +49,12 @@ def test_four_run_sweep_on_two_executors_equals_one_process(
         assert all(e.busy_seconds > 0 and len(e.held) == 2 for e in exp.controller.executors)
         sweeps.assert_same_numbers(sweeps.outcome(exp), reference_four)
         sweeps.assert_mlflow_once(exp)
+        # Where each run trained, each executor's busy share: `rapidfire runs` (and the dashboard).
+        shown = _runs_json(exp, capsys)
+        assert [e["index"] for e in shown["executors"]] == [0, 1]
+        assert all(e["alive"] and 0 < e["busy_share"] <= 1 for e in shown["executors"])
+        where = [r["where"] for r in shown["runs"]]
+        assert all(w and w.endswith(("#0", "#1")) for w in where) and len({w[-2:] for w in where}) == 2
     finally:
         exp.end()
 
@@ -65,7 +79,9 @@ def test_runs_moved_at_every_chunk_give_the_same_numbers(local_ray, tmp_path, ti
         exp.end()
 
 
-def test_an_executor_killed_mid_chunk_fails_no_run(local_ray, tmp_path, tiny_model_dir, reference_two):
+def test_an_executor_killed_mid_chunk_fails_no_run(
+    local_ray, tmp_path, tiny_model_dir, reference_two, capsys
+):
     gate = str(tmp_path / "release")
     group = sweeps.sft_two(tiny_model_dir, callbacks=[sweeps.StepGate(gate, step=3)])
     exp, handle = sweeps.fit(tmp_path, "killed", group, num_gpus=2, background=True)
@@ -83,6 +99,10 @@ def test_an_executor_killed_mid_chunk_fails_no_run(local_ray, tmp_path, tiny_mod
         assert doomed not in exp.controller.executors and len(exp.controller.executors) == 1
         sweeps.assert_same_numbers(sweeps.outcome(exp), reference_two)  # each step once, exact
         sweeps.assert_mlflow_once(exp)
+        shown = _runs_json(exp, capsys)
+        assert [e["alive"] for e in shown["executors"]] == [doomed.index != 0, doomed.index != 1]
+        survivor = f"#{1 - doomed.index}"
+        assert all(r["where"].endswith(survivor) for r in shown["runs"])  # both finished there
     finally:
         (tmp_path / "release").touch()
         exp.end()
