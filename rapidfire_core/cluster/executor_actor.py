@@ -94,6 +94,13 @@ class BatchedHost:
             calls, self.calls = self.calls, []
         return calls
 
+    def take_calls_before_report(self) -> list[tuple]:
+        """The calls made so far up to the first report (which goes with its turn's answer)."""
+        with self._lock:
+            end = next((i for i, call in enumerate(self.calls) if call[0] == "report"), len(self.calls))
+            calls, self.calls = self.calls[:end], self.calls[end:]
+        return calls
+
     def turn_begins(self, runs: Sequence[Any], fused: bool = False, joining: bool = False) -> None:
         self._add(("turn_begins", [RunSnapshot.of(r) for r in runs], fused, joining))
 
@@ -232,6 +239,11 @@ class ExecutorActor:
                 "busy_seconds": self.busy_seconds,
                 "counters": [a - b for a, b in zip(after, before, strict=True)],
             }
+
+    def drain(self) -> list[tuple]:
+        """The host calls the turn in flight made so far, up to its first report: metric rows and
+        progress reach the controller's stores while the turn trains (answered meanwhile)."""
+        return self.host.take_calls_before_report()
 
     def request_pause(self, number: int) -> None:
         """The training runs pause at their next optimizer step (commands wait at the controller)."""

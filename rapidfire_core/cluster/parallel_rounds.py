@@ -8,8 +8,9 @@
             through its chunk checkpoint, exactly)
         until no executor has a due taker and no turn is in flight:
             each idle executor starts the turn of its next due taker
-            wait up to POLL_SECONDS for a turn to end; an ended turn's metric rows, progress and
-                report reach the controller (checkpoint, completion, failure)
+            wait up to POLL_SECONDS for a turn to end; the metric rows and progress the training
+                turns logged meanwhile reach the controller's stores; an ended turn's report
+                reaches the controller (checkpoint, completion, failure)
             commands waiting?  every training turn pauses at its next optimizer step; once all
                                have, the commands are applied (they see every run at a step
                                boundary, as on one device); the paused runs continue after
@@ -146,6 +147,7 @@ class ParallelRounds:
                     hook(controller)
                 continue
             ready, _ = ray.wait(list(running), num_returns=1, timeout=POLL_SECONDS)
+            self._drain(running, ready)
             self._show()
             if not pausing and controller.should_pause():
                 pausing = True
@@ -164,6 +166,18 @@ class ParallelRounds:
                         paused[executor] = taker
                 else:
                     self.seconds[taker.run_id] = executor.last_turn_seconds
+
+    def _drain(self, running: dict[Any, tuple[RayExecutor, RemoteTaker]], ready: list[Any]) -> None:
+        """What the turns still training have logged reaches the stores (within POLL_SECONDS);
+        an executor lost meanwhile leaves the running turns (its runs continue elsewhere)."""
+        for ref, (executor, _) in list(running.items()):
+            if ref in ready:
+                continue  # its answer carries the rest
+            try:
+                executor.drain_turn()
+            except ExecutorLost:
+                del running[ref]
+                self.controller.executor_lost(executor)
 
 
 def parallel_rounds(placement: Placement | None = None) -> Callable[[Any, LoopHooks], None]:

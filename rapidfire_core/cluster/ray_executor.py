@@ -168,6 +168,11 @@ class RayExecutor:
         self.last_turn_seconds = answer["seconds"]
         return answer["paused"]
 
+    def drain_turn(self) -> None:
+        """Replay what the turn in flight has logged so far (metric rows, progress) on the controller."""
+        for call in self._get(self.actor.drain.remote()):
+            self._replay(call)
+
     def request_pause(self) -> None:
         """The runs training now pause at their next optimizer step (commands wait)."""
         self._pause_number += 1

@@ -409,6 +409,7 @@ class RunController:
         info = CheckpointStore(layout.run_checkpoints_dir(self.path, run_id), self.checkpoint_keep).latest()
         status = self.lifecycle.status(run_id)
         if lost:
+            self.buffer.flush()
             self.buffer.discard(run_id)
             self._rewind_metrics(run_id, self.store.get_run(run_id)["mlflow_run_id"], info)
         order = self._orders[run_id]

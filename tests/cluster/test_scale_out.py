@@ -106,3 +106,39 @@ def test_an_executor_killed_mid_chunk_fails_no_run(
     finally:
         (tmp_path / "release").touch()
         exp.end()
+
+
+def _wait_for_file(path, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.1)
+
+
+def test_stop_and_resume_of_a_run_on_an_executor_change_no_number(
+    local_ray, tmp_path, tiny_model_dir, reference_two
+):
+    # Both runs stand inside chunk 2 (after step 3) when the stop is sent; run 1 then waits after
+    # its step 5 until the resume is sent, so the sweep is still training when it arrives.
+    inside, later = tmp_path / "inside", tmp_path / "later"
+    gates = [sweeps.StepGate(str(inside), step=3), sweeps.StepGate(str(later), step=5)]
+    exp, handle = sweeps.fit(tmp_path, "steered", sweeps.sft_two(tiny_model_dir, callbacks=gates),
+                             num_gpus=2, background=True)  # fmt: skip
+    try:
+        _wait_for_file(tmp_path / "inside.0.001.reached")
+        _wait_for_file(tmp_path / "inside.0.0005.reached")
+        stop = exp.stop_run(2)
+        inside.touch()
+        assert exp.wait_for(stop, timeout=300).status == "applied"
+        assert exp.get_runs_info().set_index("run_id").loc[2, "status"] == "STOPPED"
+        resume = exp.resume_run(2)
+        time.sleep(3)  # the controller notices it (within 0.5 s) while run 1 waits at its step 5
+        later.touch()
+        assert exp.wait_for(resume, timeout=300).status == "applied"
+        assert handle.wait(timeout=300)
+        sweeps.assert_same_numbers(sweeps.outcome(exp), reference_two)
+        sweeps.assert_mlflow_once(exp)
+    finally:
+        inside.touch()
+        later.touch()
+        exp.end()
