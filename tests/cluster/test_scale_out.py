@@ -1,6 +1,6 @@
 """Sweeps on 2 executors (Ray actors of one CPU each, driven by the one run controller) give
 the numbers of the same sweep in one process: wherever each run trains, however often it moves,
-after an executor is killed."""
+after an executor is killed, with IC Ops; DPO too; ASHA decides as on one device."""
 
 from __future__ import annotations
 
@@ -12,9 +12,19 @@ import time
 import pytest
 
 from rapidfire_core import Experiment, cli
+from rapidfire_core.automl import (
+    List,
+    RFGridSearch,
+    RFLoraConfig,
+    RFModelConfig,
+    RFSFTConfig,
+    RFSuccessiveHalving,
+)
 from rapidfire_core.cluster.parallel_rounds import parallel_rounds
 from rapidfire_core.cluster.placement import RotatingPlacement
+from rapidfire_core.demo.data import formatting_function, preference_dataset, support_dataset
 from tests.cluster import sweeps
+from tests.small_configs import dpo_two_betas
 
 
 def _one_process(root, name, group, **kwargs) -> dict:
@@ -141,4 +151,41 @@ def test_stop_and_resume_of_a_run_on_an_executor_change_no_number(
     finally:
         inside.touch()
         later.touch()
+        exp.end()
+
+
+def test_dpo_sweep_on_two_executors_equals_one_process(local_ray, tmp_path, tiny_model_dir):
+    def dpo(num_gpus):
+        group = RFGridSearch(dpo_two_betas(tiny_model_dir), trainer_type="DPO")
+        train = preference_dataset(n=8, seed=4)
+        return sweeps.fit(tmp_path, f"dpo-{num_gpus}", group, num_gpus=num_gpus, train=train)
+
+    one = dpo(None)
+    reference = sweeps.outcome(one)
+    one.end()
+    exp = dpo(2)
+    try:
+        sweeps.assert_same_numbers(sweeps.outcome(exp), reference)
+    finally:
+        exp.end()
+
+
+def test_asha_on_two_executors_stops_the_bad_runs(local_ray, tmp_path, tiny_model_dir):
+    # Learning rates 1e-7 and 1e-8 barely move the eval loss: the rung after chunk 1 stops them.
+    config = RFModelConfig(
+        model_name=tiny_model_dir,
+        peft_config=RFLoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
+        training_args=RFSFTConfig(learning_rate=List([1e-7, 5e-3, 1e-8, 3e-3]), per_device_train_batch_size=2,
+                                  max_length=64, max_steps=8, logging_steps=1),
+        formatting_func=formatting_function,
+    )  # fmt: skip
+    search = RFSuccessiveHalving(config, trainer_type="SFT", objective="minimize:eval_loss", max_rungs=1)
+    exp = Experiment("asha", experiment_path=tmp_path, verbose=False, num_gpus=2)
+    try:
+        exp.run_fit(search, sweeps.create_model, support_dataset(n=16, seed=3), support_dataset(n=4, seed=9),
+                    num_chunks=4)  # fmt: skip
+        info = exp.get_runs_info().set_index("run_id")
+        assert info["status"].to_dict() == {1: "STOPPED", 2: "COMPLETED", 3: "STOPPED", 4: "COMPLETED"}
+        assert info.loc[[1, 3], "global_step"].tolist() == [2, 2]  # stopped right after chunk 1
+    finally:
         exp.end()
