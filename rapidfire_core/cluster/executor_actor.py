@@ -169,7 +169,8 @@ class ExecutorActor:
 
     def place(self, order: RunOrder, fit_key: int, checkpoint: dict[str, bytes] | None, folder: str | None):
         """Build `order`'s run here (its fit, output folder and checkpoint are this process's).
-        -> Placement, or ("error", text) when it cannot be built."""
+        -> (Placement, the warm start's report of the layers it copied, or None), or ("error",
+        text) when it cannot be built."""
         with self._runs_lock:
             fit = self.fits[fit_key]
             run_id = order.run_id
@@ -183,7 +184,8 @@ class ExecutorActor:
                 )
             except Exception as exc:  # noqa: BLE001 - the controller fails the run with this reason
                 return ("error", f"{type(exc).__name__}: {exc}")
-            return dataclasses.replace(placement, executor=f"executor {self.index}")
+            warm_report = order.warm_start.report if order.warm_start is not None else None
+            return dataclasses.replace(placement, executor=f"executor {self.index}"), warm_report
 
     def _unpack(self, run_id: int, files: dict[str, bytes], folder: str):
         """Write a sent checkpoint's files here and read them back verified (checksums)."""

@@ -115,11 +115,14 @@ class RayExecutor:
             self.checkpoint_bytes_sent += sum(len(content) for content in files.values())
         sent = dataclasses.replace(order, fit=None, output_dir=None, resume_from=None)
         answer = self._get(self.actor.place.remote(sent, key, files, folder))
-        if isinstance(answer, tuple):
+        if answer[0] == "error":
             raise RuntimeError(answer[1])
+        placement, warm_report = answer
+        if warm_report is not None:
+            order.warm_start.report = warm_report  # what the clone got of its parent (the command says)
         self._held.add(order.run_id)
         self._outputs[order.run_id] = order.output_dir
-        return answer
+        return placement
 
     def _fit_key(self, fit: Any) -> int:
         key = id(fit)

@@ -189,3 +189,30 @@ def test_asha_on_two_executors_stops_the_bad_runs(local_ray, tmp_path, tiny_mode
         assert info.loc[[1, 3], "global_step"].tolist() == [2, 2]  # stopped right after chunk 1
     finally:
         exp.end()
+
+
+def test_warm_clone_and_delete_of_runs_on_executors(local_ray, tmp_path, tiny_model_dir, reference_two):
+    # Both runs stand inside chunk 2 (after step 3): run 1 is cloned warm, run 2 deleted.
+    inside = tmp_path / "inside"
+    group = sweeps.sft_two(tiny_model_dir, callbacks=[sweeps.StepGate(str(inside), step=3)])
+    exp, handle = sweeps.fit(tmp_path, "clone", group, num_gpus=2, background=True)
+    try:
+        _wait_for_file(tmp_path / "inside.0.001.reached")
+        _wait_for_file(tmp_path / "inside.0.0005.reached")
+        clone = exp.clone_run(1, {"learning_rate": 2e-4}, warm_start=True)
+        delete = exp.delete_run(2)
+        inside.touch()
+        cloned = exp.wait_for(clone, timeout=300)
+        assert cloned.status == "applied", cloned.error
+        assert exp.wait_for(delete, timeout=300).status == "applied"
+        assert handle.wait(timeout=300)
+        info = exp.get_runs_info().set_index("run_id")
+        assert info["status"].to_dict() == {1: "COMPLETED", 2: "DELETED", 3: "COMPLETED"}
+        assert cloned.result["layers_copied"] > 0 and cloned.result["start_position"] > 0
+        mine = sweeps.outcome(exp)
+        sweeps.assert_same_numbers({1: mine[1]}, {1: reference_two[1]})  # the parent is undisturbed
+        # The warm clone went on from the parent's step 3 for the rest of its 6 steps, each once.
+        assert mine[3]["steps"] == sorted(set(mine[3]["steps"])) and len(mine[3]["losses"]) == 6
+    finally:
+        inside.touch()
+        exp.end()
