@@ -1,9 +1,17 @@
-"""Sweeps the executor tests train on 2 executors and in one process, and their comparison."""
+"""Sweeps the executor tests train on 2 executors and in one process, and their comparison.
+
+python -m tests.cluster.sweeps node-loss ROOT MODEL_DIR    (the 2-node cluster test's process)
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
+import sys
 import time
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -131,3 +139,48 @@ def assert_mlflow_once(exp) -> None:
         history = [m.step for m in client.get_metric_history(rec["mlflow_run_id"], "loss")]
         logged = results[results.run_id == rec["run_id"]].dropna(subset=["loss"])["step"].tolist()
         assert sorted(history) == sorted(set(history)) == logged
+
+
+def wait_for_file(path: Path, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.1)
+
+
+def node_loss(root: str, model_dir: str) -> dict:
+    """Two Ray nodes of one CPU each, one executor on each; the worker node is removed while both
+    runs stand inside chunk 2 (after step 3); the sweep's outcome (run in its own process: the
+    test process has its own local Ray)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    worker = cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address, log_to_driver=False)
+    inside = Path(root) / "inside"
+    try:
+        group = sft_two(model_dir, callbacks=[StepGate(str(inside), step=3)])
+        exp, handle = fit(root, "node-loss", group, num_gpus=2, background=True)
+        wait_for_file(Path(f"{inside}.0.001.reached"))
+        wait_for_file(Path(f"{inside}.0.0005.reached"))
+        doomed = next(e for e in exp.controller.executors if e.where["node_id"] == worker.node_id)
+        cluster.remove_node(worker, allow_graceful=False)
+        # The machine is gone: its processes too (a Ray worker outlives its killed raylet for a while).
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(doomed.where["pid"], signal.SIGKILL)
+        inside.touch()
+        assert handle.wait(timeout=300)
+        result = {"outcome": outcome(exp), "executors": len(exp.controller.executors)}
+        assert_mlflow_once(exp)
+        exp.end()
+        return result
+    finally:
+        inside.touch()
+        ray.shutdown()
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "node-loss":
+        print("RESULT " + json.dumps(node_loss(sys.argv[2], sys.argv[3])))

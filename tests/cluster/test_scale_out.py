@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -118,13 +120,6 @@ def test_an_executor_killed_mid_chunk_fails_no_run(
         exp.end()
 
 
-def _wait_for_file(path, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path.name} never appeared"
-        time.sleep(0.1)
-
-
 def test_stop_and_resume_of_a_run_on_an_executor_change_no_number(
     local_ray, tmp_path, tiny_model_dir, reference_two
 ):
@@ -135,8 +130,8 @@ def test_stop_and_resume_of_a_run_on_an_executor_change_no_number(
     exp, handle = sweeps.fit(tmp_path, "steered", sweeps.sft_two(tiny_model_dir, callbacks=gates),
                              num_gpus=2, background=True)  # fmt: skip
     try:
-        _wait_for_file(tmp_path / "inside.0.001.reached")
-        _wait_for_file(tmp_path / "inside.0.0005.reached")
+        sweeps.wait_for_file(tmp_path / "inside.0.001.reached")
+        sweeps.wait_for_file(tmp_path / "inside.0.0005.reached")
         stop = exp.stop_run(2)
         inside.touch()
         assert exp.wait_for(stop, timeout=300).status == "applied"
@@ -197,8 +192,8 @@ def test_warm_clone_and_delete_of_runs_on_executors(local_ray, tmp_path, tiny_mo
     group = sweeps.sft_two(tiny_model_dir, callbacks=[sweeps.StepGate(str(inside), step=3)])
     exp, handle = sweeps.fit(tmp_path, "clone", group, num_gpus=2, background=True)
     try:
-        _wait_for_file(tmp_path / "inside.0.001.reached")
-        _wait_for_file(tmp_path / "inside.0.0005.reached")
+        sweeps.wait_for_file(tmp_path / "inside.0.001.reached")
+        sweeps.wait_for_file(tmp_path / "inside.0.0005.reached")
         clone = exp.clone_run(1, {"learning_rate": 2e-4}, warm_start=True)
         delete = exp.delete_run(2)
         inside.touch()
@@ -216,3 +211,17 @@ def test_warm_clone_and_delete_of_runs_on_executors(local_ray, tmp_path, tiny_mo
     finally:
         inside.touch()
         exp.end()
+
+
+def test_a_node_removed_mid_sweep_fails_no_run(local_ray, tmp_path, tiny_model_dir, reference_two):
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.cluster.sweeps", "node-loss", str(tmp_path), tiny_model_dir],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    result = json.loads(lines[-1][len("RESULT ") :])
+    assert result["executors"] == 1  # the worker node's executor was lost; the head's finished both
+    outcome = {int(run_id): run for run_id, run in result["outcome"].items()}
+    sweeps.assert_same_numbers(outcome, reference_two)
