@@ -225,3 +225,27 @@ def test_a_node_removed_mid_sweep_fails_no_run(local_ray, tmp_path, tiny_model_d
     assert result["executors"] == 1  # the worker node's executor was lost; the head's finished both
     outcome = {int(run_id): run for run_id, run in result["outcome"].items()}
     sweeps.assert_same_numbers(outcome, reference_two)
+
+
+def test_a_cancelled_fit_on_executors_continues_exactly_in_the_next_run_fit(
+    local_ray, tmp_path, tiny_model_dir, reference_two
+):
+    # Cancelled while both runs stand inside chunk 2: they stop where their chunk 1 checkpoint is,
+    # and run_fit with the same arguments continues them from it (crash-resume's path).
+    inside = tmp_path / "inside"
+    group = sweeps.sft_two(tiny_model_dir, callbacks=[sweeps.StepGate(str(inside), step=3)])
+    exp, handle = sweeps.fit(tmp_path, "cancelled", group, num_gpus=2, background=True)
+    try:
+        sweeps.wait_for_file(tmp_path / "inside.0.001.reached")
+        sweeps.wait_for_file(tmp_path / "inside.0.0005.reached")
+        handle.cancel()
+        inside.touch()
+        assert handle.wait(timeout=300, raise_errors=False)
+        assert set(exp.get_runs_info()["status"]) == {"STOPPED"}
+        exp.run_fit(group, sweeps.create_model, sweeps.train_rows(), num_chunks=sweeps.NUM_CHUNKS,
+                    seed=sweeps.SEED, execution="sliced")  # fmt: skip
+        sweeps.assert_same_numbers(sweeps.outcome(exp), reference_two)
+        sweeps.assert_mlflow_once(exp)
+    finally:
+        inside.touch()
+        exp.end()
