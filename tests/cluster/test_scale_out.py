@@ -28,6 +28,9 @@ from rapidfire_core.demo.data import formatting_function, preference_dataset, su
 from tests.cluster import sweeps
 from tests.small_configs import dpo_two_betas
 
+# Nine sweeps on a session-wide local Ray (2 CPUs): a few minutes on the 2-core CI machine.
+pytestmark = pytest.mark.slow
+
 
 def _one_process(root, name, group, **kwargs) -> dict:
     exp = sweeps.fit(root, name, group, **kwargs)
