@@ -84,8 +84,10 @@ def engine(
     steps: int = STEPS,
     batch: int = BATCH,
     trackers: list[str] | None = None,
+    num_gpus: int | None = None,
 ) -> tuple[float, int]:
-    """(seconds, tokens) of one run_fit of the N configs (trackers: as `Experiment`'s; None: MLflow)."""
+    """(seconds, tokens) of one run_fit of the N configs (trackers: as `Experiment`'s; None: MLflow;
+    num_gpus: as `Experiment`'s, N >= 2 trains on N executors, docs/scale-out.md)."""
     group = List(
         [
             RFModelConfig(
@@ -102,6 +104,7 @@ def engine(
         experiment_path=workdir,
         verbose=False,
         trackers=trackers,
+        num_gpus=num_gpus,
     )
     start = time.perf_counter()
     exp.run_fit(

@@ -380,6 +380,9 @@ def _print_runs(args, path, runs, commands) -> int:
         print("no runs yet")
         return 0
     print(format_runs(table["runs"], table["varying_knobs"]))
+    for executor in table["executors"]:  # executors on Ray (docs/scale-out.md)
+        state = f"busy {executor['busy_share']:.0%}" if executor["alive"] else "lost"
+        print(f"executor {executor['index']}: {executor['node']} {executor['device']}  {state}")
     return 0
 
 
@@ -399,7 +402,9 @@ def format_runs(runs: list[dict], varying: list[str]) -> str:
 
     metrics = [m for m in HEADLINE_METRICS if any(m in r["latest"] for r in runs)] or ["loss"]
     knob_names = [k.split(".")[-1] for k in varying]
-    header = ["id", "status", "chunks", "step", "resume", "origin", *knob_names, *metrics]
+    where = any(r.get("where") for r in runs)  # trained by executors: node/device#executor
+    header = ["id", "status", "chunks", "step", "resume", "origin", *(["where"] if where else [])]
+    header += [*knob_names, *metrics]
     lines = [header]
     for run in runs:
         origin = "-"
@@ -411,6 +416,7 @@ def format_runs(runs: list[dict], varying: list[str]) -> str:
         resumes = f"chunk{point['chunk'] + 1}:{point['how']}" if point else "-"
         lines.append([
             str(run["run_id"]), run["status"], str(run["chunks_done"]), step, resumes, origin,
+            *([run.get("where") or "-"] if where else []),
             *(_cell(run["knobs"].get(k)) for k in varying), *(_cell(run["latest"].get(m)) for m in metrics),
         ])  # fmt: skip
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]

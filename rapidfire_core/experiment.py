@@ -41,6 +41,7 @@ import pandas as pd
 from rapidfire_core import layout
 from rapidfire_core.automl.metric_names import metric_names_of_sweep
 from rapidfire_core.automl.validate import check_grpo_eval_batches, varying_keys
+from rapidfire_core.cluster.ray_runtime import executors_requested
 from rapidfire_core.control import Command, CommandStore, RunStore
 from rapidfire_core.control.experiment_name import check_experiment_name
 from rapidfire_core.control.log_files import ExperimentLogs, TrainingLog, log_file_path
@@ -79,13 +80,17 @@ class Experiment:
         num_cpus: int | None = None,
         num_gpus: int | None = None,
         trackers: list[str] | None = None,
+        cluster: str | None = None,
     ) -> None:
         """experiment_path: the root folder of experiments (default $RF_EXPERIMENT_PATH or
         ./rapidfire_experiments); this experiment lives in <root>/<experiment_name>.
         tracking_uri: an MLflow tracking URI; default an SQLite store inside the experiment dir.
         experiment_name must be one folder name (`control.experiment_name`): ValueError otherwise.
         num_cpus / num_gpus: RapidFire AI's resource arguments (`fit.arguments`: num_cpus sets the
-        training's CPU threads; num_gpus warns unless it is the one device used).
+        training's CPU threads). num_gpus=N >= 2 trains on N executors, one per device, on Ray
+        (docs/scale-out.md); without a GPU, N CPU executors of num_cpus threads each. cluster: a
+        Ray address ("auto", "ray://host:10001") to train there (num_gpus executors, default 1);
+        a Ray already initialised in this process is used as it is.
         trackers: the tracking backends, of "mlflow", "tensorboard", "trackio", "wandb" (default:
         the RF_*_ENABLED switches, MLflow alone when none is set; see `tracking.selection`).
 
@@ -101,7 +106,10 @@ class Experiment:
         self.mode = mode
         self.verbose = verbose
         self._num_cpus = check_num_cpus(num_cpus)
-        check_num_gpus(num_gpus, "Experiment")
+        self._cluster = cluster
+        self._executors = executors_requested(num_gpus, cluster)
+        if self._executors is None:
+            check_num_gpus(num_gpus, "Experiment")
         self._tracker_names = chosen_trackers(trackers)  # ValueError for a bad name or switch now
         self._given_tracking_uri = tracking_uri
         self._open_at(root, experiment_name)
@@ -497,9 +505,15 @@ class Experiment:
 
     def _get_controller(self) -> RunController:
         if self._controller is None:
-            self._controller = RunController(
-                self.path, self._store, self._commands, self._get_tracker(), self._say
-            )
+            args = (self.path, self._store, self._commands, self._get_tracker(), self._say)
+            if self._executors is None:
+                self._controller = RunController(*args)
+            else:  # several devices or a cluster: executors on Ray (docs/scale-out.md)
+                from rapidfire_core.cluster.scale_out import scaled_out_controller
+
+                self._controller = scaled_out_controller(
+                    *args, count=self._executors, cluster=self._cluster, threads=self._num_cpus
+                )
         return self._controller
 
     def _summarize(self) -> None:

@@ -7,8 +7,10 @@ import json
 import math
 import threading
 import warnings
+from pathlib import Path
 from typing import Any
 
+from rapidfire_core.cluster.executors_view import read_view, run_locations
 from rapidfire_core.control import RunStore
 from rapidfire_core.control.checkpoints import CheckpointStore, run_checkpoint_dir
 
@@ -94,17 +96,26 @@ def resume_point(store: RunStore, run: dict[str, Any], owner_alive: bool = True)
 
 def run_rows(store: RunStore, latest: LatestMetrics, owner_alive: bool = True) -> dict[str, Any]:
     """{"runs": [run dict (RunStore.runs) + "latest": {metric: value} + "max_steps" +
-    "resume_from" (`resume_point`)], "varying_knobs": [...]} after bringing `latest` up to date.
+    "resume_from" (`resume_point`) + "where" (node/device#executor, None on one device)],
+    "varying_knobs": [...], "executors": [`cluster.executors_view` rows: node, device, alive,
+    busy_share]} after bringing `latest` up to date.
     owner_alive: whether a live process trains the experiment (its owner lease).
     A run's "global_step" is the larger of the stored one (written at chunk ends) and the last
     step it logged a metric at, so a run in its first chunk does not show step 0."""
     latest.update(store)
     runs = store.runs()
+    view = read_view(Path(store.path).parent)  # executors on Ray: where each run trains
+    where = run_locations(view)
     for run in runs:
+        run["where"] = where.get(run["run_id"])
         run["latest"] = latest.of(run["run_id"])
         run["global_step"] = max(run["global_step"] or 0, latest.last_step(run["run_id"]))
         run["resume_from"] = resume_point(store, run, owner_alive)
         max_steps = run["knobs"].get("train.max_steps")
         # -1 is TRL's "not set" (epochs decide): no known total.
         run["max_steps"] = max_steps if isinstance(max_steps, int) and max_steps > 0 else None
-    return {"runs": runs, "varying_knobs": varying_knobs(runs)}
+    return {
+        "runs": runs,
+        "varying_knobs": varying_knobs(runs),
+        "executors": (view or {}).get("executors", []),
+    }

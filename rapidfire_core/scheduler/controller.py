@@ -37,6 +37,7 @@ a run this process does not hold (trained by another, ended process).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -119,11 +120,15 @@ class RunController:
         self.progress = ProgressDisplay([], enabled=False)
         self.executors: list[Executor] = list(executors) if executors else [LocalExecutor()]
         self.placer = placer
+        # The chunk-round loop: `scheduler.loop.run_rounds` (turns one after another); several
+        # executors training at once use `cluster.parallel_rounds`.
+        self.round_loop: Callable[[RunController, LoopHooks], None] = run_rounds
         for executor in self.executors:
             executor.connect(self)
         self._placed: dict[int, Executor] = {}  # run id -> the executor that holds it
         self._unplaced: dict[int, RunOrder] = {}  # registered by register_runs, placed by add_runs
         self._placements: dict[int, Placement] = {}
+        self._orders: dict[int, RunOrder] = {}  # how each run was placed (a move places it again)
         self._taken_by: dict[int, Executor] = {}  # id(taker) -> its executor, for the current round
         self._specs: dict[int, tuple[Any, FitData]] = {}  # every run made here: clones need them
         self.lease = OwnerLease(commands)
@@ -281,6 +286,7 @@ class RunController:
             self.lifecycle.set(run_id, RunStatus.STOPPED, error="run_fit was interrupted", interrupted=1)
             raise
         self.tracker.log_params(order.mlflow_run_id, placement.params)
+        self._orders[run_id] = order
         self._placed[run_id] = executor
         self._placements[run_id] = placement
         return placement
@@ -376,12 +382,7 @@ class RunController:
             )
             return
         through = info.global_step if info is not None else 0
-        # What it logged after its checkpoint is trained again: out of the store; MLflow made to
-        # hold exactly the store's durable steps (it may lack some, or hold a torn checkpoint's).
-        self.store.rollback_metrics(run_id, through)
-        mlflow_id = self.tracker.sync_metrics(rec["mlflow_run_id"], self.store.metric_steps(run_id), through)
-        if mlflow_id != rec["mlflow_run_id"]:
-            self.store.update_run(run_id, mlflow_run_id=mlflow_id)
+        mlflow_id = self._rewind_metrics(run_id, rec["mlflow_run_id"], info)
         parked = status is RunStatus.STOPPED and not rec["interrupted"]
         order = RunOrder(
             run_id,
@@ -414,6 +415,17 @@ class RunController:
         )
         self.progress.note(f"run {run_id} {'stays STOPPED, resumable' if parked else 'continues'} {where}")
 
+    def _rewind_metrics(self, run_id: int, mlflow_id: str, info: Any) -> str:
+        """What the run logged after its checkpoint `info` (None: from the start) is trained again:
+        out of the store; MLflow made to hold exactly the store's durable steps (it may lack some,
+        or hold a torn checkpoint's). Returns its tracking run id (recorded if it changed)."""
+        through = info.global_step if info is not None else 0
+        self.store.rollback_metrics(run_id, through)
+        synced = self.tracker.sync_metrics(mlflow_id, self.store.metric_steps(run_id), through)
+        if synced != mlflow_id:
+            self.store.update_run(run_id, mlflow_run_id=synced)
+        return synced
+
     def _settle_ended_mlflow_run(self, rec: dict[str, Any], status: RunStatus) -> None:
         """A run that ended in the store whose process died before MLflow heard of it (its last
         metrics and its end were still queued): MLflow gets them now."""
@@ -423,6 +435,48 @@ class RunController:
         steps = self.store.metric_steps(rec["run_id"])
         self.tracker.sync_metrics(mlflow_id, steps, max((step for step, _ in steps), default=0))
         self.lifecycle.settle_tracking(mlflow_id, status)
+
+    # ---- moves (several executors: `cluster.parallel_rounds`) ------------------------------------
+    def move(self, run_id: int, to: Executor, lost: bool = False) -> Placement | None:
+        """The run (at a chunk boundary, or lost with its executor: `lost`) continues on `to` from
+        its last chunk checkpoint, exactly (crash-resume's path); without one, from how it was first
+        placed. What a lost run logged after that checkpoint is trained again: it leaves the stores.
+        None: it failed to build there (it is FAILED)."""
+        self._writer.drain()  # its latest checkpoint is on disk
+        self._fail_on_write_error(run_id)
+        old = self._placed.pop(run_id, None)
+        if old is not None and not lost:
+            old.remove(run_id)
+        info = CheckpointStore(layout.run_checkpoints_dir(self.path, run_id), self.checkpoint_keep).latest()
+        status = self.lifecycle.status(run_id)
+        if lost:
+            self.buffer.flush()
+            self.buffer.discard(run_id)
+            self._rewind_metrics(run_id, self.store.get_run(run_id)["mlflow_run_id"], info)
+        order = self._orders[run_id]
+        if info is not None:
+            order = dataclasses.replace(order, resume_from=info, warm_start=None)
+        return self._place(dataclasses.replace(order, parked=status is RunStatus.STOPPED), to)
+
+    def executor_lost(self, executor: Executor) -> None:
+        """`executor` is gone (its process killed, its node lost): its runs continue on the others
+        (`placer`) from their last chunk checkpoints; one whose warm start cannot be rebuilt FAILs."""
+        self.executors.remove(executor)
+        if not self.executors:
+            raise RuntimeError(f"every executor was lost (the last: {executor.name})")
+        self.progress.note(f"{executor.name} was lost; its runs continue on the others from checkpoints")
+        for run_id in [i for i, e in self._placed.items() if e is executor]:
+            order = self._orders[run_id]
+            if self.lifecycle.status(run_id) not in (*IN_FLIGHT, RunStatus.STOPPED):
+                self._placed.pop(run_id)
+                continue
+            chunks = CheckpointStore(layout.run_checkpoints_dir(self.path, run_id)).latest()
+            if chunks is None and order.warm_start is not None:
+                self._placed.pop(run_id)
+                gone = "its executor was lost before its first checkpoint: its warm start is gone"
+                self._fail(run_id, gone, None)
+                continue
+            self.move(run_id, self.placer(self.executors, order.spec), lost=True)
 
     def execution_summary(self, run_ids: Sequence[int]) -> list[str]:
         """How the runs `run_ids` will train: which fuse, and why the others are time-sliced."""
@@ -549,7 +603,7 @@ class RunController:
         try:
             for executor in self.executors:
                 executor.start_fit(state_budget)
-            run_rounds(self, self.hooks)
+            self.round_loop(self, self.hooks)
         except BaseException as exc:  # KeyboardInterrupt and cancel included: leave no run thread running
             lost = unwritable_cause(exc)
             self.interrupt("run_fit was interrupted", record=lost is None)
@@ -601,11 +655,14 @@ class RunController:
         takers = []
         self._taken_by = {}
         for executor in self.executors:
-            ids = [i for i, e in self._placed.items() if e is executor and self.in_flight(i)]
-            for taker in executor.turn_takers(ids):
+            for taker in executor.turn_takers(self.runs_on(executor)):
                 self._taken_by[id(taker)] = executor
                 takers.append(taker)
         return takers
+
+    def runs_on(self, executor: Executor) -> list[int]:
+        """The ids of the runs placed on `executor` that are in flight (NEW or ONGOING)."""
+        return [i for i, e in self._placed.items() if e is executor and self.in_flight(i)]
 
     def wants_turn(self, taker: Any) -> bool:
         """True while any run of the taker (a cohort's members may be stopped one by one) is in flight."""

@@ -103,6 +103,11 @@ class ModelRegistry:
         self._preload_errors: dict[str, Exception] = {}  # create_model's error, for the run it was for
         self._references: dict[str, Any] = {}  # DPO reference models (ref_model_name), by reference_key
 
+    @property
+    def create_model(self) -> Callable[[dict[str, Any]], tuple[Any, Any]]:
+        """The user's create_model (an executor in another process builds its own registry from it)."""
+        return self._create_model
+
     def _create(self, model_config: dict[str, Any]) -> tuple[Any, Any]:
         """The user's `create_model` on `model_config` with its `model_kwargs` made to work on this
         machine (`trainers.model_kwargs`: 16-bit dtypes -> float32 on CPU, 4/8-bit flags ->
@@ -207,6 +212,17 @@ class ModelRegistry:
             model.eval()
             self._references[key] = model
         return self._references[key]
+
+    def free_adapter_name(self, adapter_name: str) -> None:
+        """Make `adapter_name` free for a new adapter: discard it, and where it is its base's
+        last adapter (which PEFT cannot delete) let an unused spare adapter of the same shape
+        take its place first. For a run placed again on an executor that held it before
+        (`cluster.executor_actor`)."""
+        for model, _ in self._bases.values():
+            config = getattr(model, "peft_config", {})
+            if adapter_name in config and len(config) == 1:
+                model.add_adapter("rapidfire_spare", config[adapter_name])
+        self.discard_adapter(adapter_name)
 
     def discard_adapter(self, adapter_name: str) -> None:
         """Free a failed or deleted run's adapter, wherever it was attached (other runs on the

@@ -251,3 +251,28 @@ def test_an_illegal_status_change_changes_nothing(tmp_path):
         sweep.controller.lifecycle.set(1, RunStatus.ONGOING)
     assert sweep.statuses() == ["COMPLETED"] and sweep.tracking() == ["FINISHED"]
     assert sweep.controller.lifecycle.status(1) is RunStatus.COMPLETED
+
+
+def test_a_moved_run_is_removed_from_its_executor_and_placed_on_the_other(tmp_path):
+    first, second = FakeExecutor("first"), FakeExecutor("second")
+    sweep = Sweep(tmp_path, executors=[first, second])
+    sweep.add(2)  # the default placement: both on the first
+    sweep.controller.move(2, second)
+    assert ("remove", 2) in first.calls and ("place", 2, False, False) in second.calls
+    assert sweep.controller.runs_on(first) == [1] and sweep.controller.runs_on(second) == [2]
+    sweep.train()
+    assert sweep.statuses() == ["COMPLETED", "COMPLETED"]
+    assert [c[1:] for c in second.calls if c[0] == "turn"] == [(2, 1), (2, 2)]
+
+
+def test_the_runs_of_a_lost_executor_continue_on_the_others(tmp_path):
+    first, second = FakeExecutor("first"), FakeExecutor("second")
+    sweep = Sweep(tmp_path, executors=[first, second])
+    sweep.add(2)
+    sweep.controller.executor_lost(first)  # never called again: it is gone
+    assert sweep.controller.executors == [second] and ("remove", 1) not in first.calls
+    assert sweep.controller.runs_on(second) == [1, 2]
+    sweep.train()
+    assert sweep.statuses() == ["COMPLETED", "COMPLETED"]
+    with pytest.raises(RuntimeError, match="every executor was lost"):
+        sweep.controller.executor_lost(second)

@@ -124,7 +124,7 @@
           api(expPath("runs")), api(expPath("commands")), pullMetrics(epoch),
         ]);
         if (epoch === S.epoch) {
-          showController(runs.controller_alive);
+          showController(runs.controller_alive, null, runs.executors);
           applyCommands(commands.commands);
           applyRuns(runs);
         }
@@ -303,6 +303,8 @@
         run.error ? h("div", { class: "run-error", title: run.error }, run.error.split("\n").pop()) : null),
       h("td", { class: "progress" }, h("div", null, `step ${steps}`,
         h("span", { class: "muted" }, ` · ${run.chunks_done} chunk${run.chunks_done === 1 ? "" : "s"}`),
+        run.where ? h("div", { class: "muted where", title: "node/device#executor that trains it" },
+          `on ${run.where}`) : null,
         run.resume_from ? h("div", { class: "muted resume-from",
           title: run.resume_from.how === "run_fit" ? "interrupted: run_fit with the same arguments continues it"
             : "stopped: Resume continues it" }, `resumable from chunk ${run.resume_from.chunk + 1}`) : null),
@@ -388,7 +390,7 @@
     refreshSoon();
   }
 
-  function showController(alive, error) {
+  function showController(alive, error, executors) {
     const el = $("controller");
     const text = $("controller-text");
     if (error) {
@@ -398,6 +400,10 @@
     }
     el.dataset.alive = alive ? "yes" : "no";
     text.textContent = alive ? "training process live" : "no training process";
+    if (executors && executors.length) {  // executors on Ray: each one's busy share
+      text.textContent += " · " + executors.map((e) => e.alive
+        ? `executor ${e.index} ${Math.round(100 * e.busy_share)}% busy` : `executor ${e.index} lost`).join(", ");
+    }
     el.title = alive
       ? "A process is training this experiment (its heartbeat is fresh): commands apply at the next optimizer step."
       : "No process is training this experiment now: commands stay pending until one runs it.";
