@@ -82,7 +82,7 @@ def train_rows():
 
 def fit(root, name: str, group, num_gpus: int | None = None, background: bool = False, **kwargs):
     """`group` trained in one process (num_gpus None) or on `num_gpus` executors; time-sliced
-    unless `execution="auto"` is passed."""
+    unless `execution="fused"` is passed."""
     exp = Experiment(name, experiment_path=root, verbose=False, num_gpus=num_gpus)
     kwargs.setdefault("execution", "sliced")
     handle = exp.run_fit(group, create_model, kwargs.pop("train", None) or train_rows(), num_chunks=NUM_CHUNKS,

@@ -44,7 +44,7 @@ def _one_process(root, name, group, **kwargs) -> dict:
 def reference_four(tmp_path_factory, tiny_model_dir):
     """`sweeps.sft_four` trained fused in this process (the single-device engine)."""
     root = tmp_path_factory.mktemp("one-process")
-    return _one_process(root, "four", sweeps.sft_four(tiny_model_dir), execution="auto")
+    return _one_process(root, "four", sweeps.sft_four(tiny_model_dir), execution="fused")
 
 
 def _runs_json(exp, capsys) -> dict:
@@ -58,7 +58,7 @@ def test_four_run_sweep_on_two_executors_equals_one_process(
     local_ray, tmp_path, tiny_model_dir, reference_four, capsys
 ):
     # The runs may fuse: each executor holds two and trains them as a fused cohort.
-    exp = sweeps.fit(tmp_path, "four-ray", sweeps.sft_four(tiny_model_dir), num_gpus=2, execution="auto")
+    exp = sweeps.fit(tmp_path, "four-ray", sweeps.sft_four(tiny_model_dir), num_gpus=2, execution="fused")
     try:
         assert exp.controller.fused_steps >= 6  # each cohort's steps fused its two runs
         assert all(e.busy_seconds > 0 and len(e.held) == 2 for e in exp.controller.executors)
