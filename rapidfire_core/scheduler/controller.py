@@ -210,10 +210,14 @@ class RunController:
         run that fails to build is FAILED."""
         run_ids = list(registered) if registered is not None else self.register_runs(specs, data)
         for run_id in run_ids:
-            order = self._unplaced.pop(run_id, None)
-            if order is not None:  # an invalid spec's run is FAILED already
-                self._place(order)
+            self._place_registered(run_id)
         return run_ids
+
+    def _place_registered(self, run_id: int) -> None:
+        """Place a run `_register` stored (an invalid spec's run is FAILED already: nothing to do)."""
+        order = self._unplaced.pop(run_id, None)
+        if order is not None:
+            self._place(order)
 
     def _add(
         self,
@@ -224,9 +228,7 @@ class RunController:
         start_position: int = 0,
     ) -> int:
         run_id = self._register(spec, data, parent_run_id, warm, start_position)
-        order = self._unplaced.pop(run_id, None)
-        if order is not None:
-            self._place(order)
+        self._place_registered(run_id)
         return run_id
 
     def _register(
