@@ -160,8 +160,11 @@ def _two_threads(fn):
 
 
 @pytest.mark.bench
-def test_executors_vs_one_process_vs_sequential(tmp_path):
-    result = compare(n=4, steps=8, rounds=1, workdir=tmp_path)
+def test_executors_vs_one_process_vs_sequential(benchmark, tmp_path):
+    result = benchmark.pedantic(
+        compare, kwargs={"n": 4, "steps": 8, "rounds": 1, "workdir": tmp_path}, rounds=1, iterations=1
+    )
+    benchmark.extra_info.update(result)
     assert result["moves"] > 0
 
 

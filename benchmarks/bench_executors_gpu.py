@@ -24,14 +24,23 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_fused import engine, in_worker_thread  # noqa: E402
-from bench_fused_gpu import BATCH, build_model  # noqa: E402
+from benchmarks.bench_fused import engine, in_worker_thread  # noqa: E402
+from benchmarks.bench_fused_gpu import BATCH, build_model  # noqa: E402
 
 CONFIGS = 8
+
+
+@pytest.mark.bench
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (N = 1, 2, 4 executors, one per GPU)"
+)
+def test_executors_gpu_report(benchmark):
+    benchmark.pedantic(main, rounds=1, iterations=1)
 
 
 def main() -> None:

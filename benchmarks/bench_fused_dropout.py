@@ -22,8 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_fused_compute import LENGTH, ROWS, _model, fused, separate  # noqa: E402
-
+from benchmarks.bench_fused_compute import LENGTH, ROWS, _model, fused, separate  # noqa: E402
 from rapidfire_core.lora.run_streams import RunStream  # noqa: E402
 
 DROPOUT = 0.1
