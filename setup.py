@@ -186,7 +186,10 @@ def build_tools_are_temporary(*tool_paths: str) -> bool:
     its sys.prefix is temporary too) both live under the temp dir; the developer's venv does not.
     """
     temp = Path(tempfile.gettempdir()).resolve()
-    return any(Path(p).resolve().is_relative_to(temp) for p in tool_paths)
+    # A tool inside this source tree (its .venv) is the developer's, even in a clone under /tmp.
+    tree = Path(__file__).resolve().parent
+    paths = [Path(p).resolve() for p in tool_paths]
+    return any(p.is_relative_to(temp) and not p.is_relative_to(tree) for p in paths)
 
 
 class CMakeExtension(Extension):
